@@ -1,0 +1,326 @@
+"""Validated configuration of the rig, the task, the sim mirror and the learner.
+
+One pydantic model per concern (arm, camera, monitor, target, task, safety, sim, agent),
+gathered in :class:`Config` and loaded from YAML by :func:`load_config`. Every field has
+a unit and an allowed range; unknown keys are refused. A bad file fails with a
+:class:`ConfigError` that names the file, the key, the bad value and what is allowed.
+
+Defaults reproduce the UR5 visual reacher of the MaDi paper (Grooten et al., AAMAS 2024)
+and its ReLoD rig; see ``../shared/reference/madi.md`` and ``configs/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.config import AgentConfig
+from robot.kinematics import pose_matrix
+
+Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
+Vec6 = Annotated[list[float], Field(min_length=6, max_length=6)]
+RGB = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+
+#: Controller tick of each arm generation, s (CB3: 125 Hz, e-series: 500 Hz; UR RTDE guide).
+CONTROL_PERIOD = {"ur5": 0.008, "ur5e": 0.002}
+
+#: Home pose of the MaDi / ReLoD UR5 visual reacher, rad.
+Q_HOME = [1.5707, -2.0, 2.17, -3.0415, -1.5707, 3.1415]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArmConfig(_Section):
+    """The UR arm and how it is driven (speedJ streaming)."""
+
+    model: Literal["ur5", "ur5e"] = Field("ur5", description="ur5 = CB3 UR5, ur5e = e-series.")
+    host: str | None = Field(None, description="Controller IP or hostname (real arm only).")
+    control_period: float | None = Field(
+        None, gt=0, le=0.05,
+        description="Controller tick, s; speedJ is streamed once per tick. "
+        "Default from model: 0.008 (CB3) / 0.002 (e-series).",
+    )
+    speed_max: float = Field(
+        2.0, gt=0, le=3.15, description="Joint speed that action 1.0 maps to, rad/s."
+    )
+    acceleration: float = Field(
+        1.4, gt=0, le=40.0, description="speedJ acceleration bound, rad/s^2."
+    )
+    q_home: Vec6 = Field(default_factory=lambda: list(Q_HOME), description="Home pose, rad.")
+    reset_duration: float = Field(2.0, ge=0, le=30, description="Time to move home, s.")
+    active_joints: list[Annotated[int, Field(ge=0, le=5)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4],
+        min_length=1, max_length=6,
+        description="Joints driven by the action (indices 0..5); the others stay still.",
+    )
+
+    @model_validator(mode="after")
+    def _fill_control_period(self) -> ArmConfig:
+        if self.control_period is None:
+            self.control_period = CONTROL_PERIOD[self.model]
+        if len(set(self.active_joints)) != len(self.active_joints):
+            raise ValueError(f"active_joints has duplicates: {self.active_joints}")
+        return self
+
+
+class CameraConfig(_Section):
+    """The wrist camera: capture format, pinhole intrinsics, mount on the flange.
+
+    The observation image is the capture subsampled by taking every ``subsample``-th
+    pixel (as in the MaDi UR5 code: 640x360 -> 160x90).
+    """
+
+    device: int | str = Field(0, description="OpenCV device index or path (real camera).")
+    width: int = Field(640, ge=16, le=4096, description="Capture width, px.")
+    height: int = Field(360, ge=16, le=4096, description="Capture height, px.")
+    fps: float = Field(25.0, gt=0, le=240, description="Capture rate, frames/s.")
+    fx: float = Field(457.0, gt=0, description="Focal length along x, px (capture size).")
+    fy: float = Field(457.0, gt=0, description="Focal length along y, px (capture size).")
+    cx: float = Field(320.0, description="Principal point x, px (capture size).")
+    cy: float = Field(180.0, description="Principal point y, px (capture size).")
+    subsample: int = Field(4, ge=1, le=16, description="Keep every n-th pixel for the obs.")
+    mount_xyz: Vec3 = Field(
+        default_factory=lambda: [0.0, -0.05, 0.03],
+        description="Camera origin in the flange frame, m.",
+    )
+    mount_rpy: Vec3 = Field(
+        default_factory=lambda: [0.0, 0.0, 3.141592653589793],
+        description="Camera orientation in the flange frame (OpenCV axes: x right, y down, "
+        "z forward), extrinsic roll-pitch-yaw, rad.",
+    )
+
+    @property
+    def obs_size(self) -> tuple[int, int]:
+        """Observation image size (height, width), px."""
+        s = self.subsample
+        return (self.height + s - 1) // s, (self.width + s - 1) // s
+
+    @property
+    def obs_intrinsics(self) -> tuple[float, float, float, float]:
+        """Pinhole intrinsics (fx, fy, cx, cy) of the subsampled observation image, px.
+
+        Subsampled pixel j samples capture pixel s*j, whose centre lies at s*j + 0.5 in
+        capture coordinates (pixel centres at +0.5); hence f' = f/s and
+        c' = (c - 0.5)/s + 0.5. Rendering at the observation size with these intrinsics
+        gives the same image as subsampling a full-size render.
+        """
+        s = self.subsample
+        return (self.fx / s, self.fy / s, (self.cx - 0.5) / s + 0.5, (self.cy - 0.5) / s + 0.5)
+
+    @property
+    def mount(self) -> np.ndarray:
+        """Flange <- camera transform (OpenCV camera axes), float64 (4, 4), m."""
+        return pose_matrix(self.mount_xyz, self.mount_rpy)
+
+
+class MonitorConfig(_Section):
+    """The monitor that shows the target.
+
+    Screen frame: origin at the screen centre, x to the screen's right, y up, z out of
+    the screen towards the viewer.
+    """
+
+    position: Vec3 = Field(
+        default_factory=lambda: [-0.109, 0.748, 0.359],
+        description="Screen centre in the robot base frame, m.",
+    )
+    rpy: Vec3 = Field(
+        default_factory=lambda: [1.30, 0.0, 0.0],
+        description="Screen orientation in the base frame, extrinsic roll-pitch-yaw, rad.",
+    )
+    size_m: Annotated[list[float], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [0.531, 0.299], description="Visible screen width, height, m."
+    )
+    resolution_px: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [1920, 1080], description="Screen width, height, px."
+    )
+    screen: int = Field(0, ge=0, description="Index of the monitor for the target window.")
+
+
+class TargetConfig(_Section):
+    """The target image: a red circle on a white screen, redrawn at each reset."""
+
+    radius: float = Field(
+        0.07, gt=0, lt=0.5, description="Circle radius as a fraction of the screen height."
+    )
+    color_rgb: RGB = Field(default_factory=lambda: [255, 0, 0], description="Circle colour.")
+    background_rgb: RGB = Field(
+        default_factory=lambda: [255, 255, 255], description="Screen colour."
+    )
+
+
+class TaskConfig(_Section):
+    """Agent timing, episode and reward of the visual reacher (MaDi UR5 task)."""
+
+    agent_period: float = Field(0.04, gt=0, le=1.0, description="Agent step, s (25 Hz).")
+    episode_steps: int = Field(150, ge=1, le=100_000, description="Fixed horizon, steps.")
+    frame_stack: int = Field(3, ge=1, le=8, description="Frames stacked in the obs.")
+    reward: Literal["dense", "sparse"] = Field(
+        "dense", description="dense: red-pixel reward; sparse: -1 per step, done on success."
+    )
+    success_red_fraction: float = Field(
+        0.015, gt=0, lt=1, description="Red share of the image that counts as reached."
+    )
+    red_low_bgr: RGB = Field(default_factory=lambda: [0, 0, 120], description="BGR low.")
+    red_high_bgr: RGB = Field(default_factory=lambda: [50, 50, 255], description="BGR high.")
+    dense_scale: float = Field(800.0, gt=0, description="Dense reward scale.")
+    dense_clip: float = Field(4.0, gt=0, description="Dense reward upper clip.")
+
+
+class SafetyConfig(_Section):
+    """Limits enforced on every command, in the sim and on the real arm alike."""
+
+    box_low: Vec3 = Field(
+        default_factory=lambda: [-0.4, 0.17, 0.37], description="Flange box low, base frame, m."
+    )
+    box_high: Vec3 = Field(
+        default_factory=lambda: [0.15, 0.7, 0.63], description="Flange box high, base frame, m."
+    )
+    joint_low_deg: Vec6 = Field(
+        default_factory=lambda: [55.0, -120.0, 0.0, -215.0, -135.0, 50.0],
+        description="Joint position low limits, deg.",
+    )
+    joint_high_deg: Vec6 = Field(
+        default_factory=lambda: [125.0, -30.0, 135.0, -135.0, -45.0, 190.0],
+        description="Joint position high limits, deg.",
+    )
+    on_box_exit: Literal["return", "stop"] = Field(
+        "return",
+        description="return: replace the command by one that drives back toward the home "
+        "pose; stop: command zero velocity.",
+    )
+    return_gain: float = Field(
+        2.0, gt=0, le=20, description="Gain of the drive back to home, 1/s."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SafetyConfig:
+        for name, lo, hi in (
+            ("box", self.box_low, self.box_high),
+            ("joint", self.joint_low_deg, self.joint_high_deg),
+        ):
+            bad = [i for i, (a, b) in enumerate(zip(lo, hi)) if a >= b]
+            if bad:
+                raise ValueError(f"{name} low must be < high at index {bad}: {lo} vs {hi}")
+        return self
+
+
+class SimConfig(_Section):
+    """The MuJoCo mirror."""
+
+    pace: Literal["fast", "realtime"] = Field(
+        "fast", description="fast: as fast as possible; realtime: one agent step per period."
+    )
+    command_latency: float = Field(0.0, ge=0, le=0.5, description="Command delay, s.")
+    camera_latency: float = Field(0.0, ge=0, le=0.5, description="Frame delay, s.")
+    texture_px: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [480, 270], description="Screen texture width, height, px."
+    )
+    physics_substeps: int = Field(
+        4, ge=1, le=64, description="MuJoCo steps per controller tick."
+    )
+
+
+class Config(_Section):
+    """Everything a run needs; see ``configs/*.yaml`` for annotated examples."""
+
+    backend: Literal["sim", "ur5"] = Field("sim", description="Which rig drives the task.")
+    seed: int = Field(0, ge=0, description="Seed of targets, policy and learner.")
+    arm: ArmConfig = Field(default_factory=ArmConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+
+    def digest(self) -> str:
+        """Short SHA-256 of the validated config (hex, 12 chars), for handshakes and runs."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; check the spelling against configs/*.yaml")
+            continue
+        lines.append(f"  {key} = {e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``dotted.key=value`` override; the value is read as YAML.
+
+    Raises:
+        ConfigError: If there is no ``=`` or the key is empty.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = ()) -> Config:
+    """Validate a config mapping, applying ``dotted.key=value`` overrides first.
+
+    Raises:
+        ConfigError: If any field is missing, unknown or out of range.
+    """
+    data = json.loads(json.dumps(data))  # deep copy; YAML configs are JSON-compatible
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Load and validate a YAML config file.
+
+    Args:
+        path: YAML file, e.g. ``configs/sim_ur5_visual_reacher.yaml``.
+        overrides: ``section.key=value`` strings applied on top (values parsed as YAML).
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: If the file is missing, is not YAML, or a field is invalid; the
+            message names the key, the bad value and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}; pass an existing "
+                          "file, e.g. configs/sim_ur5_visual_reacher.yaml") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(data, str(path), overrides)

@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from robot.config import Config, ConfigError, load_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / name)
+    assert isinstance(cfg, Config)
+
+
+def test_sim_and_real_configs_pose_the_same_task():
+    sim = load_config(CONFIGS / "sim_ur5_visual_reacher.yaml")
+    real = load_config(CONFIGS / "ur5_visual_reacher.yaml")
+    assert sim.backend == "sim" and real.backend == "ur5"
+    for section in ("task", "safety", "target", "camera", "monitor", "agent"):
+        assert getattr(sim, section) == getattr(real, section), section
+    assert sim.arm.model_copy(update={"host": None}) == real.arm.model_copy(update={"host": None})
+
+
+def test_defaults_follow_the_paper():
+    cfg = Config()
+    assert cfg.camera.obs_size == (90, 160)
+    assert cfg.arm.control_period == 0.008
+    assert Config(arm={"model": "ur5e"}).arm.control_period == 0.002
+    assert cfg.task.episode_steps == 150 and cfg.task.agent_period == 0.04
+
+
+def write(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_bad_value_names_key_value_and_allowed(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "arm:\n  model: ur10\n"))
+    msg = str(e.value)
+    assert "bad.yaml" in msg and "arm.model" in msg and "'ur10'" in msg
+    assert "'ur5'" in msg and "'ur5e'" in msg
+
+
+def test_out_of_range_and_unknown_key(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "task:\n  episode_steps: -3\n  frame_stak: 3\n"))
+    msg = str(e.value)
+    assert "task.episode_steps = -3" in msg and "greater than or equal to 1" in msg
+    assert "task.frame_stak: unknown key" in msg
+
+
+def test_inconsistent_limits_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="box low must be < high"):
+        load_config(write(tmp_path, "safety:\n  box_low: [0, 0, 0]\n  box_high: [1, -1, 1]\n"))
+
+
+def test_missing_file_and_broken_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "arm: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, "seed: 1\n"), ["task.reward=sparse", "arm.speed_max=0.5"])
+    assert cfg.task.reward == "sparse" and cfg.arm.speed_max == 0.5 and cfg.seed == 1
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(write(tmp_path, "seed: 1\n"), ["task.reward"])
+    with pytest.raises(ConfigError, match="task.reward"):
+        load_config(write(tmp_path, "seed: 1\n"), ["task.reward=medium"])
+
+
+def test_digest_changes_with_content():
+    assert Config().digest() == Config().digest()
+    assert Config().digest() != Config(seed=1).digest()
