@@ -79,7 +79,9 @@ class CameraConfig(_Section):
     """The wrist camera: capture format, pinhole intrinsics, mount on the flange.
 
     The observation image is the capture subsampled by taking every ``subsample``-th
-    pixel (as in the MaDi UR5 code: 640x360 -> 160x90).
+    pixel (as in the MaDi UR5 code: 640x360 -> 160x90). The default mount puts the
+    webcam 5 cm below the tool axis, tilted up by 0.11 rad so that the whole screen is in
+    view from the home pose.
     """
 
     device: int | str = Field(0, description="OpenCV device index or path (real camera).")
@@ -88,15 +90,18 @@ class CameraConfig(_Section):
     fps: float = Field(25.0, gt=0, le=240, description="Capture rate, frames/s.")
     fx: float = Field(457.0, gt=0, description="Focal length along x, px (capture size).")
     fy: float = Field(457.0, gt=0, description="Focal length along y, px (capture size).")
-    cx: float = Field(320.0, description="Principal point x, px (capture size).")
-    cy: float = Field(180.0, description="Principal point y, px (capture size).")
+    cx: float = Field(
+        319.5, description="Principal point x, px (capture size; OpenCV convention: pixel "
+        "centres at integer coordinates, so the image centre of a 640 px row is 319.5).",
+    )
+    cy: float = Field(179.5, description="Principal point y, px (capture size; OpenCV).")
     subsample: int = Field(4, ge=1, le=16, description="Keep every n-th pixel for the obs.")
     mount_xyz: Vec3 = Field(
         default_factory=lambda: [0.0, -0.05, 0.03],
         description="Camera origin in the flange frame, m.",
     )
     mount_rpy: Vec3 = Field(
-        default_factory=lambda: [0.0, 0.0, 3.141592653589793],
+        default_factory=lambda: [0.11, 0.0, 3.141592653589793],
         description="Camera orientation in the flange frame (OpenCV axes: x right, y down, "
         "z forward), extrinsic roll-pitch-yaw, rad.",
     )
@@ -104,20 +109,32 @@ class CameraConfig(_Section):
     @property
     def obs_size(self) -> tuple[int, int]:
         """Observation image size (height, width), px."""
-        s = self.subsample
-        return (self.height + s - 1) // s, (self.width + s - 1) // s
+        return self.image_size()
 
-    @property
-    def obs_intrinsics(self) -> tuple[float, float, float, float]:
-        """Pinhole intrinsics (fx, fy, cx, cy) of the subsampled observation image, px.
+    def intrinsics(self, subsample: int | None = None) -> tuple[float, float, float, float]:
+        """Pinhole intrinsics (fx, fy, cx, cy) of the capture subsampled by ``subsample``, px.
 
-        Subsampled pixel j samples capture pixel s*j, whose centre lies at s*j + 0.5 in
-        capture coordinates (pixel centres at +0.5); hence f' = f/s and
-        c' = (c - 0.5)/s + 0.5. Rendering at the observation size with these intrinsics
-        gives the same image as subsampling a full-size render.
+        OpenCV convention (as ``cv2.calibrateCamera`` reports them): pixel centres at
+        integer coordinates. Subsampled pixel j is capture pixel s*j, so f' = f/s and
+        c' = c/s. Rendering at the subsampled size with these intrinsics gives the same
+        image as subsampling a full-size render.
+
+        Args:
+            subsample: Pixel step s; ``None`` means ``self.subsample`` (the observation),
+                1 the full capture.
+
+        Raises:
+            ValueError: If ``subsample`` < 1.
         """
-        s = self.subsample
-        return (self.fx / s, self.fy / s, (self.cx - 0.5) / s + 0.5, (self.cy - 0.5) / s + 0.5)
+        s = self.subsample if subsample is None else int(subsample)
+        if s < 1:
+            raise ValueError(f"subsample must be >= 1, got {s}")
+        return self.fx / s, self.fy / s, self.cx / s, self.cy / s
+
+    def image_size(self, subsample: int | None = None) -> tuple[int, int]:
+        """(height, width) of the capture subsampled by ``subsample`` (default: obs), px."""
+        s = self.subsample if subsample is None else int(subsample)
+        return (self.height + s - 1) // s, (self.width + s - 1) // s
 
     @property
     def mount(self) -> np.ndarray:
@@ -211,7 +228,7 @@ class SafetyConfig(_Section):
             ("box", self.box_low, self.box_high),
             ("joint", self.joint_low_deg, self.joint_high_deg),
         ):
-            bad = [i for i, (a, b) in enumerate(zip(lo, hi)) if a >= b]
+            bad = [i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a >= b]
             if bad:
                 raise ValueError(f"{name} low must be < high at index {bad}: {lo} vs {hi}")
         return self

@@ -107,7 +107,8 @@ class SafetyLimits:
                 raise ValueError(f"safety check needs a finite (6,) {name}, got {v}")
         out: list[Intervention] = []
         if np.any(qd[~self.active] != 0.0):
-            out.append(Intervention("inactive_joint", f"zeroed joints {np.flatnonzero(~self.active & (qd != 0)).tolist()}"))
+            moved = np.flatnonzero(~self.active & (qd != 0)).tolist()
+            out.append(Intervention("inactive_joint", f"zeroed joints {moved}"))
             qd[~self.active] = 0.0
         np.clip(qd, -self.arm.speed_max, self.arm.speed_max, out=qd)
 

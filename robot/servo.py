@@ -46,7 +46,7 @@ class ServoPolicy:
         self.active = np.asarray(cfg.arm.active_joints)
         self.q_fixed = np.asarray(cfg.arm.q_home, np.float64)
         self.mount = cfg.camera.mount
-        self.fx, self.fy, self.cx, self.cy = cfg.camera.obs_intrinsics
+        self.fx, self.fy, self.cx, self.cy = cfg.camera.intrinsics()
         self.lateral_gain = lateral_gain
         self.approach_speed = approach_speed
         self.goal = goal_factor * cfg.task.success_red_fraction
@@ -70,8 +70,8 @@ class ServoPolicy:
         if rows.size == 0:
             v_cam = np.array([0.0, 0.0, -0.5 * self.approach_speed])  # back off to find it
         else:
-            ex = (cols.mean() + 0.5 - self.cx) / self.fx
-            ey = (rows.mean() + 0.5 - self.cy) / self.fy
+            ex = (cols.mean() - self.cx) / self.fx
+            ey = (rows.mean() - self.cy) / self.fy
             share = rows.size / mask.size
             forward = self.approach_speed * float(np.clip(1.0 - share / self.goal, -1.0, 1.0))
             v_cam = np.array([self.lateral_gain * ex, self.lateral_gain * ey, forward])

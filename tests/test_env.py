@@ -66,7 +66,7 @@ def test_same_seed_same_observations_fast_and_realtime():
     again = rollout_obs(Config(), seed=3)
     realtime = rollout_obs(Config(sim={"pace": "realtime"}, arm={"reset_duration": 0.0}), seed=3)
     other = rollout_obs(Config(), seed=4)
-    for a, b, c in zip(fast, again, realtime):
+    for a, b, c in zip(fast, again, realtime, strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["image"], c["image"])
         np.testing.assert_array_equal(a["proprio"], c["proprio"])
