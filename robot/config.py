@@ -215,8 +215,9 @@ class SafetyConfig(_Section):
     )
     on_box_exit: Literal["return", "stop"] = Field(
         "return",
-        description="return: replace the command by one that drives back toward the home "
-        "pose; stop: command zero velocity.",
+        description="When the arm is outside the box or joint limits: return = drive back "
+        "toward the home pose; stop = hold still. (A command that would leave them is "
+        "always replaced by a brake.)",
     )
     return_gain: float = Field(
         2.0, gt=0, le=20, description="Gain of the drive back to home, 1/s."
@@ -250,6 +251,18 @@ class SimConfig(_Section):
     )
 
 
+class TrainConfig(_Section):
+    """Length and bookkeeping of a training run (``madi train``)."""
+
+    total_steps: int = Field(100_000, ge=1, description="Env steps to train (paper: ~100k).")
+    eval_every: int = Field(5_000, ge=1, description="Env steps between evaluations.")
+    eval_episodes: int = Field(5, ge=0, description="Episodes per evaluation (0: none).")
+    checkpoint_every: int | None = Field(
+        10_000, ge=1, description="Env steps between checkpoints (null: only at the end)."
+    )
+    run_dir: str = Field("runs", description="Parent folder of run directories.")
+
+
 class Config(_Section):
     """Everything a run needs; see ``configs/*.yaml`` for annotated examples."""
 
@@ -263,6 +276,15 @@ class Config(_Section):
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> Config:
+        if "seed" in self.agent.model_fields_set and self.agent.seed != self.seed:
+            raise ValueError(f"agent.seed ({self.agent.seed}) differs from seed ({self.seed}); "
+                             "set the seed once, at the top level")
+        self.agent.seed = self.seed
+        return self
 
     def digest(self) -> str:
         """Short SHA-256 of the validated config (hex, 12 chars), for handshakes and runs."""

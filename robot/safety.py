@@ -3,10 +3,22 @@
 One module for both rigs: the MuJoCo mirror and the ur_rtde backend pass each command
 through :meth:`SafetyLimits.apply` and send what it returns. The limits are the MaDi UR5
 setup's (flange box in the base frame, joint position limits; see
-``../shared/reference/madi.md``): a command predicted to take the flange out of the box is
-replaced by a drive back toward the home pose (or a stop), and a joint predicted to
-leave its range is reversed. Every intervention is reported so that the caller can log
-and record it; what the caller sends is what :meth:`apply` returned.
+``../shared/reference/madi.md``).
+
+speedJ tracks a commanded velocity with a bounded acceleration, so an arm moving at
+2 rad/s with 1.4 rad/s^2 needs 1.4 rad to stop: a check of "where does this command take
+the arm in the next 40 ms" is not enough. :meth:`SafetyLimits.apply` predicts where the
+arm would come to rest if it followed the command for one horizon and then braked
+(the UR leading-axis profile: the velocity vector ramps linearly, its largest component
+at the acceleration bound). A command whose rest position is outside the joint limits or
+the flange box is replaced by a full brake (zero velocity on every joint: braking only
+the offending joint would slow it at less than the bound, since speedJ scales all joints
+to the leading axis). Because the previous step's command passed this check, braking
+from the current state always stays inside, up to model error. An arm that is outside
+nonetheless (start-up, model error, latency) is driven back toward the home pose
+(``on_box_exit: return``) or held (``stop``). The MaDi code reversed offending joints;
+with a bounded acceleration a reversal is a brake that overshoots, so we brake.
+Every intervention is reported so that the caller can log and record it.
 """
 
 from __future__ import annotations
@@ -83,63 +95,98 @@ class SafetyLimits:
         p = flange_pose(q, self.arm.model)[:3, 3]
         return np.minimum(p - self.box_low, 0.0) + np.maximum(p - self.box_high, 0.0)
 
-    def apply(self, q: np.ndarray, qd: np.ndarray) -> SafetyResult:
+    def joint_violation(self, q: np.ndarray) -> np.ndarray:
+        """Signed distance of each joint outside its range (0 inside), rad, float64 (6,)."""
+        return np.minimum(q - self.q_low, 0.0) + np.maximum(q - self.q_high, 0.0)
+
+    def rest_position(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> np.ndarray:
+        """Where the arm comes to rest if it follows ``command`` for one horizon, then brakes.
+
+        Models speedJ: the velocity vector moves in a straight line toward its target, the
+        component with the largest change at ``arm.acceleration`` (UR script manual,
+        speedj: "joint acceleration of leading axis").
+
+        Args:
+            q: (6,) joint positions, rad.
+            qd: (6,) actual joint velocities, rad/s.
+            command: (6,) commanded joint velocities, rad/s.
+
+        Returns:
+            float64 (6,) joint positions at rest, rad.
+        """
+        acc, h = self.arm.acceleration, self.horizon
+        change = command - qd
+        t_ramp = np.max(np.abs(change)) / acc
+        if t_ramp >= h:
+            qd_h = qd + change * (h / t_ramp)
+            q_h = q + 0.5 * (qd + qd_h) * h
+        else:
+            qd_h = command
+            q_h = q + 0.5 * (qd + command) * t_ramp + command * (h - t_ramp)
+        t_stop = np.max(np.abs(qd_h)) / acc
+        return q_h + 0.5 * qd_h * t_stop
+
+    def apply(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> SafetyResult:
         """Make a joint-velocity command safe to send.
 
-        Order: zero inactive joints, clip to ``speed_max``, reverse joints predicted to
-        leave their range while moving outward, then replace the whole command if the
-        flange is predicted outside the box and the command does not bring it back.
+        Order: zero inactive joints and clip to ``speed_max``; if the arm is already
+        outside the limits, drive it back (or hold it); else if the command's rest
+        position (:meth:`rest_position`) leaves the joint limits or the flange box, brake.
 
         Args:
             q: float (6,) current joint positions, rad.
-            qd: float (6,) requested joint velocities, rad/s.
+            qd: float (6,) current joint velocities, rad/s.
+            command: float (6,) requested joint velocities, rad/s.
 
         Returns:
             The command to send (rad/s) and the interventions made.
 
         Raises:
-            ValueError: If ``q`` or ``qd`` is not a finite (6,) vector.
+            ValueError: If an input is not a finite (6,) vector.
         """
         q = np.asarray(q, np.float64)
-        qd = np.array(qd, np.float64)
-        for name, v in (("q", q), ("qd", qd)):
+        qd = np.asarray(qd, np.float64)
+        command = np.array(command, np.float64)
+        for name, v in (("q", q), ("qd", qd), ("command", command)):
             if v.shape != (6,) or not np.all(np.isfinite(v)):
                 raise ValueError(f"safety check needs a finite (6,) {name}, got {v}")
         out: list[Intervention] = []
-        if np.any(qd[~self.active] != 0.0):
-            moved = np.flatnonzero(~self.active & (qd != 0)).tolist()
+        if np.any(command[~self.active] != 0.0):
+            moved = np.flatnonzero(~self.active & (command != 0)).tolist()
             out.append(Intervention("inactive_joint", f"zeroed joints {moved}"))
-            qd[~self.active] = 0.0
-        np.clip(qd, -self.arm.speed_max, self.arm.speed_max, out=qd)
+            command[~self.active] = 0.0
+        np.clip(command, -self.arm.speed_max, self.arm.speed_max, out=command)
 
-        q_next = q + qd * self.horizon
-        outward = ((q_next < self.q_low) & (qd < 0)) | ((q_next > self.q_high) & (qd > 0))
-        for j in np.flatnonzero(outward):
-            out.append(Intervention(
-                "joint_limit",
-                f"joint {j} predicted {np.rad2deg(q_next[j]):.1f} deg outside "
-                f"[{np.rad2deg(self.q_low[j]):.1f}, {np.rad2deg(self.q_high[j]):.1f}]; reversed",
-            ))
-            qd[j] = -qd[j]
-
-        now = self.box_violation(q)
-        then = self.box_violation(q + qd * self.horizon)
-        if np.any(then != 0.0) and np.linalg.norm(then) >= np.linalg.norm(now):
+        joints_now, box_now = self.joint_violation(q), self.box_violation(q)
+        if np.any(joints_now != 0.0) or np.any(box_now != 0.0):
             if self.safety.on_box_exit == "stop":
-                qd = np.zeros(6)
-                action = "stopped"
+                command, action = np.zeros(6), "holding"
             else:
-                qd = self._toward_home(q)
-                action = "returning home"
+                command, action = self._toward_home(q), "returning toward home"
+            kind = "joint_limit" if np.any(joints_now != 0.0) else "box"
+            out.append(Intervention(kind, f"outside the limits (joints "
+                                    f"{np.round(np.rad2deg(joints_now), 2).tolist()} deg, box "
+                                    f"{np.round(box_now, 4).tolist()} m); {action}"))
+            return SafetyResult(command, out)
+
+        rest = self.rest_position(q, qd, command)
+        joints_rest, box_rest = self.joint_violation(rest), self.box_violation(rest)
+        if np.any(joints_rest != 0.0):
+            bad = np.flatnonzero(joints_rest).tolist()
             out.append(Intervention(
-                "box", f"flange predicted {np.round(then, 4).tolist()} m outside the box; "
-                f"{action}",
-            ))
-        return SafetyResult(qd, out)
+                "joint_limit", f"joints {bad} would come to rest "
+                f"{np.round(np.rad2deg(joints_rest[bad]), 2).tolist()} deg outside; braking"))
+            return SafetyResult(np.zeros(6), out)
+        if np.any(box_rest != 0.0):
+            out.append(Intervention(
+                "box", f"flange would come to rest {np.round(box_rest, 4).tolist()} m outside "
+                "the box; braking"))
+            return SafetyResult(np.zeros(6), out)
+        return SafetyResult(command, out)
 
     def _toward_home(self, q: np.ndarray) -> np.ndarray:
         qd = self.safety.return_gain * (self.q_home - q)
         qd[~self.active] = 0.0
         peak = np.max(np.abs(qd))
-        limit = 0.5 * self.arm.speed_max
+        limit = 0.25 * self.arm.speed_max
         return qd * (limit / peak) if peak > limit else qd

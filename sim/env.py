@@ -43,7 +43,8 @@ class VisualReacherEnv(gym.Env):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
-        self.safety = SafetyLimits(cfg.safety, cfg.arm, cfg.task.agent_period)
+        self.safety = SafetyLimits(cfg.safety, cfg.arm,
+                                   cfg.task.agent_period + cfg.sim.command_latency)
         self.reward_fn = RedTargetReward(cfg.task)
         self.active = np.asarray(cfg.arm.active_joints)
         self.q_home = np.asarray(cfg.arm.q_home, np.float64)
@@ -112,7 +113,7 @@ class VisualReacherEnv(gym.Env):
         action = np.clip(action, -1.0, 1.0)
         qd = np.zeros(6)
         qd[self.active] = action * self.cfg.arm.speed_max
-        safe = self.safety.apply(self.mirror.q, qd)
+        safe = self.safety.apply(self.mirror.q, self.mirror.qd, qd)
         self.mirror.command(safe.qd)
         self.mirror.advance(self.cfg.task.agent_period)
         frame = self.mirror.render()

@@ -1,85 +1,113 @@
 import numpy as np
 import pytest
 
-from robot.config import ArmConfig, SafetyConfig
-from robot.kinematics import flange_pose
+from robot.config import ArmConfig, Config, SafetyConfig
 from robot.safety import SafetyLimits
+from sim.env import VisualReacherEnv
 
 HOME = np.array(ArmConfig().q_home)
+STILL = np.zeros(6)
 
 
 def limits(**kw):
     return SafetyLimits(SafetyConfig(**kw), ArmConfig(), horizon=0.04)
 
 
-def test_home_is_inside_box_and_small_command_passes():
+def test_home_is_inside_and_small_command_passes():
     lim = limits()
-    assert np.all(lim.box_violation(HOME) == 0)
-    qd = np.array([0.1, -0.1, 0.1, 0.0, 0.05, 0.0])
-    res = lim.apply(HOME, qd)
-    np.testing.assert_array_equal(res.qd, qd)
+    assert np.all(lim.box_violation(HOME) == 0) and np.all(lim.joint_violation(HOME) == 0)
+    command = np.array([0.1, -0.1, 0.1, 0.0, 0.05, 0.0])
+    res = lim.apply(HOME, STILL, command)
+    np.testing.assert_array_equal(res.qd, command)
     assert res.interventions == []
 
 
 def test_inactive_joint_zeroed_and_speed_clipped():
     lim = limits()
-    res = lim.apply(HOME, np.array([5.0, 0, 0, 0, 0, 0.3]))
-    assert res.qd[0] == pytest.approx(ArmConfig().speed_max)
-    assert res.qd[5] == 0.0
+    res = lim.apply(HOME, STILL, np.array([0.0, 0, 0, 0, 0.2, 0.3]))
+    assert res.qd[5] == 0.0 and res.qd[4] == pytest.approx(0.2)
     assert [i.kind for i in res.interventions] == ["inactive_joint"]
+    big = limits().apply(HOME, STILL, np.array([0.0, 0, 0, 0, -9.0, 0]))
+    assert big.qd[4] == pytest.approx(-ArmConfig().speed_max) or big.qd[4] == 0.0
 
 
-def test_joint_leaving_range_is_reversed_but_returning_joint_is_not():
+def test_rest_position_follows_the_leading_axis_profile():
+    lim = limits()
+    acc = ArmConfig().acceleration
+    qd = np.array([1.4, -0.7, 0, 0, 0, 0])
+    # braking from 1.4 rad/s at 1.4 rad/s^2 takes 1 s and 0.7 rad; joint 1 stops with it
+    rest = lim.rest_position(HOME, qd, np.zeros(6))
+    np.testing.assert_allclose(rest - HOME, [0.7, -0.35, 0, 0, 0, 0], atol=1e-12)
+    # from rest, a command of 0.028 rad/s is reached in 0.02 s: ramp, cruise, brake
+    cmd = np.array([acc * 0.02, 0, 0, 0, 0, 0])
+    rest = lim.rest_position(HOME, STILL, cmd)
+    want = 0.5 * cmd[0] * 0.02 + cmd[0] * 0.02 + 0.5 * cmd[0] * 0.02
+    assert rest[0] - HOME[0] == pytest.approx(want, rel=1e-12)
+
+
+def test_command_that_would_overrun_a_joint_limit_brakes():
     lim = limits()
     q = HOME.copy()
-    q[0] = np.deg2rad(125.0)  # at the high limit of the base
-    res = lim.apply(q, np.array([0.5, 0, 0, 0, 0, 0]))
-    assert res.qd[0] == pytest.approx(-0.5)
-    assert any(i.kind == "joint_limit" for i in res.interventions)
-    res = lim.apply(q, np.array([-0.5, 0, 0, 0, 0, 0]))
-    assert res.qd[0] == pytest.approx(-0.5) and res.interventions == []
+    q[0] = np.deg2rad(120.0)  # 5 deg below the base's high limit
+    qd = np.array([0.5, 0, 0, 0, 0, 0])  # rest 0.09 rad = 5.1 deg further: too far
+    res = lim.apply(q, qd, qd)
+    np.testing.assert_array_equal(res.qd, np.zeros(6))
+    assert [i.kind for i in res.interventions] == ["joint_limit"]
+    # moving away from the limit is fine
+    away = lim.apply(q, -qd, -qd)
+    np.testing.assert_array_equal(away.qd, -qd)
 
 
-def flange(q):
-    return flange_pose(q)[:3, 3]
-
-
-def test_box_exit_returns_toward_home_or_stops():
+def test_command_that_would_leave_the_box_brakes():
     lim = limits()
-    # Shoulder up moves the flange up and out of the box eventually: find such a q.
+    q = HOME.copy()
+    while np.all(lim.box_violation(q + np.array([0, 0.002, 0, 0, 0, 0])) == 0):
+        q[1] += 0.0002  # shoulder up until the flange is 0.002 rad from the box's top
+    # from rest, 1 rad/s for 40 ms then braking moves the shoulder 0.00224 rad
+    res = lim.apply(q, STILL, np.array([0, 1.0, 0, 0, 0, 0]))
+    assert [i.kind for i in res.interventions] == ["box"]
+    np.testing.assert_array_equal(res.qd, np.zeros(6))
+
+
+def test_outside_returns_toward_home_or_holds():
+    lim = limits()
     q = HOME.copy()
     while np.all(lim.box_violation(q) == 0):
         q[1] += 0.01
-    res = lim.apply(q, np.array([0, 0.5, 0, 0, 0, 0]))
-    assert [i.kind for i in res.interventions] == ["box"]
-    # the replacement drives toward home: flange distance to the box shrinks
-    q_next = q + res.qd * 0.04
+    res = lim.apply(q, STILL, np.array([0, 0.5, 0, 0, 0, 0]))
+    assert "returning toward home" in res.interventions[0].detail
+    q_next = q + res.qd * 0.2
     assert np.linalg.norm(lim.box_violation(q_next)) < np.linalg.norm(lim.box_violation(q))
-    stop = limits(on_box_exit="stop").apply(q, np.array([0, 0.5, 0, 0, 0, 0]))
-    np.testing.assert_array_equal(stop.qd, np.zeros(6))
+    hold = limits(on_box_exit="stop").apply(q, STILL, np.array([0, 0.5, 0, 0, 0, 0]))
+    np.testing.assert_array_equal(hold.qd, np.zeros(6))
 
 
-def test_random_commands_never_leave_box_or_joint_limits():
-    lim = limits()
+def test_random_actions_in_the_mirror_never_leave_box_or_joint_limits():
+    """The real speedJ physics of the mirror, full-speed random and constant actions."""
+    env = VisualReacherEnv(Config())
     rng = np.random.default_rng(1)
-    q = HOME.copy()
-    dt = 0.04
-    worst_box, worst_joint = 0.0, 0.0
-    for _ in range(3000):
-        qd = np.zeros(6)
-        qd[:5] = rng.uniform(-2, 2, 5)
-        q = q + lim.apply(q, qd).qd * dt
-        worst_box = max(worst_box, np.abs(lim.box_violation(q)).max())
-        over = np.maximum(q - lim.q_high, 0) + np.maximum(lim.q_low - q, 0)
-        worst_joint = max(worst_joint, over.max())
-    # prediction is exact to first order: overshoot is second order in the step
-    assert worst_box < 0.01
-    assert worst_joint < 1e-9
+    worst_box, worst_joint, braked = 0.0, 0.0, 0
+    try:
+        for episode in range(8):
+            env.reset(seed=episode)
+            constant = rng.choice([-1.0, 1.0], 5).astype(np.float32)
+            for step in range(150):
+                action = constant if episode % 2 else rng.uniform(-1, 1, 5).astype(np.float32)
+                _, _, _, truncated, info = env.step(action)
+                q = env.mirror.q
+                worst_box = max(worst_box, np.abs(env.safety.box_violation(q)).max())
+                worst_joint = max(worst_joint, np.abs(env.safety.joint_violation(q)).max())
+                braked += any("braking" in i for i in info["interventions"])
+                assert not info["contacts"], (episode, step, info["contacts"])
+    finally:
+        env.close()
+    assert braked > 0  # the limits were actually approached
+    assert worst_box < 1e-3 and worst_joint < 1e-3
 
 
 def test_rejects_bad_vectors():
     lim = limits()
-    with pytest.raises(ValueError, match="qd"):
-        lim.apply(HOME, np.array([np.nan, 0, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="command"):
+        lim.apply(HOME, STILL, np.array([np.nan, 0, 0, 0, 0, 0]))
     with pytest.raises(ValueError, match="q"):
-        lim.apply(HOME[:5], np.zeros(6))
+        lim.apply(HOME[:5], STILL, np.zeros(6))
