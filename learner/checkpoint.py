@@ -1,0 +1,316 @@
+"""Checkpoints of the MaDi-SAC learner: full learner state and small policy-only files.
+
+Both kinds are plain ``torch.save`` dicts of tensors, numbers, strings and lists; the
+config travels as a JSON string, so loading uses ``torch.load(weights_only=True)`` and
+never unpickles arbitrary objects. Files are written atomically (temporary file in the
+same folder, fsync, ``os.replace``), so a crash leaves the previous checkpoint intact.
+
+Loading a checkpoint made with another learning config or other observation/action
+spaces fails with :class:`CheckpointMismatchError`, listing every difference as
+``key: checkpoint value vs current value``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.agent import MadiSacAgent
+from learner.config import AgentConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "atomic_torch_save",
+    "compare_settings",
+    "load_checkpoint",
+    "load_policy_file",
+    "save_checkpoint",
+    "save_policy",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Version of the checkpoint layout; bump when keys change.
+FORMAT_VERSION = 1
+_KIND_FULL = "madi_learner"
+_KIND_POLICY = "madi_policy"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or of the wrong kind."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint was made with another config or other spaces.
+
+    Attributes:
+        differences: ``{key: (checkpoint value, current value)}``.
+    """
+
+    def __init__(self, path: str | Path, differences: dict[str, tuple[Any, Any]]):
+        self.differences = differences
+        lines = [f"  {k}: checkpoint {a!r} vs current {b!r}" for k, (a, b) in differences.items()]
+        super().__init__(
+            f"checkpoint '{path}' does not match the current agent ({len(differences)} "
+            f"difference(s)):\n" + "\n".join(lines)
+        )
+
+
+def _spaces(agent: MadiSacAgent) -> dict[str, Any]:
+    return {
+        "image_shape": list(agent.image_shape),
+        "proprio_dim": agent.proprio_dim,
+        "action_dim": agent.action_dim,
+    }
+
+
+def compare_settings(
+    saved_config: dict[str, Any],
+    saved_spaces: dict[str, Any],
+    cfg: AgentConfig,
+    spaces: dict[str, Any],
+) -> dict[str, tuple[Any, Any]]:
+    """Differences between a checkpoint's settings and the current ones.
+
+    Runtime-only fields (device, amp, compile, ...) are ignored.
+
+    Args:
+        saved_config: The checkpoint's :meth:`AgentConfig.learning_dict`.
+        saved_spaces: The checkpoint's spaces (image_shape, proprio_dim, action_dim).
+        cfg: The current config.
+        spaces: The current spaces.
+
+    Returns:
+        ``{key: (checkpoint value, current value)}``; empty when they match. Space keys
+        are prefixed ``spaces.``, config keys ``agent.``.
+    """
+    diffs: dict[str, tuple[Any, Any]] = {}
+    current = cfg.learning_dict()
+    for key in sorted(set(saved_config) | set(current)):
+        a, b = saved_config.get(key, "<missing>"), current.get(key, "<missing>")
+        if a != b:
+            diffs[f"agent.{key}"] = (a, b)
+    for key in sorted(set(saved_spaces) | set(spaces)):
+        a, b = saved_spaces.get(key, "<missing>"), spaces.get(key, "<missing>")
+        if a != b:
+            diffs[f"spaces.{key}"] = (a, b)
+    return diffs
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``.
+
+    Args:
+        obj: Object to save (tensors, dicts, lists, numbers, strings).
+        path: Destination file; its folder is created if needed.
+
+    Returns:
+        The destination path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _numpy_to_torch(obj: Any) -> Any:
+    """Replace numpy arrays/scalars by tensors/Python numbers (for weights_only loading)."""
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == np.uint64:  # torch has no general uint64 support: store bytes
+            return {"__uint64__": torch.from_numpy(obj.view(np.int64).copy())}
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _numpy_to_torch(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_numpy_to_torch(v) for v in obj]
+    return obj
+
+
+def _torch_to_numpy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__uint64__"}:
+            return obj["__uint64__"].numpy().view(np.uint64)
+        return {k: _torch_to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    if isinstance(obj, list):
+        return [_torch_to_numpy(v) for v in obj]
+    return obj
+
+
+def _load(path: str | Path, kind: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt / unsafe files
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read safely ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"checkpoint '{path}' is of kind {got!r}, expected {kind!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint '{path}' has format_version {data.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    return data
+
+
+def save_checkpoint(
+    path: str | Path,
+    agent: MadiSacAgent,
+    counters: dict[str, int | float] | None = None,
+    replay: Any | None = None,
+) -> Path:
+    """Write the full learner state atomically.
+
+    Args:
+        path: Destination ``.pt`` file.
+        agent: The agent (networks, optimizers, ``log_alpha``, update count, aug RNG).
+        counters: Extra step counters, e.g. ``{"env_steps": 12000, "episodes": 80}``.
+        replay: Optional replay buffer with ``state_dict()`` (numpy arrays and ints).
+
+    Returns:
+        The path written.
+    """
+    data = {
+        "kind": _KIND_FULL,
+        "format_version": FORMAT_VERSION,
+        "config_json": json.dumps(agent.cfg.model_dump(mode="json"), sort_keys=True),
+        "config_hash": agent.cfg.config_hash(),
+        "spaces": _spaces(agent),
+        "agent": agent.state_dict(),
+        "counters": dict(counters or {}),
+        "replay": _numpy_to_torch(replay.state_dict()) if replay is not None else None,
+    }
+    out = atomic_torch_save(data, path)
+    logger.info("saved learner checkpoint %s (update %d)", out, agent.num_updates)
+    return out
+
+
+def load_checkpoint(
+    path: str | Path, agent: MadiSacAgent, replay: Any | None = None
+) -> dict[str, int | float]:
+    """Restore a full learner checkpoint into ``agent`` (and optionally ``replay``).
+
+    Args:
+        path: File written by :func:`save_checkpoint`.
+        agent: An agent built with the same learning config and spaces.
+        replay: Optional replay buffer to restore (when the file holds one).
+
+    Returns:
+        The saved step counters.
+
+    Raises:
+        CheckpointError: If the file is missing, unsafe/corrupt, of another kind, or
+            holds no replay while ``replay`` is given.
+        CheckpointMismatchError: If config or spaces differ (each difference listed).
+    """
+    data = _load(path, _KIND_FULL)
+    saved_cfg = AgentConfig.model_validate(json.loads(data["config_json"])).learning_dict()
+    diffs = compare_settings(saved_cfg, data["spaces"], agent.cfg, _spaces(agent))
+    if diffs:
+        raise CheckpointMismatchError(path, diffs)
+    agent.load_state_dict(data["agent"])
+    if replay is not None:
+        if data.get("replay") is None:
+            raise CheckpointError(f"checkpoint '{path}' holds no replay buffer")
+        replay.load_state_dict(_torch_to_numpy(data["replay"]))
+    logger.info("loaded learner checkpoint %s (update %d)", path, agent.num_updates)
+    return dict(data["counters"])
+
+
+def save_policy(path: str | Path, agent: MadiSacAgent, version: int | None = None) -> Path:
+    """Write the small policy-only file (Masker + encoder + actor, spaces, sizes).
+
+    Args:
+        path: Destination ``.pt`` file.
+        agent: The agent whose policy to export.
+        version: Policy version stored in the file (default: the agent's update count).
+
+    Returns:
+        The path written.
+    """
+    cfg = agent.cfg
+
+    def cpu_sd(module: torch.nn.Module | None) -> dict | None:
+        if module is None:
+            return None
+        return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+    data = {
+        "kind": _KIND_POLICY,
+        "format_version": FORMAT_VERSION,
+        "version": agent.num_updates if version is None else int(version),
+        "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        "config_hash": cfg.config_hash(),
+        "spaces": _spaces(agent),
+        "net": {
+            "masker_filters": cfg.masker_filters if agent.masker is not None else None,
+            "encoder_filters": cfg.encoder_filters,
+            "encoder_strides": list(cfg.encoder_strides),
+            "mlp_hidden": list(cfg.mlp_hidden),
+            "actor_log_std_min": cfg.actor_log_std_min,
+            "actor_log_std_max": cfg.actor_log_std_max,
+        },
+        "masker": cpu_sd(agent.masker),
+        "encoder": cpu_sd(agent.encoder),
+        "actor": cpu_sd(agent.actor),
+    }
+    return atomic_torch_save(data, path)
+
+
+def load_policy_file(
+    path: str | Path,
+    expected_spaces: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read a policy-only file (``torch.load(weights_only=True)``).
+
+    Args:
+        path: File written by :func:`save_policy`.
+        expected_spaces: Optional spaces the caller needs (image_shape, proprio_dim,
+            action_dim); a mismatch raises.
+
+    Returns:
+        The dict: ``net`` sizes, ``spaces``, state dicts ``masker`` (or None), ``encoder``,
+        ``actor``, ``version``, ``config_json``, ``config_hash``.
+
+    Raises:
+        CheckpointError: If the file is missing, unsafe/corrupt or not a policy file.
+        CheckpointMismatchError: If ``expected_spaces`` differ from the file's.
+    """
+    data = _load(path, _KIND_POLICY)
+    if expected_spaces is not None:
+        diffs = {
+            f"spaces.{k}": (data["spaces"].get(k), v)
+            for k, v in expected_spaces.items()
+            if data["spaces"].get(k) != (list(v) if isinstance(v, tuple) else v)
+        }
+        if diffs:
+            raise CheckpointMismatchError(path, diffs)
+    return data

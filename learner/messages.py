@@ -1,0 +1,1158 @@
+"""Every message of the robot <-> learner link and its wire format (no pickle).
+
+Both processes import this module; it is the one definition of what crosses the link
+(design.md, "Messages"). It imports neither ZeroMQ nor torch, only numpy.
+
+Messages (dataclasses, validated on construction and on decoding):
+
+- control channel: :class:`Hello` (protocol version, role, config hash, run and session
+  ids, :class:`Spaces`), :class:`HelloAck` (accept or reject with a reason),
+  :class:`Heartbeat`, :class:`Pause`, :class:`Resume`, :class:`Shutdown`;
+- transitions channel (robot -> learner): :class:`Transition`;
+- weights channel (learner -> robot, conflated): :class:`Weights`.
+
+Wire format. A JSON header (UTF-8)::
+
+    {"type": "transition", "protocol": 1, "fields": {...scalars...},
+     "arrays": [{"name": "frames", "dtype": "uint8", "shape": [1, 3, 90, 160],
+                 "offset": 0, "nbytes": 43200}, ...]}
+
+followed by the raw little-endian bytes of each array, in one of two framings:
+
+- multipart (:func:`encode`): frame 0 is the header, frame ``1 + i`` holds array ``i``
+  (``offset`` 0, ``nbytes`` = the frame length); large arrays go out zero-copy;
+- packed (:func:`encode_packed`), one frame for a ``CONFLATE`` socket, which would
+  otherwise keep only part of a multipart message: ``b"MDP1"`` + header length (uint32
+  little-endian) + header + zero padding to a multiple of 8 + payload; ``offset`` is
+  relative to the payload start (8-byte aligned).
+
+:func:`decode` accepts both framings and validates everything (type known, protocol
+version equal, exactly the required fields with the right types, dtype in
+:data:`ALLOWED_DTYPES`, non-negative shape dims whose product matches ``nbytes``, every
+size bounded by ``max_bytes``); on any violation it raises :class:`MessageError` with a
+short ``reason`` code (used by the link to count drops per reason) and never any other
+exception. Arrays are read-only ``np.frombuffer`` views of the received frames.
+
+Frames of a transition. The observation image stacks the ``k`` newest RGB frames
+``(3k, H, W)`` and ``next_obs`` is ``obs`` shifted by one frame, so a transition carries
+``k + 1`` distinct frames, of which only the newest is new at a 25 Hz step. A
+:class:`Transition` therefore carries either that one new frame (a *delta*, 43,200 bytes
+at 3x90x160) or the whole window of ``k + 1`` frames (a *keyframe*, 172,800 bytes): at an
+episode start, after a dropped message, on a new learner session, whenever the chain is
+broken, and every ``keyframe_every`` messages as a safety net. Sending both full stacks
+would cost 259,200 bytes per step (6.5 MB/s at 25 Hz) against about 1.16 MB/s here
+(keyframe every 50 steps), which matters on a remote learner over a shared network.
+:class:`TransitionPacker` (robot side) makes these messages from full observations and
+:class:`TransitionAssembler` (learner side) rebuilds the exact ``obs`` / ``next_obs``
+dicts that :meth:`learner.replay.ReplayBuffer.add` takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "HELLO_REQUIRED",
+    "MAX_ARRAYS",
+    "MAX_HEADER_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "MESSAGE_TYPES",
+    "PACKED_MAGIC",
+    "PROTOCOL_VERSION",
+    "ROLES",
+    "Hello",
+    "HelloAck",
+    "Heartbeat",
+    "Message",
+    "MessageError",
+    "Pause",
+    "Resume",
+    "Shutdown",
+    "Spaces",
+    "Transition",
+    "TransitionAssembler",
+    "TransitionPacker",
+    "Weights",
+    "decode",
+    "encode",
+    "encode_packed",
+]
+
+PROTOCOL_VERSION = 1
+"""Version of this wire format and message set; peers must be equal (no negotiation)."""
+
+MAX_MESSAGE_BYTES = 64 * 2**20
+"""Default bound on the bytes of one message, all frames together (64 MiB).
+
+The paper's policy (Masker 32 filters, encoder 4x32 convs, actor MLP 1024x1024) is
+1,182,571 float32 parameters, 4.7 MB; a UR5 keyframe is 173 KB.
+"""
+
+MAX_HEADER_BYTES = 256 * 2**10
+"""Bound on the JSON header (256 KiB)."""
+
+MAX_ARRAYS = 1024
+"""Bound on the number of arrays in one message (a state dict has a few dozen)."""
+
+MAX_NDIM = 8
+"""Bound on the dimensions of one array."""
+
+MAX_STR = 1024
+"""Bound on the characters of a string field or array name."""
+
+MAX_COUNTERS = 256
+"""Bound on the entries of :attr:`Heartbeat.counters`."""
+
+PACKED_MAGIC = b"MDP1"
+"""First four bytes of a packed (one-frame) message."""
+
+ROLES = ("robot", "learner")
+"""Values of the ``role`` fields."""
+
+HELLO_REQUIRED = "hello required"
+""":attr:`HelloAck.reason` sent to a peer that talks before its :class:`Hello` was accepted
+(e.g. to a robot whose learner restarted): the peer should say hello again at once."""
+
+ALLOWED_DTYPES: dict[str, np.dtype] = {
+    "uint8": np.dtype("|u1"),
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int64": np.dtype("<i8"),
+    "bool": np.dtype("|b1"),
+}
+"""dtype names allowed on the wire and their (little-endian) numpy dtypes."""
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_HEADER_KEYS = {"type", "protocol", "fields", "arrays"}
+_SPACES_KEYS = {"image_shape", "proprio_dim", "action_dim"}
+_DESC_KEYS = {"name", "dtype", "shape", "offset", "nbytes"}
+_PACKED_PREFIX = struct.Struct("<4sI")
+
+
+class MessageError(ValueError):
+    """A message that cannot be encoded or decoded, with a short reason code.
+
+    Args:
+        reason: Short machine-readable code, used as the key of the link's
+            ``rejected_by_reason`` counters (e.g. ``"bad_header"``, ``"protocol_version"``,
+            ``"unknown_type"``, ``"bad_field"``, ``"bad_array"``, ``"too_large"``).
+        detail: Human-readable explanation.
+
+    Attributes:
+        reason: The reason code.
+    """
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------- field checks
+def _int(name: str, value: Any, lo: int = 0, hi: int = _INT64_MAX) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise MessageError("bad_field", f"{name}: expected an integer, got {type(value).__name__}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise MessageError("bad_field", f"{name}: expected {lo} <= value <= {hi}, got {value}")
+    return value
+
+
+def _float(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise MessageError("bad_field", f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise MessageError("bad_field", f"{name}: expected a finite number, got {value}")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise MessageError("bad_field", f"{name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _str(name: str, value: Any, max_len: int = MAX_STR) -> str:
+    if not isinstance(value, str):
+        raise MessageError("bad_field", f"{name}: expected a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise MessageError("bad_field", f"{name}: longer than {max_len} characters")
+    return value
+
+
+def _role(name: str, value: Any) -> str:
+    value = _str(name, value)
+    if value not in ROLES:
+        raise MessageError("bad_field", f"{name}: expected one of {ROLES}, got {value!r}")
+    return value
+
+
+def _array(name: str, value: Any, dtype: str, ndim: int | None, finite: bool = False) -> np.ndarray:
+    """Validate an array field; float inputs are cast to ``dtype`` when it is a float."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, duck-typed
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise MessageError(
+            "bad_field", f"{name}: expected np.ndarray {dtype}, got {type(value).__name__}"
+        )
+    target = ALLOWED_DTYPES[dtype]
+    if value.dtype != target:
+        same_kind = value.dtype.kind == target.kind and value.dtype.itemsize == target.itemsize
+        if not (same_kind or (target.kind == "f" and value.dtype.kind == "f")):
+            raise MessageError("bad_field", f"{name}: expected dtype {dtype}, got {value.dtype}")
+        value = value.astype(target)
+    if ndim is not None and value.ndim != ndim:
+        raise MessageError("bad_field", f"{name}: expected {ndim} dims, got shape {value.shape}")
+    if value.ndim > MAX_NDIM:
+        raise MessageError("bad_field", f"{name}: more than {MAX_NDIM} dims")
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise MessageError("bad_field", f"{name}: expected finite values")
+    return np.ascontiguousarray(value)
+
+
+def _counters(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping):
+        raise MessageError("bad_field", f"{name}: expected a dict, got {type(value).__name__}")
+    if len(value) > MAX_COUNTERS:
+        raise MessageError("bad_field", f"{name}: more than {MAX_COUNTERS} entries")
+    return {
+        _str(f"{name} key", k, 128): _int(f"{name}[{k!r}]", v, _INT64_MIN) for k, v in value.items()
+    }
+
+
+# ---------------------------------------------------------------------- messages
+@dataclass
+class Spaces:
+    """Observation and action spaces both peers must agree on (checked at the handshake).
+
+    Attributes:
+        image_shape: ``(3k, H, W)`` of the uint8 observation image: ``k`` RGB frames of
+            ``H x W`` pixels stacked on the channel axis, oldest first (UR5: (9, 90, 160)).
+        proprio_dim: Size ``P`` of the float32 proprioception vector (UR5: 15).
+        action_dim: Size ``A`` of the float32 action vector (UR5: 5).
+    """
+
+    image_shape: tuple[int, int, int]
+    proprio_dim: int
+    action_dim: int
+
+    def __post_init__(self) -> None:
+        shape = self.image_shape
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
+            raise MessageError("bad_field", f"spaces.image_shape: expected 3 ints, got {shape!r}")
+        self.image_shape = tuple(
+            _int(f"spaces.image_shape[{i}]", s, 1, 2**16) for i, s in enumerate(shape)
+        )
+        if self.image_shape[0] % 3:
+            raise MessageError(
+                "bad_field", f"spaces.image_shape[0]: expected 3k channels, got {shape[0]}"
+            )
+        self.proprio_dim = _int("spaces.proprio_dim", self.proprio_dim, 0, 2**16)
+        self.action_dim = _int("spaces.action_dim", self.action_dim, 1, 2**16)
+
+    @property
+    def frame_stack(self) -> int:
+        """Frames per observation ``k``."""
+        return self.image_shape[0] // 3
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """One RGB frame ``(3, H, W)``."""
+        return (3, self.image_shape[1], self.image_shape[2])
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (``image_shape`` as a list)."""
+        return {
+            "image_shape": list(self.image_shape),
+            "proprio_dim": self.proprio_dim,
+            "action_dim": self.action_dim,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Spaces:
+        """Build from :meth:`to_json` output, validating keys and values.
+
+        Args:
+            value: Decoded JSON.
+
+        Returns:
+            The spaces.
+
+        Raises:
+            MessageError: If keys are missing or extra, or a value is invalid.
+        """
+        if isinstance(value, Spaces):
+            return value
+        if not isinstance(value, dict) or set(value) != _SPACES_KEYS:
+            raise MessageError(
+                "bad_field", "spaces: expected a dict with image_shape, proprio_dim, action_dim"
+            )
+        return cls(value["image_shape"], value["proprio_dim"], value["action_dim"])
+
+
+class Message:
+    """Base of every message: the type name and the (de)serialisation hooks.
+
+    Subclasses are dataclasses that validate and normalise their fields in
+    ``__post_init__`` (raising :class:`MessageError`); array fields are listed in
+    ``ARRAY_FIELDS`` with their wire dtype.
+    """
+
+    TYPE: ClassVar[str] = ""
+    ARRAY_FIELDS: ClassVar[dict[str, str]] = {}
+
+    def _json_fields(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            if f.name in self.ARRAY_FIELDS:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.to_json() if isinstance(value, Spaces) else value
+        return out
+
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
+        return [(name, getattr(self, name)) for name in self.ARRAY_FIELDS]
+
+    @classmethod
+    def _from_wire(cls, fields: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Message:
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        scalar_names = {n for n in names if n not in cls.ARRAY_FIELDS}
+        _check_keys(cls.TYPE, fields, scalar_names)
+        got = {name for name, _ in arrays}
+        if got != set(cls.ARRAY_FIELDS) or len(arrays) != len(cls.ARRAY_FIELDS):
+            raise MessageError(
+                "bad_array",
+                f"{cls.TYPE}: expected arrays {sorted(cls.ARRAY_FIELDS)}, got {sorted(got)}",
+            )
+        kwargs = dict(fields)
+        for name, arr in arrays:
+            if arr.dtype != ALLOWED_DTYPES[cls.ARRAY_FIELDS[name]]:
+                raise MessageError(
+                    "bad_array",
+                    f"{cls.TYPE}.{name}: expected dtype {cls.ARRAY_FIELDS[name]}, got {arr.dtype}",
+                )
+            kwargs[name] = arr
+        return cls(**kwargs)
+
+
+def _check_keys(type_name: str, fields: dict[str, Any], expected: set[str]) -> None:
+    missing = expected - set(fields)
+    if missing:
+        raise MessageError("missing_field", f"{type_name}: missing fields {sorted(missing)}")
+    extra = set(fields) - expected
+    if extra:
+        raise MessageError(
+            "unknown_field", f"{type_name}: unknown fields {sorted(str(e) for e in extra)[:8]}"
+        )
+
+
+@dataclass
+class Hello(Message):
+    """Handshake, sent by the robot on the control channel until a :class:`HelloAck`.
+
+    A new Hello is accepted at any time (a restarted robot, or a robot whose learner
+    restarted), replacing the previous peer.
+
+    Attributes:
+        role: ``"robot"`` or ``"learner"``, the sender's role.
+        config_hash: Hash of the run configuration; must equal the receiver's.
+        run_id: Name of the run (free text, for logs).
+        session_id: Random id of the sending process instance; changes on a restart.
+        spaces: The sender's :class:`Spaces`; must equal the receiver's.
+        protocol_version: The sender's :data:`PROTOCOL_VERSION`.
+    """
+
+    TYPE: ClassVar[str] = "hello"
+    role: str
+    config_hash: str
+    run_id: str
+    session_id: str
+    spaces: Spaces
+    protocol_version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        self.role = _role("role", self.role)
+        self.config_hash = _str("config_hash", self.config_hash)
+        self.run_id = _str("run_id", self.run_id)
+        self.session_id = _str("session_id", self.session_id)
+        self.spaces = Spaces.from_json(self.spaces)
+        self.protocol_version = _int("protocol_version", self.protocol_version)
+
+
+@dataclass
+class HelloAck(Message):
+    """Answer to a :class:`Hello`: accepted, or rejected with a reason.
+
+    Attributes:
+        accepted: True when the handshake succeeded.
+        reason: Why it was rejected (empty when accepted), e.g. a config-hash mismatch or
+            :data:`HELLO_REQUIRED`.
+        role: The replier's role.
+        config_hash: The replier's config hash (the robot checks it too).
+        run_id: The replier's run name.
+        session_id: The replier's process instance id (a new one means it restarted).
+        protocol_version: The replier's :data:`PROTOCOL_VERSION`.
+    """
+
+    TYPE: ClassVar[str] = "hello_ack"
+    accepted: bool
+    reason: str
+    role: str
+    config_hash: str
+    run_id: str
+    session_id: str
+    protocol_version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        self.accepted = _bool("accepted", self.accepted)
+        self.reason = _str("reason", self.reason)
+        self.role = _role("role", self.role)
+        self.config_hash = _str("config_hash", self.config_hash)
+        self.run_id = _str("run_id", self.run_id)
+        self.session_id = _str("session_id", self.session_id)
+        self.protocol_version = _int("protocol_version", self.protocol_version)
+
+
+@dataclass
+class Transition(Message):
+    """One agent step, robot -> learner (see the module docstring for delta/keyframe).
+
+    Attributes:
+        episode_id: Episode counter of the robot process (>= 0).
+        step_index: Index of this transition in its episode, 0 for the first (>= 0).
+        frames: uint8 ``(n, 3, H, W)``, RGB, 0..255. ``n == 1`` (delta): the newest frame
+            of ``next_obs``; the learner takes the other ``k`` from the previous
+            transition. ``n == k + 1`` (keyframe): the whole window, ``obs`` image =
+            ``frames[:k]`` and ``next_obs`` image = ``frames[1:]`` (each reshaped to
+            ``(3k, H, W)``).
+        proprio: float32 ``(P,)``, proprioception of ``obs``.
+        next_proprio: float32 ``(P,)``, proprioception of ``next_obs``.
+        action: float32 ``(A,)``, the action actually applied (after safety clipping),
+            normalised to [-1, 1].
+        reward: Reward of the transition (finite).
+        terminated: ``next_obs`` is terminal (no bootstrapping).
+        truncated: The episode was cut by the time limit at ``next_obs``.
+        frame_time_ns: Capture time of the newest frame of ``obs`` (the frame the action
+            was computed from), ``time.monotonic_ns()`` of the robot machine.
+        action_time_ns: Time the action was sent to the arm, same clock.
+        policy_version: :attr:`Weights.version` of the policy that chose the action, 0
+            for random actions before any weights arrived.
+    """
+
+    TYPE: ClassVar[str] = "transition"
+    ARRAY_FIELDS: ClassVar[dict[str, str]] = {
+        "frames": "uint8",
+        "proprio": "float32",
+        "next_proprio": "float32",
+        "action": "float32",
+    }
+    episode_id: int
+    step_index: int
+    frames: np.ndarray
+    proprio: np.ndarray
+    next_proprio: np.ndarray
+    action: np.ndarray
+    reward: float
+    terminated: bool
+    truncated: bool
+    frame_time_ns: int
+    action_time_ns: int
+    policy_version: int
+
+    def __post_init__(self) -> None:
+        self.episode_id = _int("episode_id", self.episode_id)
+        self.step_index = _int("step_index", self.step_index)
+        self.frames = _array("frames", self.frames, "uint8", 4)
+        if self.frames.shape[0] < 1 or self.frames.shape[1] != 3:
+            raise MessageError(
+                "bad_field", f"frames: expected (n >= 1, 3, H, W), got {self.frames.shape}"
+            )
+        self.proprio = _array("proprio", self.proprio, "float32", 1, finite=True)
+        self.next_proprio = _array("next_proprio", self.next_proprio, "float32", 1, finite=True)
+        if self.next_proprio.shape != self.proprio.shape:
+            raise MessageError(
+                "bad_field",
+                f"next_proprio: shape {self.next_proprio.shape} != proprio {self.proprio.shape}",
+            )
+        self.action = _array("action", self.action, "float32", 1, finite=True)
+        self.reward = _float("reward", self.reward)
+        self.terminated = _bool("terminated", self.terminated)
+        self.truncated = _bool("truncated", self.truncated)
+        self.frame_time_ns = _int("frame_time_ns", self.frame_time_ns, _INT64_MIN)
+        self.action_time_ns = _int("action_time_ns", self.action_time_ns, _INT64_MIN)
+        self.policy_version = _int("policy_version", self.policy_version)
+
+    @property
+    def keyframe(self) -> bool:
+        """True if :attr:`frames` holds the whole window (more than one frame)."""
+        return self.frames.shape[0] > 1
+
+
+@dataclass
+class Weights(Message):
+    """Policy parameters, learner -> robot, sent packed in one frame (conflated channel).
+
+    Attributes:
+        version: Monotonic version within a learner session (number of publishes or of
+            updates, the learner's choice); transitions echo it as ``policy_version``.
+        tensors: Named float32 arrays, ``"<module>/<parameter>"`` -> array of the
+            parameter's shape, e.g. ``"actor/trunk.0.weight"`` float32 (1024, 79). See
+            :meth:`from_state_dicts` / :meth:`to_state_dicts`.
+        session_id: Session id of the publishing learner (the link fills it in).
+    """
+
+    TYPE: ClassVar[str] = "weights"
+    version: int
+    tensors: dict[str, np.ndarray]
+    session_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.version = _int("version", self.version)
+        self.session_id = _str("session_id", self.session_id)
+        if not isinstance(self.tensors, Mapping):
+            raise MessageError(
+                "bad_field", f"tensors: expected a dict, got {type(self.tensors).__name__}"
+            )
+        if len(self.tensors) > MAX_ARRAYS:
+            raise MessageError("bad_field", f"tensors: more than {MAX_ARRAYS} entries")
+        out = {}
+        for name, value in self.tensors.items():
+            name = _str("tensor name", name, 256)
+            if not name:
+                raise MessageError("bad_field", "tensors: empty tensor name")
+            out[name] = _array(f"tensors[{name!r}]", value, "float32", None, finite=True)
+        self.tensors = out
+
+    def _json_fields(self) -> dict[str, Any]:
+        return {"version": self.version, "session_id": self.session_id}
+
+    def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
+        return list(self.tensors.items())
+
+    @classmethod
+    def _from_wire(cls, fields: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Message:
+        _check_keys(cls.TYPE, fields, {"version", "session_id"})
+        tensors = {}
+        for name, arr in arrays:
+            if arr.dtype != ALLOWED_DTYPES["float32"]:
+                raise MessageError(
+                    "bad_array", f"weights[{name!r}]: expected float32, got {arr.dtype}"
+                )
+            tensors[name] = arr
+        return cls(version=fields["version"], tensors=tensors, session_id=fields["session_id"])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tensors (4 per parameter)."""
+        return int(sum(a.nbytes for a in self.tensors.values()))
+
+    @classmethod
+    def from_state_dicts(
+        cls, version: int, modules: Mapping[str, Mapping[str, Any] | None], session_id: str = ""
+    ) -> Weights:
+        """Flatten module state dicts into one :class:`Weights`.
+
+        Args:
+            version: :attr:`version`.
+            modules: ``{"masker": sd or None, "encoder": sd, "actor": sd}``; values are
+                torch tensors or numpy arrays (copied to float32 numpy); None is skipped.
+            session_id: :attr:`session_id`.
+
+        Returns:
+            Weights with names ``"<module>/<parameter>"``.
+
+        Raises:
+            MessageError: On a non-float tensor, a non-finite value or a bad name.
+        """
+        tensors = {}
+        for module, state in modules.items():
+            if state is None:
+                continue
+            if "/" in module:
+                raise MessageError("bad_field", f"module name {module!r} must not contain '/'")
+            for name, value in state.items():
+                if hasattr(value, "detach"):  # torch tensor: detach, to CPU, numpy
+                    value = value.detach().cpu().numpy()
+                # A copy: later optimiser steps must not change a message in flight.
+                tensors[f"{module}/{name}"] = np.array(value, copy=True)
+        return cls(version=version, tensors=tensors, session_id=session_id)
+
+    def to_state_dicts(self, as_tensors: bool = False) -> dict[str, dict[str, Any]]:
+        """Split :attr:`tensors` back into per-module state dicts.
+
+        Args:
+            as_tensors: Return writable torch tensors (copies; what
+                ``nn.Module.load_state_dict`` needs) instead of the read-only numpy views.
+
+        Returns:
+            ``{"masker": {...}, "encoder": {...}, "actor": {...}}`` (the modules present).
+        """
+        out: dict[str, dict[str, Any]] = {}
+        if as_tensors:
+            import torch  # lazy: this module stays importable without torch
+
+        for full_name, arr in self.tensors.items():
+            module, _, name = full_name.partition("/")
+            out.setdefault(module, {})[name] = torch.from_numpy(arr.copy()) if as_tensors else arr
+        return out
+
+
+@dataclass
+class Heartbeat(Message):
+    """Application-level liveness signal, both directions on the control channel.
+
+    Attributes:
+        role: The sender's role.
+        seq: Sequence number, +1 per heartbeat of the sender.
+        time_ns: The sender's ``time.monotonic_ns()`` at sending (its own clock).
+        counters: The sender's link and loop counters (name -> int), e.g.
+            ``"weights_version"``, ``"dropped_full"``, ``"overruns"``.
+    """
+
+    TYPE: ClassVar[str] = "heartbeat"
+    role: str
+    seq: int
+    time_ns: int
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.role = _role("role", self.role)
+        self.seq = _int("seq", self.seq)
+        self.time_ns = _int("time_ns", self.time_ns, _INT64_MIN)
+        self.counters = _counters("counters", self.counters)
+
+
+@dataclass
+class Pause(Message):
+    """Ask the peer to pause (robot -> learner: stop updates, e.g. during a reset).
+
+    Attributes:
+        reason: Free text, e.g. ``"reset"``.
+    """
+
+    TYPE: ClassVar[str] = "pause"
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.reason = _str("reason", self.reason)
+
+
+@dataclass
+class Resume(Message):
+    """End of a :class:`Pause`.
+
+    Attributes:
+        reason: Free text, e.g. ``"reset done"``.
+    """
+
+    TYPE: ClassVar[str] = "resume"
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.reason = _str("reason", self.reason)
+
+
+@dataclass
+class Shutdown(Message):
+    """The sender is shutting down; the receiver decides what to do (e.g. exit).
+
+    Attributes:
+        reason: Free text, e.g. ``"ctrl-c"`` or ``"steps done"``.
+    """
+
+    TYPE: ClassVar[str] = "shutdown"
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.reason = _str("reason", self.reason)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, HelloAck, Transition, Weights, Heartbeat, Pause, Resume, Shutdown)
+}
+"""Wire type name -> message class."""
+
+
+# ---------------------------------------------------------------------- encoding
+def _wire_arrays(msg: Message) -> list[tuple[str, np.ndarray]]:
+    if not isinstance(msg, Message) or type(msg).TYPE not in MESSAGE_TYPES:
+        raise MessageError("unknown_type", f"cannot encode {type(msg).__name__}")
+    msg.__post_init__()  # re-validate: fields may have been changed after construction
+    return msg._named_arrays()
+
+
+def _header(msg: Message, descs: list[dict[str, Any]]) -> bytes:
+    header = {"type": msg.TYPE, "protocol": PROTOCOL_VERSION, "fields": msg._json_fields()}
+    header["arrays"] = descs
+    try:
+        data = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as err:
+        raise MessageError("bad_field", f"{msg.TYPE}: not JSON-serialisable ({err})") from err
+    if len(data) > MAX_HEADER_BYTES:
+        raise MessageError("too_large", f"header of {len(data)} bytes > {MAX_HEADER_BYTES}")
+    return data
+
+
+def _desc(name: str, arr: np.ndarray, offset: int) -> dict[str, Any]:
+    dtype_name = next(k for k, v in ALLOWED_DTYPES.items() if v == arr.dtype)
+    return {
+        "name": name,
+        "dtype": dtype_name,
+        "shape": list(arr.shape),
+        "offset": offset,
+        "nbytes": arr.nbytes,
+    }
+
+
+def _raw(arr: np.ndarray) -> np.ndarray:
+    """The bytes of a C-contiguous array as a 1-D uint8 view (no copy)."""
+    return arr.reshape(-1).view(np.uint8)
+
+
+def encode(msg: Message) -> list[bytes | np.ndarray]:
+    """Encode a message as multipart frames: JSON header, then one frame per array.
+
+    Pass the result to ``socket.send_multipart(frames, copy=False)``: array frames are
+    views of the message's arrays (zero-copy above pyzmq's copy threshold of 64 KB), so
+    do not modify them until the send returns.
+
+    Args:
+        msg: Any message of :data:`MESSAGE_TYPES`.
+
+    Returns:
+        ``[header bytes, uint8 view of array 0, ...]``.
+
+    Raises:
+        MessageError: If a field is invalid or the header is too large.
+    """
+    arrays = _wire_arrays(msg)
+    descs = [_desc(name, arr, 0) for name, arr in arrays]
+    return [_header(msg, descs), *(_raw(arr) for _, arr in arrays)]
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def encode_packed(msg: Message) -> bytearray:
+    """Encode a message as one frame (for a ``CONFLATE`` socket).
+
+    Layout: :data:`PACKED_MAGIC`, header length (uint32 LE), JSON header, zero padding to
+    a multiple of 8, payload; every array starts at an 8-byte aligned payload offset.
+
+    Args:
+        msg: Any message of :data:`MESSAGE_TYPES`.
+
+    Returns:
+        The frame (one copy of every array).
+
+    Raises:
+        MessageError: If a field is invalid or the header is too large.
+    """
+    arrays = _wire_arrays(msg)
+    descs, offset = [], 0
+    for name, arr in arrays:
+        descs.append(_desc(name, arr, offset))
+        offset = _align8(offset + arr.nbytes)
+    header = _header(msg, descs)
+    start = _align8(_PACKED_PREFIX.size + len(header))
+    buf = bytearray(start + offset)
+    _PACKED_PREFIX.pack_into(buf, 0, PACKED_MAGIC, len(header))
+    buf[_PACKED_PREFIX.size : _PACKED_PREFIX.size + len(header)] = header
+    view = memoryview(buf)
+    for desc, (_, arr) in zip(descs, arrays, strict=True):
+        begin = start + desc["offset"]
+        view[begin : begin + arr.nbytes] = memoryview(_raw(arr))
+    return buf
+
+
+# ---------------------------------------------------------------------- decoding
+def _as_bytes_view(frame: Any) -> memoryview:
+    try:
+        view = memoryview(frame)
+    except TypeError as err:
+        raise MessageError("bad_frames", f"frame of type {type(frame).__name__}") from err
+    if view.ndim != 1 or view.format != "B":
+        if not view.c_contiguous:
+            raise MessageError("bad_frames", "frame buffer is not contiguous")
+        view = view.cast("B")
+    return view
+
+
+def _reject_constant(name: str) -> None:
+    raise MessageError("bad_header", f"JSON constant {name} is not allowed")
+
+
+def _parse_header(view: memoryview) -> tuple[type[Message], dict[str, Any], list[Any]]:
+    if len(view) > MAX_HEADER_BYTES:
+        raise MessageError("too_large", f"header of {len(view)} bytes > {MAX_HEADER_BYTES}")
+    try:
+        obj = json.loads(bytes(view).decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as err:  # includes UnicodeDecodeError
+        raise MessageError("bad_header", f"header is not valid JSON ({err})") from err
+    if not isinstance(obj, dict):
+        raise MessageError("bad_header", f"header is a JSON {type(obj).__name__}, not an object")
+    if set(obj) != _HEADER_KEYS:
+        raise MessageError("bad_header", f"header keys must be {sorted(_HEADER_KEYS)}")
+    protocol = obj["protocol"]
+    if isinstance(protocol, bool) or not isinstance(protocol, int):
+        raise MessageError("bad_header", "header protocol: expected an integer")
+    if protocol != PROTOCOL_VERSION:
+        raise MessageError(
+            "protocol_version", f"peer speaks protocol {protocol}, this side {PROTOCOL_VERSION}"
+        )
+    type_name = obj["type"]
+    if not isinstance(type_name, str) or type_name not in MESSAGE_TYPES:
+        raise MessageError("unknown_type", f"unknown message type {str(type_name)[:64]!r}")
+    if not isinstance(obj["fields"], dict):
+        raise MessageError("bad_header", "header fields: expected an object")
+    if not isinstance(obj["arrays"], list):
+        raise MessageError("bad_header", "header arrays: expected a list")
+    if len(obj["arrays"]) > MAX_ARRAYS:
+        raise MessageError("too_large", f"more than {MAX_ARRAYS} arrays")
+    return MESSAGE_TYPES[type_name], obj["fields"], obj["arrays"]
+
+
+def _check_desc(
+    i: int, desc: Any, max_bytes: int
+) -> tuple[str, np.dtype, tuple[int, ...], int, int]:
+    if not isinstance(desc, dict) or set(desc) != _DESC_KEYS:
+        raise MessageError("bad_array", f"array {i}: descriptor keys must be {sorted(_DESC_KEYS)}")
+    name = desc["name"]
+    if not isinstance(name, str) or not 0 < len(name) <= 256:
+        raise MessageError("bad_array", f"array {i}: name must be a string of 1..256 characters")
+    dtype_name = desc["dtype"]
+    if not isinstance(dtype_name, str) or dtype_name not in ALLOWED_DTYPES:
+        raise MessageError(
+            "bad_dtype",
+            f"array {name!r}: dtype {str(dtype_name)[:32]!r} not in {sorted(ALLOWED_DTYPES)}",
+        )
+    dtype = ALLOWED_DTYPES[dtype_name]
+    shape = desc["shape"]
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise MessageError(
+            "bad_array", f"array {name!r}: shape must be a list of <= {MAX_NDIM} ints"
+        )
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= max_bytes:
+            raise MessageError(
+                "bad_array", f"array {name!r}: shape {str(shape)[:64]} has a bad dimension"
+            )
+    offset, nbytes = desc["offset"], desc["nbytes"]
+    for key, value in (("offset", offset), ("nbytes", nbytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= max_bytes:
+            raise MessageError("bad_array", f"array {name!r}: {key} must be in 0..{max_bytes}")
+    if math.prod(shape) * dtype.itemsize != nbytes:
+        raise MessageError(
+            "bad_array",
+            f"array {name!r}: shape {shape} x {dtype.itemsize} bytes != nbytes {nbytes}",
+        )
+    return name, dtype, tuple(shape), offset, nbytes
+
+
+def _view_array(
+    buf: memoryview, dtype: np.dtype, shape: tuple[int, ...], offset: int
+) -> np.ndarray:
+    count = math.prod(shape)
+    if count == 0:
+        arr = np.empty(shape, dtype=dtype)
+    else:
+        arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+    arr.flags.writeable = False
+    return arr
+
+
+def decode(frames: Sequence[Any], max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Decode and validate a message from multipart or packed frames.
+
+    Args:
+        frames: The frames as received: bytes, bytearray, memoryview or ``zmq.Frame``
+            (anything with the buffer protocol). One frame starting with
+            :data:`PACKED_MAGIC` is a packed message; otherwise frame 0 is the JSON header
+            and each further frame one array.
+        max_bytes: Bound on the total bytes of all frames.
+
+    Returns:
+        The message; its arrays are read-only views of the frames (keep them alive).
+
+    Raises:
+        MessageError: For any invalid input, with a reason code; never another exception.
+    """
+    try:
+        return _decode(frames, max_bytes)
+    except MessageError:
+        raise
+    except Exception as err:  # the contract: nothing but MessageError escapes decode
+        detail = f"undecodable message ({type(err).__name__}: {err})"
+        raise MessageError("internal", detail) from err
+
+
+def _decode(frames: Sequence[Any], max_bytes: int) -> Message:
+    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence):
+        raise MessageError("bad_frames", "expected a sequence of frames")
+    if not 1 <= len(frames) <= MAX_ARRAYS + 1:
+        raise MessageError("bad_frames", f"expected 1..{MAX_ARRAYS + 1} frames, got {len(frames)}")
+    views = [_as_bytes_view(f) for f in frames]
+    total = sum(len(v) for v in views)
+    if total > max_bytes:
+        raise MessageError("too_large", f"message of {total} bytes > max {max_bytes}")
+    arrays: list[tuple[str, np.ndarray]] = []
+    if len(views) == 1 and bytes(views[0][:4]) == PACKED_MAGIC:
+        frame = views[0]
+        if len(frame) < _PACKED_PREFIX.size:
+            raise MessageError("bad_frames", "packed frame shorter than its prefix")
+        _, header_len = _PACKED_PREFIX.unpack_from(frame, 0)
+        header_end = _PACKED_PREFIX.size + header_len
+        start = _align8(header_end)
+        if start > len(frame):
+            raise MessageError("bad_frames", f"packed header length {header_len} beyond the frame")
+        cls, fields, descs = _parse_header(frame[_PACKED_PREFIX.size : header_end])
+        payload = frame[start:]
+        for i, desc in enumerate(descs):
+            name, dtype, shape, offset, nbytes = _check_desc(i, desc, max_bytes)
+            if offset + nbytes > len(payload):
+                raise MessageError(
+                    "bad_array", f"array {name!r}: bytes {offset}..{offset + nbytes} beyond payload"
+                )
+            arrays.append((name, _view_array(payload, dtype, shape, offset)))
+    else:
+        cls, fields, descs = _parse_header(views[0])
+        if len(descs) != len(views) - 1:
+            raise MessageError(
+                "bad_frames", f"header lists {len(descs)} arrays but {len(views) - 1} frames follow"
+            )
+        for i, desc in enumerate(descs):
+            name, dtype, shape, offset, nbytes = _check_desc(i, desc, max_bytes)
+            if offset != 0 or nbytes != len(views[i + 1]):
+                raise MessageError(
+                    "bad_array",
+                    f"array {name!r}: offset {offset}, nbytes {nbytes}, frame {len(views[i + 1])}",
+                )
+            arrays.append((name, _view_array(views[i + 1], dtype, shape, 0)))
+    if len({name for name, _ in arrays}) != len(arrays):
+        raise MessageError("bad_array", "duplicate array names")
+    try:
+        return cls._from_wire(fields, arrays)
+    except TypeError as err:  # e.g. a field name that is not a valid keyword
+        raise MessageError("bad_field", f"{cls.TYPE}: {err}") from err
+
+
+# ---------------------------------------------------------------------- frame deltas
+def _image(name: str, obs: Any, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(obs, Mapping) or "image" not in obs or "proprio" not in obs:
+        raise ValueError(f"{name}: expected a dict with keys 'image' and 'proprio'")
+    image = obs["image"]
+    if not isinstance(image, np.ndarray) or image.shape != shape or image.dtype != np.uint8:
+        got = (
+            f"{image.dtype}{image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        )
+        raise ValueError(f"{name}['image']: expected uint8{shape}, got {got}")
+    return image
+
+
+class TransitionPacker:
+    """Robot side: turns full observations into :class:`Transition` messages.
+
+    A message is a delta (newest frame only) when the learner can rebuild it from the
+    previous message: same episode, next step, ``obs`` image equal to the previous
+    ``next_obs`` image, fewer than ``keyframe_every`` messages since the last keyframe,
+    and no :meth:`force_keyframe` since (the link calls it after a dropped message and on
+    a new learner session). Otherwise it is a keyframe.
+
+    Args:
+        spaces: The observation/action spaces.
+        keyframe_every: A keyframe at least every this many messages (0: only when
+            needed). Bounds the transitions lost after an undetected gap.
+    """
+
+    def __init__(self, spaces: Spaces, keyframe_every: int = 50):
+        self.spaces = spaces
+        self.keyframe_every = int(keyframe_every)
+        if self.keyframe_every < 0:
+            raise ValueError(f"keyframe_every must be >= 0, got {keyframe_every}")
+        self._last_key: tuple[int, int] | None = None  # (episode_id, step_index) packed last
+        self._last_next_image: np.ndarray | None = None
+        self._since_keyframe = 0
+        self._force = True
+
+    def force_keyframe(self) -> None:
+        """Make the next message a keyframe (e.g. after the previous one was dropped)."""
+        self._force = True
+
+    def pack(
+        self,
+        episode_id: int,
+        step_index: int,
+        obs: Mapping[str, np.ndarray],
+        action: np.ndarray,
+        reward: float,
+        next_obs: Mapping[str, np.ndarray],
+        terminated: bool,
+        truncated: bool,
+        *,
+        frame_time_ns: int,
+        action_time_ns: int,
+        policy_version: int,
+    ) -> Transition:
+        """Build the message for one step (arguments as for :class:`Transition`).
+
+        Args:
+            episode_id: Episode counter.
+            step_index: Step in the episode (0 first).
+            obs: ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}``.
+            action: float32 ``(A,)``, the applied action.
+            reward: Reward.
+            next_obs: Same layout; its image must be ``obs`` shifted by one frame.
+            terminated: Terminal ``next_obs``.
+            truncated: Time-limit end at ``next_obs``.
+            frame_time_ns: Capture time of the newest frame of ``obs`` (monotonic ns).
+            action_time_ns: Time the action was sent (monotonic ns).
+            policy_version: Weights version that chose the action.
+
+        Returns:
+            The transition (a delta or a keyframe).
+
+        Raises:
+            ValueError: If an image has the wrong shape/dtype or ``next_obs`` is not
+                ``obs`` shifted by one frame (:class:`MessageError` for other fields).
+        """
+        shape = self.spaces.image_shape
+        image = _image("obs", obs, shape)
+        next_image = _image("next_obs", next_obs, shape)
+        if not np.array_equal(next_image[:-3], image[3:]):
+            raise ValueError(
+                "next_obs['image']: expected obs['image'] shifted by one frame; pass the "
+                "final observation of an episode, not the reset one"
+            )
+        k, frame_shape = self.spaces.frame_stack, self.spaces.frame_shape
+        key = (int(episode_id), int(step_index))
+        delta = (
+            not self._force
+            and self._last_key is not None
+            and key == (self._last_key[0], self._last_key[1] + 1)
+            and (self.keyframe_every == 0 or self._since_keyframe + 1 < self.keyframe_every)
+            and self._last_next_image is not None
+            and np.array_equal(image, self._last_next_image)
+        )
+        newest = next_image[-3:].reshape(1, *frame_shape)
+        if delta:
+            frames = newest
+            self._since_keyframe += 1
+        else:
+            frames = np.concatenate([image.reshape(k, *frame_shape), newest])
+            self._since_keyframe = 0
+            self._force = False
+        msg = Transition(
+            episode_id=episode_id,
+            step_index=step_index,
+            frames=frames,
+            proprio=obs["proprio"],
+            next_proprio=next_obs["proprio"],
+            action=action,
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            frame_time_ns=frame_time_ns,
+            action_time_ns=action_time_ns,
+            policy_version=policy_version,
+        )
+        if terminated or truncated:
+            self._last_key, self._last_next_image = None, None
+        else:
+            self._last_key = key
+            self._last_next_image = next_image.copy()
+        return msg
+
+
+class TransitionAssembler:
+    """Learner side: rebuilds ``ReplayBuffer.add`` arguments from :class:`Transition` s.
+
+    A keyframe always assembles; a delta assembles when it continues the previous
+    message (same episode, next step); otherwise it is counted as a gap and dropped until
+    the next keyframe (the robot sends one at least every ``keyframe_every`` messages).
+
+    Args:
+        spaces: The observation/action spaces.
+
+    Attributes:
+        counters: ``assembled``, ``keyframes``, ``gaps`` (deltas dropped because the
+            previous message is missing) and ``bad_shape`` (frames/proprio/action that do
+            not fit ``spaces``).
+    """
+
+    def __init__(self, spaces: Spaces):
+        self.spaces = spaces
+        self.counters = {"assembled": 0, "keyframes": 0, "gaps": 0, "bad_shape": 0}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous message (the next delta is a gap)."""
+        self._last_key: tuple[int, int] | None = None
+        self._next_frames: np.ndarray | None = None  # (k, 3, H, W) of the last next_obs
+
+    def fits(self, t: Transition) -> bool:
+        """True if the shapes of ``t`` fit :attr:`spaces` (frames count 1 or ``k + 1``)."""
+        s = self.spaces
+        return (
+            t.frames.shape[1:] == s.frame_shape
+            and t.frames.shape[0] in (1, s.frame_stack + 1)
+            and t.proprio.shape == (s.proprio_dim,)
+            and t.action.shape == (s.action_dim,)
+        )
+
+    def push(self, t: Transition) -> dict[str, Any] | None:
+        """Rebuild one transition.
+
+        Args:
+            t: A received transition.
+
+        Returns:
+            ``{"obs", "action", "reward", "next_obs", "terminated", "truncated"}`` to pass
+            as ``replay.add(**out)`` (images uint8 ``(3k, H, W)``, proprio float32
+            ``(P,)``; read-only), or None for a gap or a shape mismatch (counted).
+        """
+        if not self.fits(t):
+            self.counters["bad_shape"] += 1
+            self.reset()
+            return None
+        k, (c, h, w) = self.spaces.frame_stack, self.spaces.frame_shape
+        key = (t.episode_id, t.step_index)
+        if t.keyframe:
+            obs_frames, next_frames = t.frames[:k], t.frames[1:]
+            self.counters["keyframes"] += 1
+        elif (
+            self._next_frames is not None
+            and self._last_key is not None
+            and key == (self._last_key[0], self._last_key[1] + 1)
+        ):
+            obs_frames = self._next_frames
+            next_frames = np.concatenate([obs_frames[1:], t.frames])
+        else:
+            self.counters["gaps"] += 1
+            self.reset()
+            return None
+        if t.terminated or t.truncated:
+            self.reset()
+        else:
+            self._last_key, self._next_frames = key, next_frames
+        self.counters["assembled"] += 1
+        return {
+            "obs": {"image": obs_frames.reshape(k * c, h, w), "proprio": t.proprio},
+            "action": t.action,
+            "reward": t.reward,
+            "next_obs": {"image": next_frames.reshape(k * c, h, w), "proprio": t.next_proprio},
+            "terminated": t.terminated,
+            "truncated": t.truncated,
+        }

@@ -1,0 +1,355 @@
+"""Synchronous single-process MaDi-SAC training loop over a gymnasium env.
+
+Act, step, store, update, in one thread: the simple baseline next to the asynchronous
+robot/learner split of the design (ReLoD pattern). Works with any env whose observation
+is ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}`` and whose action space is a
+``Box`` in [-1, 1]. The lead wires it to the sim env and the CLI (``madi train --sync``).
+
+Outputs in ``run_dir``: ``metrics.csv`` (one row per log event, namespaced keys),
+``checkpoints/learner.pt`` (full state, atomic) and ``checkpoints/policy.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from learner.agent import MadiSacAgent
+from learner.checkpoint import save_checkpoint, save_policy
+from learner.config import AgentConfig
+
+__all__ = ["METRIC_KEYS", "MetricsWriter", "evaluate", "train_sync"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns of ``metrics.csv`` (empty cells where a row has no value for a key).
+METRIC_KEYS: tuple[str, ...] = (
+    "global_step",
+    "time_s",
+    "losses/critic",
+    "losses/actor",
+    "losses/alpha",
+    "charts/alpha",
+    "charts/q",
+    "charts/target_q",
+    "charts/entropy",
+    "charts/mask_mean",
+    "charts/episode_return",
+    "charts/episode_length",
+    "charts/eval_return",
+    "charts/eval_return_std",
+    "charts/updates",
+    "charts/updates_per_s",
+    "charts/env_steps_per_s",
+    "timing/act_s",
+    "timing/env_step_s",
+    "timing/replay_s",
+    "timing/update_s",
+)
+
+
+class MetricsWriter:
+    """Append rows of namespaced metrics to a CSV with the fixed columns :data:`METRIC_KEYS`.
+
+    Args:
+        path: CSV file (created with a header, or appended to when it exists).
+
+    Raises:
+        KeyError: From :meth:`write` when a key is not in :data:`METRIC_KEYS`.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
+        self._writer = csv.DictWriter(self._file, fieldnames=list(METRIC_KEYS))
+        if new:
+            self._writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        """Write one row and flush.
+
+        Args:
+            row: Metric name to value; names must be in :data:`METRIC_KEYS`.
+        """
+        unknown = set(row) - set(METRIC_KEYS)
+        if unknown:
+            raise KeyError(f"unknown metric keys {sorted(unknown)}; allowed: {METRIC_KEYS}")
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+
+def _obs(obs: Any) -> dict[str, np.ndarray]:
+    if not isinstance(obs, dict) or "image" not in obs or "proprio" not in obs:
+        raise ValueError("env observation must be a dict with keys 'image' and 'proprio'")
+    return {
+        "image": np.asarray(obs["image"], dtype=np.uint8),
+        "proprio": np.asarray(obs["proprio"], dtype=np.float32),
+    }
+
+
+def evaluate(env: Any, policy: Any, episodes: int, seed: int | None = None) -> list[float]:
+    """Run deterministic episodes and return their undiscounted returns.
+
+    Args:
+        env: A gymnasium env (dict observation, Box action in [-1, 1]).
+        policy: Object with ``reset()`` and ``act(obs, deterministic=True) -> (A,)``.
+        episodes: Number of episodes.
+        seed: Seed of the first reset (the next ones continue the env's RNG).
+
+    Returns:
+        One return per episode.
+    """
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed if i == 0 else None)
+        policy.reset()
+        total, done = 0.0, False
+        while not done:
+            action = policy.act(_obs(obs), deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = bool(terminated or truncated)
+        returns.append(total)
+    return returns
+
+
+def train_sync(
+    env: Any,
+    agent_cfg: AgentConfig,
+    run_dir: str | Path,
+    total_steps: int,
+    eval_every: int,
+    eval_episodes: int = 5,
+    eval_env: Any | None = None,
+    checkpoint_every: int | None = None,
+    log_every: int = 1000,
+    save_replay: bool = False,
+    progress: bool = True,
+    agent: MadiSacAgent | None = None,
+) -> dict[str, Any]:
+    """Train MaDi-SAC synchronously on ``env``.
+
+    Loop per env step: act (uniformly random for ``init_random_steps``, then a sample
+    from the policy), step the env, store the transition, then run updates while the
+    update credit (``updates_per_step`` per step after the random phase) allows.
+    Evaluation (deterministic policy, ``eval_episodes`` episodes) happens after every
+    ``eval_every`` steps at the next episode boundary, on ``eval_env`` when given, else on
+    ``env`` itself.
+
+    Args:
+        env: Gymnasium env with observation ``{"image": uint8 (3k, H, W), "proprio":
+            float32 (P,)}`` and a ``Box`` action space in [-1, 1].
+        agent_cfg: Learner hyperparameters.
+        run_dir: Output folder (metrics.csv, checkpoints/).
+        total_steps: Env steps to run (>= 1).
+        eval_every: Env steps between evaluations (>= 1).
+        eval_episodes: Episodes per evaluation (0 disables evaluation).
+        eval_env: Optional separate env for evaluation (e.g. with distractions).
+        checkpoint_every: Env steps between checkpoints (None: only at the end).
+        log_every: Env steps between loss/throughput rows in metrics.csv.
+        save_replay: Include the replay buffer in the full checkpoint.
+        progress: Show a tqdm progress bar.
+        agent: Optional pre-built agent (e.g. restored from a checkpoint).
+
+    Returns:
+        Summary dict: ``agent``, ``env_steps``, ``updates``, ``episodes``,
+        ``episode_returns`` (training), ``eval_returns`` (list of (step, mean return)),
+        ``wall_s``.
+
+    Raises:
+        ValueError: If the spaces are not as described or a count is out of range.
+    """
+    from learner.replay import ReplayBuffer
+
+    if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or log_every < 1:
+        raise ValueError(
+            "total_steps, eval_every and log_every must be >= 1 and eval_episodes >= 0, got "
+            f"{total_steps}, {eval_every}, {log_every}, {eval_episodes}"
+        )
+    image_shape = tuple(env.observation_space["image"].shape)
+    proprio_dim = int(env.observation_space["proprio"].shape[0])
+    action_space = env.action_space
+    if not np.allclose(action_space.low, -1.0) or not np.allclose(action_space.high, 1.0):
+        raise ValueError(
+            f"action space must be Box in [-1, 1], got low {action_space.low}, "
+            f"high {action_space.high}"
+        )
+    action_dim = int(action_space.shape[0])
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = run_dir / "checkpoints"
+
+    if agent is None:
+        agent = MadiSacAgent(agent_cfg, image_shape, proprio_dim, action_dim)
+    cfg = agent.cfg
+    policy = agent.make_policy()
+    k = image_shape[0] // 3
+    replay = ReplayBuffer(
+        cfg.replay_capacity, (3, *image_shape[1:]), k, proprio_dim, action_dim, seed=cfg.seed,
+        frame_codec=cfg.replay_frame_codec,
+    )
+    action_space.seed(cfg.seed)
+    metrics = MetricsWriter(run_dir / "metrics.csv")
+    logger.info(
+        "train_sync: variant=%s image=%s proprio=%d action=%d device=%s steps=%d run_dir=%s",
+        cfg.variant, image_shape, proprio_dim, action_dim, agent.device, total_steps, run_dir,
+    )  # fmt: skip
+
+    t_start = time.perf_counter()
+    timers: dict[str, float] = defaultdict(float)
+    loss_sums: dict[str, float] = defaultdict(float)
+    loss_count = 0
+    updates_in_window = 0
+    window_start = t_start
+    credit = 0.0
+    episode_returns: list[float] = []
+    eval_returns: list[tuple[int, float]] = []
+    episode_return, episode_len, episodes = 0.0, 0, 0
+    eval_due = False
+    next_eval = eval_every
+
+    obs, _ = env.reset(seed=cfg.seed)
+    obs = _obs(obs)
+    policy.reset()
+    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
+    try:
+        for step in range(1, total_steps + 1):
+            t0 = time.perf_counter()
+            if step <= cfg.init_random_steps:
+                action = np.asarray(action_space.sample(), dtype=np.float32)
+            else:
+                action = policy.act(obs, deterministic=False)
+            t1 = time.perf_counter()
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            next_obs = _obs(next_obs)
+            t2 = time.perf_counter()
+            replay.add(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
+            t3 = time.perf_counter()
+            timers["timing/act_s"] += t1 - t0
+            timers["timing/env_step_s"] += t2 - t1
+            timers["timing/replay_s"] += t3 - t2
+            episode_return += float(reward)
+            episode_len += 1
+            obs = next_obs
+
+            if step > cfg.init_random_steps and len(replay) >= 1:
+                credit = min(credit + cfg.updates_per_step, math.ceil(cfg.updates_per_step))
+                while credit >= 1.0:
+                    credit -= 1.0
+                    t_u = time.perf_counter()
+                    out = agent.update(replay.sample(cfg.batch_size))
+                    timers["timing/update_s"] += time.perf_counter() - t_u
+                    for key, value in out.items():
+                        loss_sums[key] += value
+                    loss_count += 1
+                    updates_in_window += 1
+                policy.invalidate()
+
+            if step >= next_eval:
+                eval_due = True
+                next_eval += eval_every
+
+            if terminated or truncated:
+                episodes += 1
+                episode_returns.append(episode_return)
+                metrics.write(
+                    {
+                        "global_step": step,
+                        "time_s": round(time.perf_counter() - t_start, 3),
+                        "charts/episode_return": episode_return,
+                        "charts/episode_length": episode_len,
+                    }
+                )
+                bar.set_postfix(ret=f"{episode_return:.2f}", upd=agent.num_updates)
+                if eval_due and eval_episodes > 0:
+                    eval_due = False
+                    rets = evaluate(eval_env or env, agent.make_policy(), eval_episodes)
+                    eval_returns.append((step, float(np.mean(rets))))
+                    metrics.write(
+                        {
+                            "global_step": step,
+                            "time_s": round(time.perf_counter() - t_start, 3),
+                            "charts/eval_return": float(np.mean(rets)),
+                            "charts/eval_return_std": float(np.std(rets)),
+                        }
+                    )
+                    logger.info(
+                        "step %d: eval return %.3f +- %.3f over %d episodes",
+                        step, np.mean(rets), np.std(rets), eval_episodes,
+                    )  # fmt: skip
+                obs, _ = env.reset()
+                obs = _obs(obs)
+                policy.reset()
+                episode_return, episode_len = 0.0, 0
+
+            if step % log_every == 0 or step == total_steps:
+                now = time.perf_counter()
+                row: dict[str, float] = {
+                    "global_step": step,
+                    "time_s": round(now - t_start, 3),
+                    "charts/updates": agent.num_updates,
+                    "charts/updates_per_s": updates_in_window / max(now - window_start, 1e-9),
+                    "charts/env_steps_per_s": log_every / max(now - window_start, 1e-9),
+                }
+                if loss_count:
+                    row.update({key: v / loss_count for key, v in loss_sums.items()})
+                row.update(timers)
+                metrics.write(row)
+                logger.info(
+                    "step %d: updates %d (%.2f/s), critic loss %s",
+                    step, agent.num_updates, row["charts/updates_per_s"],
+                    f"{row['losses/critic']:.4f}" if loss_count else "-",
+                )  # fmt: skip
+                loss_sums.clear()
+                timers.clear()
+                loss_count = 0
+                updates_in_window = 0
+                window_start = now
+
+            if checkpoint_every and step % checkpoint_every == 0:
+                _save(ckpt_dir, agent, step, episodes, replay if save_replay else None)
+            bar.update(1)
+    finally:
+        bar.close()
+        metrics.close()
+    _save(ckpt_dir, agent, total_steps, episodes, replay if save_replay else None)
+    wall = time.perf_counter() - t_start
+    logger.info(
+        "train_sync done: %d steps, %d updates, %d episodes in %.1f s",
+        total_steps, agent.num_updates, episodes, wall,
+    )  # fmt: skip
+    return {
+        "agent": agent,
+        "env_steps": total_steps,
+        "updates": agent.num_updates,
+        "episodes": episodes,
+        "episode_returns": episode_returns,
+        "eval_returns": eval_returns,
+        "wall_s": wall,
+    }
+
+
+def _save(ckpt_dir: Path, agent: MadiSacAgent, step: int, episodes: int, replay: Any) -> None:
+    with torch.no_grad():
+        save_checkpoint(
+            ckpt_dir / "learner.pt",
+            agent,
+            counters={"env_steps": step, "episodes": episodes},
+            replay=replay,
+        )
+        save_policy(ckpt_dir / "policy.pt", agent)
