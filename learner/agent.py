@@ -19,7 +19,7 @@ One update (:meth:`MadiSacAgent.update`) follows MaDi's rule:
 5. Polyak averaging of the target heads (``critic_tau``) and encoder (``encoder_tau``).
 
 Speed (the published UR5 learner needs ~30 s per update on a 2-core CPU; see
-``BENCHMARKS_learner.md``): each unique frame of a window is masked once (the ``k``
+``BENCHMARKS.md``): each unique frame of a window is masked once (the ``k``
 obs frames with gradient, the newest next frame under no_grad; the ``k - 1`` frames
 shared with ``next_obs`` are reused, detached), the overlaid frames go through the
 Masker in the same call as the clean ones, the target path builds no autograd graph, the
@@ -57,7 +57,7 @@ def tune_cpu_allocator() -> bool:
 
     Each update allocates activations of hundreds of MB; with glibc's defaults every such
     block is ``mmap``-ed and page-faulted in again, which on a 2-core VM costs more than
-    the arithmetic of the element-wise ops (measured in ``BENCHMARKS_learner.md``). This
+    the arithmetic of the element-wise ops (measured in ``BENCHMARKS.md``). This
     raises ``M_MMAP_THRESHOLD`` to 1 GiB and ``M_TRIM_THRESHOLD`` to 16 GiB once per
     process. Process-wide; a no-op off Linux/glibc.
 

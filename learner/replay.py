@@ -62,7 +62,7 @@ FRAME_CODECS = ("none", "png")
 PNG_ENCODE_PARAMS = (16, 1, 19, 32)
 """OpenCV ``imencode`` flags: zlib level 1, PNG "up" filter on every row (default strategy).
 
-Chosen by the sweep in BENCHMARKS_replay.md: on sim frames it encodes about 3x faster than
+Chosen by the sweep in BENCHMARKS.md: on sim frames it encodes about 3x faster than
 OpenCV's default (adaptive filter per row) at a similar size (~0.8 KB per frame, +5 %) and
 decodes within ~30 %; on noisy webcam-like frames it is 7 % larger than the smallest
 setting tried and decodes faster than OpenCV's default. Without a filter sim frames decode
@@ -147,7 +147,7 @@ def default_frame_arena_bytes(
     """Default PNG arena size: a quarter of the raw frame ring, at least ``k + 2`` frames.
 
     A quarter holds ``capacity`` transitions when frames compress at least 4x. Measured
-    (BENCHMARKS_replay.md): real sim frames 49x (888 bytes per frame), noisy webcam-like
+    (BENCHMARKS.md): real sim frames 49x (888 bytes per frame), noisy webcam-like
     frames 1.34x (32 KB), so with those it holds only about 34k of 100k transitions. Pass
     ``frame_arena_bytes`` to size it to the data, e.g. 256e6 for 100k sim transitions
     (they use 89e6).

@@ -93,15 +93,3 @@ def test_servo_policy_reaches_targets_and_beats_random():
     mean_servo = np.mean([r.episode_return for r in servo])
     mean_random = np.mean([r.episode_return for r in random])
     assert mean_servo > 2 * mean_random
-
-
-def test_sim_command_writes_videos(tmp_path):
-    from robot.cli import main
-
-    assert main(["sim", "--episodes", "1", "--policy", "servo", "--out", str(tmp_path),
-                 "--set", "task.episode_steps=20"]) == 0
-    assert (tmp_path / "episode_000_servo.mp4").stat().st_size > 1000
-    import cv2
-
-    strip = cv2.imread(str(tmp_path / "episode_000_servo.png"))
-    assert strip.shape == (360, 640 * 10, 3)
