@@ -38,13 +38,16 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
 
 
 def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
-                         title: str = "Learning curves") -> Path:
+                         title: str = "Learning curves",
+                         references: dict[str, float] | None = None) -> Path:
     """Plot training episode returns and evaluation returns against env steps.
 
     Args:
         runs: Label to run directory (holding ``metrics.csv``) or to the CSV itself.
         out_png: Output image path.
         title: Figure title.
+        references: Optional label to return, drawn as horizontal lines (e.g. a random
+            and a scripted policy's mean return).
 
     Returns:
         The written PNG path.
@@ -57,6 +60,9 @@ def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
         ax_train.plot(steps, rets, alpha=0.8, label=label)
         steps, rets = read_metric(csv_path, "charts/eval_return")
         ax_eval.plot(steps, rets, marker="o", label=label)
+    for i, (label, value) in enumerate((references or {}).items()):
+        for ax in (ax_train, ax_eval):
+            ax.axhline(value, color=f"C{7 + i}", linestyle="--", linewidth=1, label=label)
     ax_train.set(title="training episodes", xlabel="env steps", ylabel="episode return")
     ax_eval.set(title="evaluation (deterministic policy)", xlabel="env steps")
     for ax in (ax_train, ax_eval):
