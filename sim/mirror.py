@@ -263,13 +263,29 @@ class Mirror:
         self._renderer.upload_texture(self._texture_id)
 
     # ----------------------------------------------------------------- camera
-    def render(self, subsample: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def camera_snapshot(self) -> tuple[np.ndarray, float]:
+        """The joint positions the camera sees now, and when they were current.
+
+        Returns:
+            ``(q, t)``: float64 (6,) joint positions (rad) of the tick at
+            ``time - sim.camera_latency`` (never before the last reset), and that tick's
+            sim time (s). Cheap: a copy from the per-tick ring.
+        """
+        tick = max(self._tick - self._camera_lag, self._ring_start)
+        return self._ring_q[tick % len(self._ring_q)].copy(), tick * self.control_period
+
+    def render(self, subsample: int | None = None, out: np.ndarray | None = None,
+               q: np.ndarray | None = None) -> np.ndarray:
         """Wrist camera image as of ``time - sim.camera_latency``.
 
         Args:
             subsample: Pixel step from the capture; ``None`` gives the observation
                 (``camera.subsample``, 160x90 by default); 1 gives the full capture.
             out: Optional uint8 (H, W, 3) array to fill (saves an allocation).
+            q: Optional joint positions to render instead, e.g. a :meth:`camera_snapshot`
+                taken under a lock; rendering then reads no physics state, so another
+                thread may step the mirror meanwhile (the renderer itself stays on the
+                thread that built the mirror).
 
         Returns:
             uint8 (H, W, 3) RGB image, row 0 at the top, ``(H, W) = camera.obs_size`` by
@@ -290,9 +306,8 @@ class Mirror:
             m.cam_intrinsic[c] = (fx * _PIXEL_M, fy * _PIXEL_M,
                                   *(p * _PIXEL_M for p in principal_offset(self._camera_cfg, s)))
             self._intrinsics_subsample = s
-        tick = max(self._tick - self._camera_lag, self._ring_start)
         view = self._view_data
-        view.qpos[:N_JOINTS] = self._ring_q[tick % len(self._ring_q)]
+        view.qpos[:N_JOINTS] = self.camera_snapshot()[0] if q is None else q
         mujoco.mj_kinematics(self.model, view)
         mujoco.mj_camlight(self.model, view)
         return self._renderer.render(view, width, height, out)

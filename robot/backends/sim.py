@@ -1,0 +1,394 @@
+"""The MuJoCo mirror behind the device interface: :class:`SimRig` and its three devices.
+
+:class:`SimArm`, :class:`SimCamera` and :class:`SimDisplay` share one
+:class:`sim.mirror.Mirror` (built when the first of them connects, closed when the last
+disconnects); a lock serialises every use of it, so the devices may be called from
+different threads (control thread, camera thread, agent step).
+
+Time: the sim clock runs only when the arm is commanded. Each :meth:`SimArm.speedj` call
+commands the mirror and advances it by exactly one controller tick, so a control thread
+that ticks at real time gives a real-time sim, and a test that calls ``speedj`` flat out
+gives a fast sim. Timestamps (:attr:`ArmState.t_ns`, :attr:`Frame.t_ns`) are the sim
+clock in ns (``Mirror.time``: whole ticks since the mirror was built), not the wall
+clock: compare them with each other only. :meth:`SimArm.speed_stop` and
+:meth:`SimArm.move_home` run the ticks they need before they return (their sim
+duration); with ``realtime=True`` they also take that long in wall-clock time.
+
+Rendering: an EGL context is current on one thread at a time (``eglMakeCurrent`` from
+another thread fails with ``EGL_BAD_ACCESS``), so every OpenGL call runs on one private
+worker thread ("sim-gl") that builds the mirror, renders and uploads the screen. The
+camera takes :meth:`sim.mirror.Mirror.camera_snapshot` (the joint positions of
+``time - sim.camera_latency``, never older than the last reset) under the lock and
+renders it outside the lock, so a render (several ms on a CPU) never holds the lock that
+the control thread's ``speedj`` needs.
+
+Protective stop: a contact after a tick (the arm touching the table, the monitor or
+itself; ``Mirror.contacts``) halts the arm at once (at rest where it is), sets
+``protective_stopped``, and makes ``speedj`` raise :class:`ProtectiveStopError` until
+:meth:`SimArm.move_home`.
+
+speedJ acceleration: the mirror ramps at ``arm.acceleration``; a smaller ``acceleration``
+in :meth:`SimArm.speedj` or :meth:`SimArm.speed_stop` is honoured by ramping the target
+here, a larger one is capped at ``arm.acceleration`` (the mirror's model of the arm).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from robot.backends.base import (  # noqa: E402
+    N_JOINTS,
+    Arm,
+    ArmState,
+    Camera,
+    DeviceError,
+    Frame,
+    ProtectiveStopError,
+    Rig,
+    TargetDisplay,
+)
+from robot.config import Config  # noqa: E402
+from sim.mirror import Mirror  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+#: Longest wait for the GL thread to build or close the mirror, s.
+_GL_SETUP_TIMEOUT = 60.0
+
+
+class _SimCore:
+    """The mirror shared by the three sim devices, its lock and its GL thread.
+
+    Reference counted: :meth:`acquire` builds it on first use, :meth:`release` closes it
+    when the last device lets go. All arm methods hold :attr:`lock`; GL work runs on the
+    single worker thread of :attr:`_gl`.
+    """
+
+    def __init__(self, cfg: Config, realtime: bool):
+        self.cfg = cfg
+        self.realtime = realtime
+        self.period = float(cfg.arm.control_period)
+        self.period_ns = round(self.period * 1e9)
+        self.acceleration = float(cfg.arm.acceleration)
+        self.lock = threading.Lock()
+        self._lifecycle = threading.Lock()
+        self._users = 0
+        self._gl: ThreadPoolExecutor | None = None
+        self.mirror: Mirror | None = None
+        self.command_lag = math.ceil(cfg.sim.command_latency / self.period - 1e-9)
+        # Arm state kept beside the mirror (all guarded by ``lock``).
+        self.tick = 0
+        self.qd_target = np.zeros(N_JOINTS)  # the target last handed to the mirror
+        self.protective_stopped = False
+        self.contacts: list[tuple[str, str]] = []
+        self.watchdog_hz: float | None = None
+        self.seq = 0  # frames rendered (GL thread)
+
+    # ---------------------------------------------------------------- lifecycle
+    def acquire(self) -> None:
+        with self._lifecycle:
+            if self._users == 0:
+                self._start()
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lifecycle:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users == 0:
+                self._stop()
+
+    def _start(self) -> None:
+        self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-gl")
+        try:
+            self._gl.submit(self._build).result(timeout=_GL_SETUP_TIMEOUT)
+        except FutureTimeout:
+            self._gl.shutdown(wait=False)
+            self._gl = None
+            raise DeviceError(f"the sim mirror did not start within {_GL_SETUP_TIMEOUT} s"
+                              ) from None
+        except Exception as err:
+            self._gl.shutdown(wait=False)
+            self._gl = None
+            raise DeviceError(f"cannot start the sim mirror: {err}") from err
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
+        with self.lock:
+            self.mirror = mirror
+            self.tick = round(mirror.time / self.period)
+            self.qd_target[:] = 0.0
+            self.protective_stopped = False
+            self.seq = 0
+
+    def _stop(self) -> None:
+        gl, self._gl = self._gl, None
+        if gl is None:
+            return
+        try:
+            gl.submit(self._close).result(timeout=_GL_SETUP_TIMEOUT)
+        except Exception as err:  # closing must not raise past the devices' disconnect
+            logger.error("closing the sim mirror failed: %s", err)
+        finally:
+            gl.shutdown(wait=False)
+
+    def _close(self) -> None:
+        with self.lock:
+            mirror, self.mirror = self.mirror, None
+        if mirror is not None:
+            mirror.close()
+
+    def gl_call(self, fn, timeout: float):
+        """Run ``fn()`` on the GL thread and return its result, waiting at most ``timeout`` s."""
+        gl = self._gl
+        if gl is None:
+            raise DeviceError("the sim mirror is closed")
+        try:
+            return gl.submit(fn).result(timeout=timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"the sim GL thread did not answer within {timeout} s") from None
+
+    # ---------------------------------------------------------------- arm (hold lock)
+    def _mirror(self) -> Mirror:
+        if self.mirror is None:
+            raise DeviceError("the sim mirror is closed")
+        return self.mirror
+
+    def step_tick(self, target: np.ndarray, acceleration: float) -> None:
+        """Command ``target`` (rad/s) at ``acceleration`` and advance one tick; hold lock."""
+        mirror = self._mirror()
+        step = min(acceleration, self.acceleration) * self.period
+        change = target - self.qd_target
+        lead = float(np.max(np.abs(change)))
+        if lead > step:
+            self.qd_target += change * (step / lead)
+        else:
+            self.qd_target[:] = target
+        mirror.command(self.qd_target)
+        mirror.advance(self.period)
+        self.tick += 1
+        contacts = mirror.contacts()
+        if contacts:
+            self._protective_stop(contacts)
+
+    def _protective_stop(self, contacts: list[tuple[str, str]]) -> None:
+        mirror = self._mirror()
+        self.protective_stopped = True
+        self.contacts = contacts
+        mirror.reset(mirror.q)  # halt where it is, at rest; pending commands dropped
+        self.qd_target[:] = 0.0
+        logger.warning("sim arm protective stop at t=%.3f s: contacts %s", mirror.time,
+                       contacts)
+
+    def at_rest(self) -> bool:
+        mirror = self._mirror()
+        return not np.any(self.qd_target) and not np.any(mirror.qd_reference)
+
+    def teleport(self, q: np.ndarray) -> None:
+        mirror = self._mirror()
+        mirror.reset(q)
+        self.qd_target[:] = 0.0
+        self.protective_stopped = False
+        self.contacts = []
+
+    def state(self) -> ArmState:
+        mirror = self._mirror()
+        return ArmState(q=mirror.q, qd=mirror.qd, t_ns=self.tick * self.period_ns,
+                        protective_stopped=self.protective_stopped, emergency_stopped=False)
+
+    # ------------------------------------------------------------- GL thread only
+    def render_frame(self) -> Frame:
+        """Render the wrist camera as of ``time - camera_latency``; GL thread only."""
+        with self.lock:
+            mirror = self._mirror()
+            q, t = mirror.camera_snapshot()
+        image = mirror.render(q=q)
+        frame = Frame(image=image, t_ns=round(t * 1e9), seq=self.seq)
+        self.seq += 1
+        return frame
+
+    def set_screen(self, image: np.ndarray) -> None:
+        """Put ``image`` on the virtual monitor; GL thread only."""
+        tw, th = self.cfg.sim.texture_px
+        if image.shape[:2] != (th, tw):
+            image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
+        with self.lock:
+            self._mirror().set_screen(image)
+
+
+class SimArm(Arm):
+    """The mirror's UR arm behind :class:`robot.backends.base.Arm` (see module docstring).
+
+    Build it through :class:`SimRig`.
+    """
+
+    name = "sim arm"
+
+    def __init__(self, core: _SimCore):
+        super().__init__()
+        self._core = core
+
+    @property
+    def control_period(self) -> float:
+        """Controller tick, s (``arm.control_period``: 0.008 CB3, 0.002 e-series)."""
+        return self._core.period
+
+    @property
+    def contacts(self) -> list[tuple[str, str]]:
+        """Geom pairs that caused the current protective stop (empty when there is none)."""
+        with self._core.lock:
+            return list(self._core.contacts)
+
+    def _connect(self) -> None:
+        self._core.acquire()
+
+    def _disconnect(self) -> None:
+        self._core.release()
+
+    def _read_state(self) -> ArmState:
+        with self._core.lock:
+            return self._core.state()
+
+    def _speedj(self, qd: np.ndarray, acceleration: float) -> None:
+        core = self._core
+        with core.lock:
+            if core.protective_stopped:
+                raise ProtectiveStopError(
+                    f"{self.name} is protective-stopped (contacts {core.contacts}); "
+                    "call move_home() to clear it")
+            core.step_tick(qd, acceleration)
+
+    def _speed_stop(self, deceleration: float) -> None:
+        core = self._core
+        zero = np.zeros(N_JOINTS)
+        with core.lock:
+            if core.protective_stopped:
+                return
+            speed = max(float(np.max(np.abs(core.qd_target))),
+                        float(np.max(np.abs(core._mirror().qd_reference))))
+            step = min(deceleration, core.acceleration) * core.period
+            ran = 0
+            for _ in range(math.ceil(speed / step) + core.command_lag + 2):
+                if core.protective_stopped or (ran >= core.command_lag and core.at_rest()):
+                    break
+                core.step_tick(zero, deceleration)
+                ran += 1
+        if core.realtime:
+            time.sleep(ran * core.period)
+
+    def _move_home(self, q: np.ndarray, duration: float) -> None:
+        """Teleport to ``q`` at rest, then let ``duration`` of sim time pass there."""
+        core = self._core
+        zero = np.zeros(N_JOINTS)
+        with core.lock:
+            core.teleport(q)
+            for _ in range(round(duration / core.period)):
+                core.step_tick(zero, core.acceleration)
+                if core.protective_stopped:
+                    raise ProtectiveStopError(
+                        f"{self.name}: the home pose {np.round(q, 4).tolist()} is in "
+                        f"contact {core.contacts}")
+        if core.realtime:
+            time.sleep(duration)
+
+    def _set_watchdog(self, min_frequency: float) -> None:
+        # The sim clock stops with the command stream, so the arm cannot run on after the
+        # client dies: the watchdog is recorded and has nothing to guard.
+        with self._core.lock:
+            self._core.watchdog_hz = min_frequency
+
+    def _kick_watchdog(self) -> None:
+        pass
+
+
+class SimCamera(Camera):
+    """The mirror's wrist camera behind :class:`robot.backends.base.Camera`.
+
+    Every :meth:`read` renders a new frame (a new ``seq``) of the pose at
+    ``time - sim.camera_latency``, at the observation size, stamped with the sim time of
+    that pose.
+    """
+
+    name = "sim camera"
+
+    def __init__(self, core: _SimCore):
+        super().__init__()
+        self._core = core
+
+    @property
+    def obs_size(self) -> tuple[int, int]:
+        """Size (H, W) of the frames, px (``camera.obs_size``, 90x160 by default)."""
+        return tuple(self._core.cfg.camera.obs_size)
+
+    def _connect(self) -> None:
+        self._core.acquire()
+
+    def _disconnect(self) -> None:
+        self._core.release()
+
+    def _read(self, timeout: float) -> Frame:
+        return self._core.gl_call(self._core.render_frame, timeout)
+
+
+class SimDisplay(TargetDisplay):
+    """The mirror's virtual monitor behind :class:`robot.backends.base.TargetDisplay`."""
+
+    name = "sim display"
+
+    #: Longest wait for the GL thread to take the image, s.
+    timeout = 5.0
+
+    def __init__(self, core: _SimCore):
+        super().__init__()
+        self._core = core
+
+    @property
+    def size_px(self) -> tuple[int, int]:
+        """Screen texture size (width, height), px (``sim.texture_px``)."""
+        w, h = self._core.cfg.sim.texture_px
+        return int(w), int(h)
+
+    def _connect(self) -> None:
+        self._core.acquire()
+
+    def _disconnect(self) -> None:
+        self._core.release()
+
+    def _show(self, image: np.ndarray) -> None:
+        image = np.ascontiguousarray(image)
+        self._core.gl_call(lambda: self._core.set_screen(image), self.timeout)
+
+
+class SimRig(Rig):
+    """The simulated rig: arm, wrist camera and monitor of one MuJoCo mirror.
+
+    Args:
+        cfg: Validated config; uses ``arm``, ``camera``, ``monitor`` and ``sim``.
+        realtime: If True, :meth:`SimArm.move_home` and :meth:`SimArm.speed_stop` also
+            take their duration in wall-clock time. ``None``: ``cfg.sim.pace == "realtime"``.
+
+    Example:
+        >>> with SimRig(Config()) as rig:  # doctest: +SKIP
+        ...     rig.arm.speedj(np.zeros(6), 1.4)
+        ...     frame = rig.camera.read()
+    """
+
+    def __init__(self, cfg: Config, realtime: bool | None = None):
+        if realtime is None:
+            realtime = cfg.sim.pace == "realtime"
+        self._core = _SimCore(cfg, bool(realtime))
+        super().__init__(SimArm(self._core), SimCamera(self._core), SimDisplay(self._core),
+                         stop_deceleration=cfg.arm.acceleration)
