@@ -102,7 +102,8 @@ class Mirror:
         self._q_ref = np.zeros(N_JOINTS)
         self._qd_ref = np.zeros(N_JOINTS)
         self._qd_target = np.zeros(N_JOINTS)
-        self._pending: deque[tuple[int, np.ndarray]] = deque()
+        self._target_acceleration = self._acceleration
+        self._pending: deque[tuple[int, np.ndarray, float]] = deque()
         self._qdd_ref = np.zeros(N_JOINTS)
         self._feedforward = np.zeros(N_JOINTS)
 
@@ -177,11 +178,12 @@ class Mirror:
         self._q_ref[:] = q
         self._qd_ref[:] = 0.0
         self._qd_target[:] = 0.0
+        self._target_acceleration = self._acceleration
         self._pending.clear()
         self._ring_start = self._tick
         self._ring_q[self._tick % len(self._ring_q)] = q
 
-    def command(self, qd: np.ndarray) -> None:
+    def command(self, qd: np.ndarray, acceleration: float | None = None) -> None:
         """Stream a speedJ target velocity.
 
         The target becomes active on the first controller tick at or after
@@ -189,12 +191,18 @@ class Mirror:
 
         Args:
             qd: Target joint velocities, float (6,), rad/s.
+            acceleration: Bound of the leading axis, rad/s^2 (speedJ's ``acceleration``);
+                ``None`` or anything above ``arm.acceleration`` (the modelled arm's
+                bound) tracks at ``arm.acceleration``.
 
         Raises:
-            ValueError: If ``qd`` is not 6 finite values.
+            ValueError: If ``qd`` is not 6 finite values or ``acceleration`` is not > 0.
         """
         qd = self._check_vector(qd, "qd")
-        self._pending.append((self._tick + self._command_lag, qd))
+        acc = self._acceleration if acceleration is None else float(acceleration)
+        if not (math.isfinite(acc) and acc > 0):
+            raise ValueError(f"acceleration must be > 0 rad/s^2, got {acceleration}")
+        self._pending.append((self._tick + self._command_lag, qd, min(acc, self._acceleration)))
 
     def advance(self, duration: float) -> None:
         """Run the controller and physics for ``duration``, rounded to whole ticks.
@@ -214,9 +222,9 @@ class Mirror:
     def _controller_tick(self) -> None:
         m, d, h = self.model, self._data, self._h
         while self._pending and self._pending[0][0] <= self._tick:
-            self._qd_target = self._pending.popleft()[1]
+            _, self._qd_target, self._target_acceleration = self._pending.popleft()
         q_ref, qd_ref, qdd_ref, ff = self._q_ref, self._qd_ref, self._qdd_ref, self._feedforward
-        dv_max = self._acceleration * h
+        dv_max = self._target_acceleration * h
         for _ in range(self._substeps):
             # speedJ ramp: straight line in velocity space, leading axis at a.
             np.subtract(self._qd_target, qd_ref, out=qdd_ref)

@@ -27,9 +27,8 @@ itself; ``Mirror.contacts``) halts the arm at once (at rest where it is), sets
 ``protective_stopped``, and makes ``speedj`` raise :class:`ProtectiveStopError` until
 :meth:`SimArm.move_home`.
 
-speedJ acceleration: the mirror ramps at ``arm.acceleration``; a smaller ``acceleration``
-in :meth:`SimArm.speedj` or :meth:`SimArm.speed_stop` is honoured by ramping the target
-here, a larger one is capped at ``arm.acceleration`` (the mirror's model of the arm).
+speedJ acceleration: passed to :meth:`sim.mirror.Mirror.command`, which ramps at it and
+caps it at ``arm.acceleration`` (the modelled arm's bound).
 """
 
 from __future__ import annotations
@@ -170,14 +169,8 @@ class _SimCore:
     def step_tick(self, target: np.ndarray, acceleration: float) -> None:
         """Command ``target`` (rad/s) at ``acceleration`` and advance one tick; hold lock."""
         mirror = self._mirror()
-        step = min(acceleration, self.acceleration) * self.period
-        change = target - self.qd_target
-        lead = float(np.max(np.abs(change)))
-        if lead > step:
-            self.qd_target += change * (step / lead)
-        else:
-            self.qd_target[:] = target
-        mirror.command(self.qd_target)
+        self.qd_target[:] = target
+        mirror.command(target, acceleration)
         mirror.advance(self.period)
         self.tick += 1
         contacts = mirror.contacts()
