@@ -28,6 +28,8 @@ from learner.config import AgentConfig
 
 __all__ = [
     "FORMAT_VERSION",
+    "numpy_to_torch",
+    "torch_to_numpy",
     "CheckpointError",
     "CheckpointMismatchError",
     "atomic_torch_save",
@@ -133,8 +135,18 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def _numpy_to_torch(obj: Any) -> Any:
-    """Replace numpy arrays/scalars by tensors/Python numbers (for weights_only loading)."""
+def numpy_to_torch(obj: Any) -> Any:
+    """Replace numpy arrays/scalars by tensors/Python numbers for ``weights_only`` loads.
+
+    ``torch.load(weights_only=True)`` refuses numpy arrays; this makes, e.g., a replay
+    state dict loadable without allow-listing numpy's unpickling helpers.
+
+    Args:
+        obj: Nested dicts/lists of numpy arrays, numpy scalars and plain values.
+
+    Returns:
+        The same structure with tensors (uint64 arrays as ``{"__uint64__": int64 tensor}``).
+    """
     if isinstance(obj, np.ndarray):
         if obj.dtype == np.uint64:  # torch has no general uint64 support: store bytes
             return {"__uint64__": torch.from_numpy(obj.view(np.int64).copy())}
@@ -142,21 +154,22 @@ def _numpy_to_torch(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return {k: _numpy_to_torch(v) for k, v in obj.items()}
+        return {k: numpy_to_torch(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_numpy_to_torch(v) for v in obj]
+        return [numpy_to_torch(v) for v in obj]
     return obj
 
 
-def _torch_to_numpy(obj: Any) -> Any:
+def torch_to_numpy(obj: Any) -> Any:
+    """Inverse of :func:`numpy_to_torch`: tensors back to numpy arrays (CPU tensors only)."""
     if isinstance(obj, dict):
         if set(obj) == {"__uint64__"}:
             return obj["__uint64__"].numpy().view(np.uint64)
-        return {k: _torch_to_numpy(v) for k, v in obj.items()}
+        return {k: torch_to_numpy(v) for k, v in obj.items()}
     if isinstance(obj, torch.Tensor):
         return obj.numpy()
     if isinstance(obj, list):
-        return [_torch_to_numpy(v) for v in obj]
+        return [torch_to_numpy(v) for v in obj]
     return obj
 
 
@@ -206,7 +219,7 @@ def save_checkpoint(
         "spaces": _spaces(agent),
         "agent": agent.state_dict(),
         "counters": dict(counters or {}),
-        "replay": _numpy_to_torch(replay.state_dict()) if replay is not None else None,
+        "replay": numpy_to_torch(replay.state_dict()) if replay is not None else None,
     }
     out = atomic_torch_save(data, path)
     logger.info("saved learner checkpoint %s (update %d)", out, agent.num_updates)
@@ -240,7 +253,7 @@ def load_checkpoint(
     if replay is not None:
         if data.get("replay") is None:
             raise CheckpointError(f"checkpoint '{path}' holds no replay buffer")
-        replay.load_state_dict(_torch_to_numpy(data["replay"]))
+        replay.load_state_dict(torch_to_numpy(data["replay"]))
     logger.info("loaded learner checkpoint %s (update %d)", path, agent.num_updates)
     return dict(data["counters"])
 

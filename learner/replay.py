@@ -47,7 +47,6 @@ __all__ = [
     "default_frame_arena_bytes",
     "frame_capacity_for",
     "naive_nbytes",
-    "numpy_safe_globals",
     "png_max_nbytes",
     "replay_nbytes",
 ]
@@ -229,24 +228,6 @@ def naive_nbytes(
     frame_bytes = int(np.prod(frame_shape))
     per_transition = 2 * frame_stack * frame_bytes + 4 * (2 * proprio_dim + action_dim + 1) + 2
     return capacity * per_transition
-
-
-def numpy_safe_globals() -> list[Any]:
-    """Globals to allow-list so ``torch.load(..., weights_only=True)`` reads a state dict.
-
-    ``torch.load`` with ``weights_only=True`` (the default since torch 2.6) refuses numpy
-    arrays unless their unpickling helpers are allow-listed. Use as
-    ``with torch.serialization.safe_globals(numpy_safe_globals()): torch.load(path)``.
-
-    Returns:
-        The numpy array reconstructor, ``np.ndarray``, ``np.dtype``, ``bytes`` and the
-        dtype classes of every array in :meth:`ReplayBuffer.state_dict`.
-    """
-    reconstruct = np.zeros(1).__reduce__()[0]
-    dtype_classes = [
-        type(np.dtype(t)) for t in (np.uint8, np.uint64, np.int64, np.float32, np.bool_)
-    ]
-    return [reconstruct, np.ndarray, np.dtype, bytes, *dtype_classes]
 
 
 class ReplayBuffer:
@@ -695,7 +676,8 @@ class ReplayBuffer:
         The large arrays are views into the live buffer (no GB-sized copy): save them
         before adding more transitions. Only frames (``"none"``) or arena bytes
         (``"png"``) written so far are included. Loading with
-        ``torch.load(weights_only=True)`` needs :func:`numpy_safe_globals` allow-listed.
+        ``torch.load(weights_only=True)`` reads it after
+        :func:`learner.checkpoint.numpy_to_torch`.
 
         Returns:
             Dict of configuration ints (``frame_codec`` as its index in
