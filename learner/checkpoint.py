@@ -227,7 +227,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, agent: MadiSacAgent, replay: Any | None = None
+    path: str | Path, agent: MadiSacAgent, replay: Any | None = None, require_replay: bool = True
 ) -> dict[str, int | float]:
     """Restore a full learner checkpoint into ``agent`` (and optionally ``replay``).
 
@@ -235,13 +235,15 @@ def load_checkpoint(
         path: File written by :func:`save_checkpoint`.
         agent: An agent built with the same learning config and spaces.
         replay: Optional replay buffer to restore (when the file holds one).
+        require_replay: With ``replay`` given, a file without a replay buffer is an error
+            (True) or leaves ``replay`` as it is (False).
 
     Returns:
         The saved step counters.
 
     Raises:
         CheckpointError: If the file is missing, unsafe/corrupt, of another kind, or
-            holds no replay while ``replay`` is given.
+            holds no replay while ``replay`` is given and ``require_replay``.
         CheckpointMismatchError: If config or spaces differ (each difference listed).
     """
     data = _load(path, _KIND_FULL)
@@ -251,9 +253,10 @@ def load_checkpoint(
         raise CheckpointMismatchError(path, diffs)
     agent.load_state_dict(data["agent"])
     if replay is not None:
-        if data.get("replay") is None:
+        if data.get("replay") is not None:
+            replay.load_state_dict(torch_to_numpy(data["replay"]))
+        elif require_replay:
             raise CheckpointError(f"checkpoint '{path}' holds no replay buffer")
-        replay.load_state_dict(torch_to_numpy(data["replay"]))
     logger.info("loaded learner checkpoint %s (update %d)", path, agent.num_updates)
     return dict(data["counters"])
 

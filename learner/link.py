@@ -259,6 +259,9 @@ class _Endpoint:
         self._heartbeat_seq = 0
         #: Counters of the peer's last heartbeat (e.g. its drops, weights version).
         self.peer_counters: dict[str, int] = {}
+        #: The owner's own counters (name -> int, e.g. ``"updates"``, ``"overruns"``),
+        #: sent with every heartbeat next to the link's counters.
+        self.status_counters: dict[str, int] = {}
         #: Session id of the accepted peer, None before the first handshake.
         self.peer_session_id: str | None = None
         #: Reason of the last :class:`Shutdown` received from the peer, else None.
@@ -302,7 +305,8 @@ class _Endpoint:
         return out
 
     def _flat_counters(self) -> dict[str, int]:
-        out = {k: v for k, v in self._counts.items()}
+        out = {k: int(v) for k, v in self.status_counters.items()}
+        out.update(self._counts)
         out.update({f"rejected/{k}": v for k, v in self._rejected.items()})
         return out
 
@@ -980,14 +984,17 @@ class LearnerLink(_Endpoint):
                 self._reject(*mismatch)
                 self._send_to(identity, self._ack(False, mismatch[1]))
                 return None
-            if identity != self._peer or msg.session_id != self.peer_session_id:
+            new_peer = identity != self._peer or msg.session_id != self.peer_session_id
+            if new_peer or not self._peer_alive(now):
                 logger.info("learner link: robot session %s accepted", msg.session_id)
+                self._count("handshakes")
+                self.robot_paused = False
+                self._republish(now)
+            # else: a hello sent again before the ack arrived (e.g. queued while this
+            # learner was starting): ack it, nothing else changes.
             self._peer, self.peer_session_id = identity, msg.session_id
             self._last_peer_ns = now
-            self.robot_paused = False
-            self._count("handshakes")
             self._send_to(identity, self._ack(True, ""))
-            self._republish(now)
             return None
         if identity != self._peer:
             self._reject("no_handshake", f"{msg.TYPE} from a peer whose hello was not accepted")

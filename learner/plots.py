@@ -15,7 +15,7 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
     """Read one metric column of a ``metrics.csv``.
 
     Args:
-        csv_path: File written by :class:`learner.train_sync.MetricsWriter`.
+        csv_path: File written by :class:`learner.metrics.MetricsWriter`.
         key: Column, e.g. ``"charts/eval_return"``.
 
     Returns:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.config import AgentConfig
 from learner.networks import Actor, Masker, SpatialSoftmaxEncoder
 
 __all__ = ["MadiPolicy"]
@@ -83,10 +84,58 @@ class MadiPolicy:
         from learner.checkpoint import load_policy_file
 
         data = load_policy_file(path)
-        net = data["net"]
-        spaces = data["spaces"]
+        policy = cls._build(data["net"], data["spaces"], device, **kwargs)
+        state = {"masker": data["masker"], "encoder": data["encoder"], "actor": data["actor"]}
+        policy.load_weights(state)
+        logger.info("loaded policy from %s (version %s)", path, data.get("version"))
+        return policy
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: AgentConfig,
+        image_shape: tuple[int, int, int],
+        proprio_dim: int,
+        action_dim: int,
+        device: str = "cpu",
+        **kwargs,
+    ) -> MadiPolicy:
+        """Build a policy with freshly initialised networks of the config's sizes.
+
+        The robot process starts from this and loads the learner's weights as they
+        arrive (:meth:`load_weights`); until then it acts randomly.
+
+        Args:
+            cfg: The learner config (network sizes, variant).
+            image_shape: ``(3k, H, W)`` of observation images.
+            proprio_dim: Proprioception size ``P``.
+            action_dim: Action size ``A``.
+            device: Device to run on.
+            **kwargs: Passed to the constructor (e.g. ``use_cache``).
+
+        Returns:
+            The policy, in eval mode.
+        """
+        net = {
+            "masker_filters": cfg.masker_filters if cfg.use_masker else None,
+            "encoder_filters": cfg.encoder_filters,
+            "encoder_strides": list(cfg.encoder_strides),
+            "mlp_hidden": list(cfg.mlp_hidden),
+            "actor_log_std_min": cfg.actor_log_std_min,
+            "actor_log_std_max": cfg.actor_log_std_max,
+        }
+        spaces = {
+            "image_shape": list(image_shape),
+            "proprio_dim": int(proprio_dim),
+            "action_dim": int(action_dim),
+        }
+        kwargs.setdefault("channels_last", cfg.channels_last)
+        return cls._build(net, spaces, device, **kwargs)
+
+    @classmethod
+    def _build(cls, net: dict, spaces: dict, device: str, **kwargs) -> MadiPolicy:
         image_shape = tuple(spaces["image_shape"])
-        masker = Masker(net["masker_filters"]) if data["masker"] is not None else None
+        masker = Masker(net["masker_filters"]) if net["masker_filters"] is not None else None
         encoder = SpatialSoftmaxEncoder(
             image_shape[0], spaces["proprio_dim"], net["encoder_filters"], net["encoder_strides"]
         )
@@ -97,10 +146,6 @@ class MadiPolicy:
             net["actor_log_std_min"],
             net["actor_log_std_max"],
         )
-        if masker is not None:
-            masker.load_state_dict(data["masker"])
-        encoder.load_state_dict(data["encoder"])
-        actor.load_state_dict(data["actor"])
         policy = cls(
             masker,
             encoder,
@@ -117,7 +162,6 @@ class MadiPolicy:
         for module in (masker, encoder):
             if module is not None:
                 module.to(memory_format=policy.memory_format)
-        logger.info("loaded policy from %s (version %s)", path, data.get("version"))
         return policy
 
     def reset(self) -> None:

@@ -11,7 +11,6 @@ Outputs in ``run_dir``: ``metrics.csv`` (one row per log event, namespaced keys)
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -26,72 +25,11 @@ from tqdm import tqdm
 from learner.agent import MadiSacAgent
 from learner.checkpoint import save_checkpoint, save_policy
 from learner.config import AgentConfig
+from learner.metrics import MetricsWriter
 
-__all__ = ["METRIC_KEYS", "MetricsWriter", "evaluate", "train_sync"]
+__all__ = ["evaluate", "train_sync"]
 
 logger = logging.getLogger(__name__)
-
-#: Columns of ``metrics.csv`` (empty cells where a row has no value for a key).
-METRIC_KEYS: tuple[str, ...] = (
-    "global_step",
-    "time_s",
-    "losses/critic",
-    "losses/actor",
-    "losses/alpha",
-    "charts/alpha",
-    "charts/q",
-    "charts/target_q",
-    "charts/entropy",
-    "charts/mask_mean",
-    "charts/episode_return",
-    "charts/episode_length",
-    "charts/eval_return",
-    "charts/eval_return_std",
-    "charts/updates",
-    "charts/updates_per_s",
-    "charts/env_steps_per_s",
-    "timing/act_s",
-    "timing/env_step_s",
-    "timing/replay_s",
-    "timing/update_s",
-)
-
-
-class MetricsWriter:
-    """Append rows of namespaced metrics to a CSV with the fixed columns :data:`METRIC_KEYS`.
-
-    Args:
-        path: CSV file (created with a header, or appended to when it exists).
-
-    Raises:
-        KeyError: From :meth:`write` when a key is not in :data:`METRIC_KEYS`.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
-        self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self._writer = csv.DictWriter(self._file, fieldnames=list(METRIC_KEYS))
-        if new:
-            self._writer.writeheader()
-
-    def write(self, row: dict[str, float]) -> None:
-        """Write one row and flush.
-
-        Args:
-            row: Metric name to value; names must be in :data:`METRIC_KEYS`.
-        """
-        unknown = set(row) - set(METRIC_KEYS)
-        if unknown:
-            raise KeyError(f"unknown metric keys {sorted(unknown)}; allowed: {METRIC_KEYS}")
-        self._writer.writerow(row)
-        self._file.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()
-
 
 def _obs(obs: Any) -> dict[str, np.ndarray]:
     if not isinstance(obs, dict) or "image" not in obs or "proprio" not in obs:

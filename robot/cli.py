@@ -1,8 +1,11 @@
 """The ``madi`` command line: the launch layer that wires config, sim, robot and learner.
 
 Subcommands:
-    madi sim    run a scripted or random policy in the MuJoCo mirror, write videos
-    madi train  train MaDi-SAC (``--sync``: one process against the sim in fast pace)
+    madi sim      run a scripted or random policy in the MuJoCo mirror, write videos
+    madi train    train MaDi-SAC: a learner process and the robot process on the sim,
+                  linked by ZeroMQ (``--sync``: one process, the sim in fast pace)
+    madi learner  the learner process alone (e.g. on a GPU machine): ``--bind ADDR``
+    madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -11,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
+import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,27 +85,83 @@ def new_run_dir(parent: Path, config_path: Path, seed: int) -> Path:
     return run_dir
 
 
+def _write_config(cfg, run_dir: Path) -> Path:
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """Also write this process's log to ``path`` (the session log of the run)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def _on_signals(stop) -> None:
+    """Route SIGINT/SIGTERM to ``stop(reason)``; a second Ctrl-C raises KeyboardInterrupt."""
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop(f"{name} received")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _steps_and_pace(args: argparse.Namespace) -> None:
+    if args.steps is not None:
+        args.overrides.append(f"train.total_steps={args.steps}")
+    if args.pace:
+        args.overrides.append(f"sim.pace={args.pace}")
+
+
+def _train_config(args: argparse.Namespace):
+    """Config and run dir of ``madi train`` (a new run, or the one given to --resume)."""
+    _steps_and_pace(args)
+    if args.resume is not None:
+        config_path = args.resume / "config.yaml"
+        return config_path, _load(args, config_path), args.resume
+    config_path = args.config or default_train_config()
+    cfg = _load(args, config_path)
+    run_dir = args.out if args.out else new_run_dir(Path(cfg.train.run_dir), config_path,
+                                                    cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config_path, cfg, run_dir
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train MaDi-SAC on the simulated arm, synchronously in one process."""
+    """Train MaDi-SAC on the simulated arm: learner process + robot process (or --sync)."""
+    if args.sync:
+        args.overrides.append("sim.pace=fast")
+    config_path, cfg, run_dir = _train_config(args)
+    if cfg.backend != "sim":
+        log.error("%s drives backend %r; `madi train` trains on the sim mirror. For the real "
+                  "arm run `madi learner` and `madi robot` (robot process on the robot's "
+                  "computer); use a sim config here", config_path, cfg.backend)
+        return 2
+    _write_config(cfg, run_dir)
+    log.info("run dir %s (config %s, task hash %s, variant %s)", run_dir, config_path.name,
+             cfg.task_hash(), cfg.agent.variant)
+    if args.sync:
+        summary = _train_sync(cfg, run_dir, not args.no_progress)
+    else:
+        summary = _train_async(cfg, run_dir, args)
+    if summary is None:
+        return 1
     from learner.plots import plot_learning_curves
+
+    png = plot_learning_curves({cfg.agent.variant: run_dir}, run_dir / "learning_curve.png",
+                               title=f"{config_path.stem}, seed {cfg.seed}")
+    log.info("done: %s; curve %s", summary, png)
+    return 0
+
+
+def _train_sync(cfg, run_dir: Path, progress: bool) -> str:
     from learner.train_sync import train_sync
     from sim.env import VisualReacherEnv
 
-    config_path = args.config or default_train_config()
-    if args.steps is not None:
-        args.overrides.append(f"train.total_steps={args.steps}")
-    cfg = _load(args, config_path)
-    if cfg.backend != "sim":
-        log.error("%s drives backend %r; training on the real arm needs the robot process "
-                  "(not built yet); use a sim config", config_path, cfg.backend)
-        return 2
-    run_dir = args.out if args.out else new_run_dir(
-        Path(cfg.train.run_dir), config_path, cfg.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"),
-                                                        sort_keys=False))
-    log.info("run dir %s (config digest %s, variant %s)", run_dir, cfg.digest(),
-             cfg.agent.variant)
     env = VisualReacherEnv(cfg)
     try:
         summary = train_sync(
@@ -108,16 +170,165 @@ def cmd_train(args: argparse.Namespace) -> int:
             eval_every=cfg.train.eval_every,
             eval_episodes=cfg.train.eval_episodes,
             checkpoint_every=cfg.train.checkpoint_every,
-            progress=not args.no_progress,
+            progress=progress,
         )
     finally:
         env.close()
-    png = plot_learning_curves({cfg.agent.variant: run_dir}, run_dir / "learning_curve.png",
-                               title=f"{config_path.stem}, seed {cfg.seed}")
     evals = summary["eval_returns"]
-    log.info("done: %d env steps, %d updates in %.0f s; last eval return %s; curve %s",
-             summary["env_steps"], summary["updates"], summary["wall_s"],
-             f"{evals[-1][1]:.1f}" if evals else "-", png)
+    last = f"{evals[-1][1]:.1f}" if evals else "-"
+    return (f"{summary['env_steps']} env steps, {summary['updates']} updates in "
+            f"{summary['wall_s']:.0f} s; last eval return {last}")
+
+
+def _link_address(cfg, run_dir: Path) -> str:
+    """``link.address``, or a fresh ipc directory for this run."""
+    if cfg.link.address:
+        return cfg.link.address
+    import tempfile
+
+    return "ipc://" + tempfile.mkdtemp(prefix="madi-")
+
+
+def _train_async(cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
+    address = _link_address(cfg, run_dir)
+    cmd = [sys.executable, "-m", "robot.cli", "learner", "--config",
+           str(run_dir / "config.yaml"), "--bind", address, "--out", str(run_dir),
+           "--exit-with-robot"]
+    if args.resume is not None:
+        cmd += ["--resume", str(args.resume)]
+    # The learner shares the CPUs with the real-time robot process: lower its priority.
+    learner = subprocess.Popen(cmd, preexec_fn=lambda: os.nice(10))
+    log.info("learner process %d bound to %s (log: %s)", learner.pid, address,
+             run_dir / "learner.log")
+    try:
+        result = _run_robot(cfg, address, run_dir, args, learner=learner)
+    finally:
+        try:
+            code = learner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            log.error("learner did not exit within 60 s of the robot's shutdown; terminating")
+            learner.terminate()
+            code = learner.wait(timeout=10)
+        if code != 0:
+            log.error("learner exited with code %s; see %s", code, run_dir / "learner.log")
+    if result is None or code != 0:
+        return None
+    return result
+
+
+def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace,
+               learner: subprocess.Popen | None = None) -> str | None:
+    """The robot process: rig, link, runner, progress bar; returns a summary line."""
+    import torch
+    from tqdm import tqdm
+
+    from learner.link import LinkAddresses, RobotLink
+    from learner.process import read_progress
+    from robot.backends import make_rig
+    from robot.runner import RobotRunner, spaces_of
+    from robot.timing import configure_realtime
+
+    handler = _log_to_file(run_dir / "robot.log")
+    torch.set_num_threads(cfg.robot.torch_threads)
+    start_step = start_episode = 0
+    if getattr(args, "resume", None) is not None:
+        progress = read_progress(args.resume)
+        start_step, start_episode = progress["env_steps"], progress["episodes"]
+    realtime = cfg.sim.pace == "realtime" or cfg.backend != "sim"
+    link = None
+    if address is not None:
+        link = RobotLink(LinkAddresses.from_base(address), cfg.task_hash(), spaces_of(cfg),
+                         run_id=run_dir.name, sndhwm=cfg.link.send_queue,
+                         keyframe_every=cfg.link.keyframe_every,
+                         heartbeat_interval_s=cfg.link.heartbeat_interval,
+                         peer_timeout_s=cfg.link.peer_timeout)
+    bar = tqdm(total=cfg.train.total_steps, initial=start_step, unit="step", desc="robot",
+               disable=args.no_progress, dynamic_ncols=True)
+
+    def progress(runner) -> None:
+        bar.n = runner.env_steps
+        bar.set_postfix(runner.progress_fields(), refresh=True)
+        if learner is not None and learner.poll() is not None and not runner.stopping:
+            log.error("the learner process exited (code %s)", learner.returncode)
+            runner.request_stop("learner process exited")
+
+    try:
+        rig = make_rig(cfg)
+        runner = RobotRunner(cfg, rig, run_dir, link, realtime=realtime, start_step=start_step,
+                             start_episode=start_episode, progress=progress)
+        _on_signals(runner.request_stop)
+        if realtime:
+            configure_realtime(cfg.robot.cpu_affinity, cfg.robot.realtime_priority)
+        summary = runner.run()
+    finally:
+        bar.close()
+        if link is not None:
+            link.close()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    a, c, lat = summary["agent_step"], summary["control_tick"], summary["obs_to_action"]
+    return (f"{summary['env_steps']} env steps, {summary['episodes']} episodes, policy "
+            f"version {summary['policy_version']} ({summary['stop_reason']}); agent step p99 "
+            f"{a['period_p99_ms']:.1f} ms, {a['overruns']} overruns; control jitter p99 "
+            f"{c['jitter_p99_ms']:.2f} ms; obs->action p99 {lat['p99_ms']:.1f} ms")
+
+
+def cmd_robot(args: argparse.Namespace) -> int:
+    """The robot process alone: drive the rig, act locally, stream to a learner."""
+    config_path = args.config
+    _steps_and_pace(args)
+    cfg = _load(args, config_path)
+    address = args.learner or cfg.link.address
+    if not address:
+        log.error("no learner address: pass --learner tcp://HOST:PORT (or ipc:///dir) or set "
+                  "link.address in %s", config_path)
+        return 2
+    run_dir = args.out or new_run_dir(Path(cfg.train.run_dir), config_path, cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(cfg, run_dir)
+    args.resume = None
+    summary = _run_robot(cfg, address, run_dir, args)
+    log.info("robot done: %s", summary)
+    return 0
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    """The learner process alone: bind, learn from a robot, publish weights."""
+    from learner.link import LearnerLink, LinkAddresses, LinkError
+    from learner.process import LearnerProcess
+    from robot.runner import spaces_of
+
+    cfg = _load(args, args.config)
+    address = args.bind or cfg.link.address
+    if not address:
+        log.error("no address to bind: pass --bind tcp://0.0.0.0:5555 (or ipc:///dir) or set "
+                  "link.address in %s", args.config)
+        return 2
+    run_dir = args.out or new_run_dir(Path(cfg.train.run_dir), args.config, cfg.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "config.yaml").exists():
+        _write_config(cfg, run_dir)
+    _log_to_file(run_dir / "learner.log")
+    try:
+        link = LearnerLink(LinkAddresses.from_base(address), cfg.task_hash(), spaces_of(cfg),
+                           run_id=run_dir.name,
+                           heartbeat_interval_s=cfg.link.heartbeat_interval,
+                           peer_timeout_s=cfg.link.peer_timeout)
+    except LinkError as err:
+        log.error("%s; is another learner bound there? pick a free port or ipc directory", err)
+        return 2
+    with link:
+        learner = LearnerProcess(
+            cfg.agent, link, run_dir, publish_every=cfg.train.publish_every,
+            checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
+            save_replay=cfg.train.save_replay, resume=args.resume,
+            exit_on_robot_shutdown=args.exit_with_robot)
+        _on_signals(learner.request_stop)
+        log.info("learner bound to %s, task hash %s, run dir %s", address, cfg.task_hash(),
+                 run_dir)
+        summary = learner.run()
+    log.info("learner done: %d env steps, %d updates (%s); link %s", summary["env_steps"],
+             summary["updates"], summary["stop_reason"], summary["link"])
     return 0
 
 
@@ -138,13 +349,41 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train MaDi-SAC on the simulated arm")
     _add_config_args(p, None)
     p.add_argument("--sync", action="store_true",
-                   help="one process: act, step the sim in fast pace, update (the only "
-                   "mode until the asynchronous robot/learner stack lands)")
+                   help="one process: act, step the sim in fast pace, update (no link)")
     p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: train.run_dir/<time>_<config>_s<seed>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint (its config.yaml)")
+    p.add_argument("--pace", choices=["realtime", "fast"], default=None,
+                   help="sim pace (sim.pace): realtime = 40 ms agent steps on the wall "
+                   "clock, as on the real arm; fast = as fast as the loop runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("learner", help="run the learner process alone (e.g. on a GPU box)")
+    _add_config_args(p, SIM_CONFIG)
+    p.add_argument("--bind", default=None, metavar="ADDR",
+                   help="where robots connect: tcp://0.0.0.0:5555 or ipc:///dir "
+                   "(default: link.address)")
+    p.add_argument("--out", type=Path, default=None, help="run folder")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue from RUN_DIR/checkpoints/learner.pt")
+    p.add_argument("--exit-with-robot", action="store_true",
+                   help="exit when the robot shuts down (used by madi train)")
+    p.set_defaults(func=cmd_learner)
+
+    p = sub.add_parser("robot", help="run the robot process alone, streaming to a learner")
+    _add_config_args(p, SIM_CONFIG)
+    p.add_argument("--learner", default=None, metavar="ADDR",
+                   help="the learner's address, e.g. tcp://gpu-box:5555 (default: "
+                   "link.address)")
+    p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
+    p.add_argument("--out", type=Path, default=None, help="run folder")
+    p.add_argument("--pace", choices=["realtime", "fast"], default=None,
+                   help="sim pace (sim only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_robot)
     return parser
 
 

@@ -251,6 +251,84 @@ class SimConfig(_Section):
     )
 
 
+class RobotLoopConfig(_Section):
+    """The robot process's loops: timing, OS real-time settings, what to do without a learner."""
+
+    command_deadline: float | None = Field(
+        None, gt=0, le=1.0,
+        description="Longest age of the newest command before the control thread stops the "
+        "arm, s. Default: 2 agent periods.",
+    )
+    agent_spin: float = Field(
+        0.002, ge=0, le=0.01,
+        description="The agent step sleeps until this long before its deadline, then spins, s.",
+    )
+    control_spin: float = Field(
+        0.0005, ge=0, le=0.002, description="The same for the control tick, s."
+    )
+    overrun_threshold: float | None = Field(
+        None, gt=0, le=1.0,
+        description="An agent step starting later than this is an overrun, s. Default: 10% "
+        "of the agent period (4 ms).",
+    )
+    on_learner_lost: Literal["continue", "stop"] = Field(
+        "continue",
+        description="When the learner goes silent: continue = keep acting with the last "
+        "weights (transitions are dropped and counted); stop = end the episode, stop the "
+        "arm and wait for a learner.",
+    )
+    learner_wait: float = Field(
+        60.0, ge=0, le=3600,
+        description="At start, wait this long for the learner's handshake before acting, s "
+        "(the robot acts either way afterwards; it never blocks on the learner mid-run).",
+    )
+    cpu_affinity: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="CPUs to pin the robot process to (null: all)."
+    )
+    realtime_priority: int | None = Field(
+        50, ge=1, le=99,
+        description="SCHED_FIFO priority of the robot process (null: normal scheduling). "
+        "Needs root, CAP_SYS_NICE or an rtprio limit; otherwise a one-line notice.",
+    )
+    torch_threads: int = Field(
+        1, ge=1, le=64, description="Threads of the local policy inference."
+    )
+    camera_timeout: float = Field(
+        0.5, gt=0, le=10, description="Longest wait for a camera frame before failing, s."
+    )
+
+    def deadline(self, agent_period: float) -> float:
+        """The stale-command deadline, s (``command_deadline`` or 2 agent periods)."""
+        return self.command_deadline or 2.0 * agent_period
+
+
+class LinkConfig(_Section):
+    """The robot <-> learner link (ZeroMQ; learner/link.py)."""
+
+    address: str | None = Field(
+        None,
+        description="Learner address: ipc:///a/dir or tcp://host:port (the learner binds, "
+        "the robot connects). null: ipc under the temp dir, one per run.",
+    )
+    heartbeat_interval: float = Field(0.25, gt=0, le=10, description="Heartbeat period, s.")
+    peer_timeout: float = Field(
+        1.0, gt=0, le=60, description="A peer is lost after this long without a message, s."
+    )
+    send_queue: int = Field(
+        16, ge=1, le=10_000, description="Transitions queued at most before sends are dropped."
+    )
+    keyframe_every: int = Field(
+        50, ge=0, le=10_000, description="A full-window transition at least every N messages."
+    )
+
+    @model_validator(mode="after")
+    def _timeout_covers_heartbeats(self) -> LinkConfig:
+        if self.peer_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(f"peer_timeout ({self.peer_timeout} s) must be at least two "
+                             f"heartbeat intervals ({self.heartbeat_interval} s)")
+        return self
+
+
 class TrainConfig(_Section):
     """Length and bookkeeping of a training run (``madi train``)."""
 
@@ -261,6 +339,14 @@ class TrainConfig(_Section):
         10_000, ge=1, description="Env steps between checkpoints (null: only at the end)."
     )
     run_dir: str = Field("runs", description="Parent folder of run directories.")
+    publish_every: int = Field(
+        10, ge=1, description="Learner updates between weight publications to the robot."
+    )
+    log_every: int = Field(1000, ge=1, description="Env steps between metrics rows.")
+    save_replay: bool = Field(
+        False, description="Put the replay buffer in the learner checkpoint (for --resume; "
+        "large: capacity x frame size)."
+    )
 
 
 class Config(_Section):
@@ -277,6 +363,8 @@ class Config(_Section):
     sim: SimConfig = Field(default_factory=SimConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    robot: RobotLoopConfig = Field(default_factory=RobotLoopConfig)
+    link: LinkConfig = Field(default_factory=LinkConfig)
 
     @model_validator(mode="after")
     def _one_seed(self) -> Config:
@@ -285,6 +373,26 @@ class Config(_Section):
                              "set the seed once, at the top level")
         self.agent.seed = self.seed
         return self
+
+    def task_hash(self) -> str:
+        """Hash of what robot and learner must agree on (checked at the link handshake).
+
+        Covers the backend, the arm (but its host), the camera, the task and what the
+        learner learns (:meth:`AgentConfig.learning_dict`); not pacing, timing, link or
+        bookkeeping settings, which each side may set for itself.
+
+        Returns:
+            12 hex characters.
+        """
+        data = {
+            "backend": self.backend,
+            "arm": self.arm.model_dump(mode="json", exclude={"host"}),
+            "camera": self.camera.model_dump(mode="json"),
+            "task": self.task.model_dump(mode="json"),
+            "agent": self.agent.learning_dict(),
+        }
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
 
     def digest(self) -> str:
         """Short SHA-256 of the validated config (hex, 12 chars), for handshakes and runs."""

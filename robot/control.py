@@ -14,11 +14,13 @@ bound (a controlled stop) and flags ``stale`` until a fresh command comes. Any e
 leaves the loop in state ``"failed"`` with the exception kept in :attr:`ControlLoop.error`;
 ``"stopped"`` means a clean :meth:`ControlLoop.stop`.
 
-Timing: the loop sleeps until ``spin`` before the tick, then busy-waits on
-``time.perf_counter_ns``. Tick period, lateness and busy time go into preallocated rings
-(no allocation per tick for the statistics); :meth:`ControlLoop.timing` reports period and
-jitter percentiles and every overrun (a tick starting more than ``overrun_threshold``
-late) with its size.
+Timing: a :class:`robot.timing.LoopTimer` schedules the ticks (sleep, then spin) and keeps
+period, jitter, lateness, busy time and every overrun; :meth:`ControlLoop.timing` reports
+them. Pass one timer to successive loops (one per episode) to get one report for a run.
+
+Lockstep (the sim in fast pace): a loop that is never started can run its ticks on the
+caller's thread with :meth:`ControlLoop.step`, on a virtual clock of whole ticks. Every
+tick does the same work (safety, stale check, speedj) as in the thread.
 
 What the owner must do (process-wide settings a library thread must not change):
 ``gc.collect(); gc.freeze()`` (and, if the allocation rate allows, ``gc.disable()``)
@@ -33,7 +35,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,6 +48,7 @@ from robot.backends.base import (
     check_positive,
 )
 from robot.safety import Intervention, SafetyLimits
+from robot.timing import LoopTimer, TimingReport
 
 logger = logging.getLogger(__name__)
 
@@ -98,73 +101,6 @@ class ControlStatus:
     arm: ArmState | None
 
 
-@dataclass(frozen=True)
-class TimingReport:
-    """Tick timing over the last ``samples`` ticks; all times ms.
-
-    Attributes:
-        nominal_ms: The controller tick.
-        samples: Ticks the percentiles are taken over (the ring keeps the newest).
-        period_p50_ms / period_p99_ms / period_max_ms: Time between tick starts.
-        jitter_p50_ms / jitter_p99_ms / jitter_max_ms: ``|period - nominal|``.
-        late_p50_ms / late_p99_ms / late_max_ms: Tick start after its scheduled time.
-        busy_p50_ms / busy_p99_ms / busy_max_ms: Work per tick (read, safety, speedj).
-        overruns: Ticks (over the whole run) that started more than the overrun
-            threshold late.
-        overrun_sizes_ms: Lateness of the newest overruns (up to the ring size).
-        skipped_ticks: Whole ticks missed and not made up (the schedule moved on).
-    """
-
-    nominal_ms: float
-    samples: int
-    period_p50_ms: float
-    period_p99_ms: float
-    period_max_ms: float
-    jitter_p50_ms: float
-    jitter_p99_ms: float
-    jitter_max_ms: float
-    late_p50_ms: float
-    late_p99_ms: float
-    late_max_ms: float
-    busy_p50_ms: float
-    busy_p99_ms: float
-    busy_max_ms: float
-    overruns: int
-    overrun_sizes_ms: tuple[float, ...] = field(default=())
-    skipped_ticks: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        """Scalar fields under namespaced metric keys, e.g. ``control/jitter_p99_ms``."""
-        return {f"control/{k}": float(v) for k, v in self.__dict__.items()
-                if k != "overrun_sizes_ms"}
-
-
-class _Ring:
-    """Preallocated int64 ring of the newest ``size`` samples (ns)."""
-
-    def __init__(self, size: int):
-        self.data = np.zeros(size, np.int64)
-        self.count = 0
-
-    def push(self, value: int) -> None:
-        self.data[self.count % len(self.data)] = value
-        self.count += 1
-
-    def values(self) -> np.ndarray:
-        n = min(self.count, len(self.data))
-        if self.count <= len(self.data):
-            return self.data[:n].copy()
-        start = self.count % len(self.data)
-        return np.concatenate([self.data[start:], self.data[:start]])
-
-
-def _percentiles_ms(ns: np.ndarray) -> tuple[float, float, float]:
-    if ns.size == 0:
-        return 0.0, 0.0, 0.0
-    p50, p99 = np.percentile(ns, [50, 99])
-    return float(p50) / 1e6, float(p99) / 1e6, float(ns.max()) / 1e6
-
-
 class ControlLoop:
     """A thread that streams the newest joint-velocity command to an arm every tick.
 
@@ -180,12 +116,16 @@ class ControlLoop:
         stop_deceleration: Deceleration of ``speed_stop`` on stop or failure, rad/s^2;
             ``None`` means ``acceleration``.
         spin: Busy-wait before each tick, s; the loop sleeps until then. Clamped to a
-            quarter of the tick.
+            quarter of the tick. Ignored when ``timer`` is given.
         overrun_threshold: A tick starting later than this is an overrun, s; ``None``
             means 10 % of the tick (SenseAct's "hiccup" at 8.8 ms on an 8 ms tick).
+            Ignored when ``timer`` is given.
         watchdog_hz: If set, arm the controller-side watchdog at this rate, Hz, and kick
             it every tick.
         stats_size: Ticks kept for the timing percentiles (the newest).
+        timer: A :class:`~robot.timing.LoopTimer` with the arm's period to schedule and
+            time the ticks (shared across loops for a run-long report); default: a new
+            one from ``spin``, ``overrun_threshold`` and ``stats_size``.
         event_queue_size: Safety events kept until :meth:`events` drains them; more are
             dropped and counted (the loop never blocks on its owner).
 
@@ -202,7 +142,7 @@ class ControlLoop:
                  deadline: float = 0.08, stop_deceleration: float | None = None,
                  spin: float = 0.0005, overrun_threshold: float | None = None,
                  watchdog_hz: float | None = None, stats_size: int = 16384,
-                 event_queue_size: int = 256):
+                 event_queue_size: int = 256, timer: LoopTimer | None = None):
         self._arm = arm
         self._safety = safety
         self.period = check_positive(arm.control_period, "arm.control_period", "s")
@@ -211,19 +151,18 @@ class ControlLoop:
         self.stop_deceleration = (self.acceleration if stop_deceleration is None else
                                   check_positive(stop_deceleration, "stop_deceleration",
                                                  "rad/s^2"))
-        if spin < 0:
-            raise ValueError(f"spin must be >= 0 s, got {spin}")
         self.watchdog_hz = (None if watchdog_hz is None else
                             check_positive(watchdog_hz, "watchdog_hz", "Hz"))
-        if stats_size < 1 or event_queue_size < 1:
-            raise ValueError(f"stats_size and event_queue_size must be >= 1, got "
-                             f"{stats_size} and {event_queue_size}")
-        self._period_ns = round(self.period * 1e9)
+        if event_queue_size < 1:
+            raise ValueError(f"event_queue_size must be >= 1, got {event_queue_size}")
+        if timer is None:
+            timer = LoopTimer(self.period, spin, overrun_threshold, stats_size)
+        elif abs(timer.period - self.period) > 1e-12:
+            raise ValueError(f"timer period {timer.period} s != arm control period {self.period} s")
+        self.timer = timer
+        self._period_ns = timer.period_ns
         self._deadline_ns = round(self.deadline * 1e9)
-        self._spin_ns = min(round(spin * 1e9), self._period_ns // 4)
-        threshold = 0.1 * self.period if overrun_threshold is None else check_positive(
-            overrun_threshold, "overrun_threshold", "s")
-        self._overrun_ns = round(threshold * 1e9)
+        self._virtual_ns: int | None = None  # lockstep clock (step()), None when threaded
 
         # Newest command (written by set_command, read by the loop), under _cmd_lock.
         self._cmd_lock = threading.Lock()
@@ -246,13 +185,6 @@ class ControlLoop:
         self._events: queue.Queue[SafetyEvent] = queue.Queue(maxsize=event_queue_size)
         self.dropped_events = 0  #: Safety events dropped because the queue was full.
         self.intervention_ticks = 0  #: Ticks on which the safety limits changed the command.
-
-        self._periods = _Ring(stats_size)
-        self._late = _Ring(stats_size)
-        self._busy = _Ring(stats_size)
-        self._overrun_sizes = _Ring(1024)
-        self._overruns = 0
-        self._skipped = 0
 
         self._state = "idle"
         self._error: BaseException | None = None
@@ -307,7 +239,7 @@ class ControlLoop:
             ValueError: If ``qd`` is not 6 finite values.
         """
         qd = as_joint_vector(qd, "command")
-        now = time.perf_counter_ns()
+        now = self._now()
         with self._cmd_lock:
             self._cmd[:] = qd
             self._cmd_t_ns = now if t_ns is None else int(t_ns)
@@ -357,7 +289,13 @@ class ControlLoop:
         self._stop_event.set()
         thread = self._thread
         if thread is None:
-            if self._state == "idle":
+            if self._state == "running":  # lockstep: stop the arm from this thread
+                try:
+                    self._arm.speed_stop(self.stop_deceleration)
+                except BaseException as err:
+                    self._fail(err)
+                    raise
+            if self._state in ("idle", "running"):
                 self._state = "stopped"
             return True
         thread.join(timeout)
@@ -370,20 +308,40 @@ class ControlLoop:
         return True
 
     def timing(self) -> TimingReport:
-        """Tick timing statistics so far (safe to call while running)."""
-        periods = self._periods.values()
-        p50, p99, pmax = _percentiles_ms(periods)
-        j50, j99, jmax = _percentiles_ms(np.abs(periods - self._period_ns))
-        l50, l99, lmax = _percentiles_ms(self._late.values())
-        b50, b99, bmax = _percentiles_ms(self._busy.values())
-        sizes = tuple(float(v) / 1e6 for v in self._overrun_sizes.values())
-        return TimingReport(
-            nominal_ms=self.period * 1e3, samples=int(periods.size),
-            period_p50_ms=p50, period_p99_ms=p99, period_max_ms=pmax,
-            jitter_p50_ms=j50, jitter_p99_ms=j99, jitter_max_ms=jmax,
-            late_p50_ms=l50, late_p99_ms=l99, late_max_ms=lmax,
-            busy_p50_ms=b50, busy_p99_ms=b99, busy_max_ms=bmax,
-            overruns=self._overruns, overrun_sizes_ms=sizes, skipped_ticks=self._skipped)
+        """Tick timing statistics so far (safe to call while running; empty in lockstep)."""
+        return self.timer.report()
+
+    def step(self, n: int) -> None:
+        """Run ``n`` ticks now, on the caller's thread (lockstep; the sim in fast pace).
+
+        Time is virtual: each tick advances the loop's clock by one period, so a command
+        is stale after ``deadline`` worth of ticks without :meth:`set_command`, however
+        long the caller took between calls. On an error the arm is stopped, the loop is
+        marked ``failed`` and the error is raised.
+
+        Args:
+            n: Ticks to run, >= 0.
+
+        Raises:
+            RuntimeError: If the loop thread was started, or the loop has failed/stopped.
+            Exception: Whatever the arm or the safety check raised.
+        """
+        if self._thread is not None or self._state not in ("idle", "running"):
+            raise RuntimeError(f"step() needs a loop that was never started (state "
+                               f"{self._state}, thread {'yes' if self._thread else 'no'})")
+        if self._virtual_ns is None:
+            self._virtual_ns = 0
+            if self.watchdog_hz is not None:
+                self._arm.set_watchdog(self.watchdog_hz)
+        self._state = "running"
+        try:
+            for _ in range(int(n)):
+                self._virtual_ns += self._period_ns
+                self._tick(self._virtual_ns)
+        except BaseException as err:
+            logger.error("control loop (lockstep) failed: %r; stopping the arm", err)
+            self._stop_arm_after(err)
+            raise
 
     def __enter__(self) -> ControlLoop:
         self.start()
@@ -399,32 +357,26 @@ class ControlLoop:
                 self._error = err
                 self._state = "failed"
 
+    def _now(self) -> int:
+        return time.perf_counter_ns() if self._virtual_ns is None else self._virtual_ns
+
+    def _stop_arm_after(self, err: BaseException) -> None:
+        try:
+            self._arm.speed_stop(self.stop_deceleration)
+        except BaseException as stop_err:
+            logger.critical("speed_stop after the failure failed too: %r", stop_err)
+        self._fail(err)
+
     def _run(self) -> None:
-        arm = self._arm
+        arm, timer = self._arm, self.timer
         try:
             if self.watchdog_hz is not None:
                 arm.set_watchdog(self.watchdog_hz)
-            period = self._period_ns
-            scheduled = time.perf_counter_ns()
-            last_start = 0
+            timer.restart()
             while not self._stop_event.is_set():
-                self._wait_until(scheduled)
-                start = time.perf_counter_ns()
-                late = start - scheduled
-                if late >= period:  # whole ticks missed: move the schedule on, no burst
-                    missed = late // period
-                    self._skipped += missed
-                    scheduled += missed * period
-                if last_start:
-                    self._periods.push(start - last_start)
-                last_start = start
-                self._late.push(late)
-                if late > self._overrun_ns:
-                    self._overruns += 1
-                    self._overrun_sizes.push(late)
+                start = timer.wait()
                 self._tick(start)
-                self._busy.push(time.perf_counter_ns() - start)
-                scheduled += period
+                timer.done(start)
             arm.speed_stop(self.stop_deceleration)
             with self._status_lock:
                 if self._state == "running":
@@ -432,18 +384,7 @@ class ControlLoop:
             logger.info("control loop stopped after %d ticks", self._ticks)
         except BaseException as err:
             logger.error("control loop failed: %r; stopping the arm", err)
-            try:
-                arm.speed_stop(self.stop_deceleration)
-            except BaseException as stop_err:
-                logger.critical("speed_stop after the failure failed too: %r", stop_err)
-            self._fail(err)
-
-    def _wait_until(self, target_ns: int) -> None:
-        remaining = target_ns - time.perf_counter_ns()
-        if remaining > self._spin_ns:
-            time.sleep((remaining - self._spin_ns) / 1e9)
-        while time.perf_counter_ns() < target_ns:
-            pass
+            self._stop_arm_after(err)
 
     def _tick(self, now: int) -> None:
         arm = self._arm

@@ -14,12 +14,12 @@ Spaces are those of the real task (MaDi, Grooten et al. 2024; ReLoD, Wang et al.
 from __future__ import annotations
 
 import time
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
 
 from robot.config import Config
+from robot.observation import FrameStack, action_to_qd, proprio
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target, sample_target_center
 from sim.mirror import Mirror
@@ -55,7 +55,7 @@ class VisualReacherEnv(gym.Env):
             "proprio": gym.spaces.Box(-np.inf, np.inf, (3 * n,), np.float32),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (n,), np.float32)
-        self._frames: deque[np.ndarray] = deque(maxlen=k)
+        self._frames = FrameStack(k)
         self._prev_action = np.zeros(n, np.float32)
         self._steps = 0
         self._deadline = 0.0
@@ -84,10 +84,7 @@ class VisualReacherEnv(gym.Env):
         self.mirror.reset(self.q_home)
         if self.cfg.sim.pace == "realtime":
             time.sleep(self.cfg.arm.reset_duration)
-        frame = self.mirror.render()
-        self._frames.clear()
-        for _ in range(self._frames.maxlen):
-            self._frames.append(frame)
+        self._frames.reset(self.mirror.render())
         self._prev_action[:] = 0.0
         self._steps = 0
         self._deadline = time.monotonic()
@@ -111,13 +108,12 @@ class VisualReacherEnv(gym.Env):
             raise ValueError(f"action must be a finite float array of shape "
                              f"{self.action_space.shape}, got {action!r}")
         action = np.clip(action, -1.0, 1.0)
-        qd = np.zeros(6)
-        qd[self.active] = action * self.cfg.arm.speed_max
+        qd = action_to_qd(action, self.cfg.arm)
         safe = self.safety.apply(self.mirror.q, self.mirror.qd, qd)
         self.mirror.command(safe.qd)
         self.mirror.advance(self.cfg.task.agent_period)
         frame = self.mirror.render()
-        self._frames.append(frame)
+        self._frames.push(frame)
         self._prev_action[:] = action
         self._steps += 1
 
@@ -141,18 +137,15 @@ class VisualReacherEnv(gym.Env):
 
     def render(self) -> np.ndarray:
         """Return the newest wrist-camera frame, uint8 (H, W, 3) RGB."""
-        return self._frames[-1].copy()
+        return self._frames.newest.copy()
 
     def close(self) -> None:
         """Release the renderer."""
         self.mirror.close()
 
     def _obs(self) -> dict[str, np.ndarray]:
-        image = np.concatenate([f.transpose(2, 0, 1) for f in self._frames], axis=0)
-        q = self.mirror.q[self.active]
-        qd = self.mirror.qd[self.active] / self.cfg.arm.speed_max
-        proprio = np.concatenate([q, qd, self._prev_action]).astype(np.float32)
-        return {"image": image, "proprio": proprio}
+        return {"image": self._frames.image(),
+                "proprio": proprio(self.mirror.q, self.mirror.qd, self._prev_action, self.cfg.arm)}
 
     def _wait_for_deadline(self) -> None:
         self._deadline += self.cfg.task.agent_period

@@ -12,7 +12,8 @@ from toy_env import DotReacherEnv, random_return
 
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.train_sync import METRIC_KEYS, evaluate, train_sync
+from learner.metrics import METRIC_KEYS
+from learner.train_sync import evaluate, train_sync
 
 TOY = dict(
     masker_filters=8,

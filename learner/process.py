@@ -1,0 +1,357 @@
+"""The learner process: transitions in, MaDi-SAC updates, weights out.
+
+:class:`LearnerProcess` owns a :class:`~learner.link.LearnerLink` (bound; robots connect
+to it), a replay buffer and a :class:`~learner.agent.MadiSacAgent`. Its loop:
+
+- receive transitions (without waiting while there is update work), rebuild them with a
+  :class:`~learner.messages.TransitionAssembler` and add them to the replay buffer;
+- update while the cap allows: after ``init_random_steps`` env steps, at most
+  ``updates_per_step`` updates per env step received (the same credit rule as the
+  synchronous loop), never while the robot has paused the learner (episode resets);
+- publish the actor's weights (Masker, encoder, actor; ``version`` = update count) every
+  ``train.publish_every`` updates on the conflated channel;
+- write ``metrics.csv`` rows (episode returns rebuilt from transitions, losses,
+  throughput, link counters) and checkpoints (``checkpoints/learner.pt`` full state,
+  ``checkpoints/policy.pt``, ``checkpoints/progress.json``) every
+  ``train.checkpoint_every`` env steps, when the robot is lost, and on exit.
+
+Threads: the link's sockets belong to one I/O thread ("learner-link") that receives and
+assembles transitions, answers handshakes, sends heartbeats and publishes the newest
+weights every few milliseconds, so an update that takes seconds (the paper's networks on
+a CPU) never makes the learner look dead to the robot. The main thread owns the agent and
+the replay buffer; the two exchange assembled steps through a queue and the newest
+weights through a one-slot mailbox.
+
+It never touches hardware and never waits on the robot: a robot that dies leaves the
+learner with its state; a new robot session (same task hash) is accepted at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner.agent import MadiSacAgent
+from learner.checkpoint import load_checkpoint, save_checkpoint, save_policy
+from learner.config import AgentConfig
+from learner.link import LearnerLink
+from learner.messages import Shutdown, TransitionAssembler, Weights
+from learner.metrics import MetricsWriter
+from learner.replay import ReplayBuffer
+
+__all__ = ["LearnerProcess", "read_progress"]
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
+
+
+def read_progress(run_dir: str | Path) -> dict[str, int]:
+    """The step counters of a run's last checkpoint (``checkpoints/progress.json``).
+
+    Args:
+        run_dir: The run directory.
+
+    Returns:
+        ``{"env_steps", "episodes", "updates"}``.
+
+    Raises:
+        FileNotFoundError: If the run has no checkpoint yet.
+        ValueError: If the file is not valid.
+    """
+    path = Path(run_dir) / "checkpoints" / PROGRESS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} has no checkpoint to resume "
+                                "from (a run writes one every train.checkpoint_every steps)")
+    try:
+        data = json.loads(path.read_text())
+        return {k: int(data[k]) for k in ("env_steps", "episodes", "updates")}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid progress file ({err}); resume from a run "
+                         "whose checkpoint was written completely") from None
+
+
+class LearnerProcess:
+    """The learner's loop (see the module docstring).
+
+    Args:
+        cfg: Learner hyperparameters.
+        link: A bound learner link; its spaces give the observation/action shapes.
+        run_dir: Folder for metrics.csv and checkpoints/.
+        publish_every: Updates between weight publications.
+        checkpoint_every: Env steps between checkpoints (None: only on robot loss/exit).
+        log_every: Env steps between loss/throughput rows.
+        save_replay: Include the replay buffer in the full checkpoint.
+        resume: A run directory whose ``checkpoints/learner.pt`` to continue from.
+        exit_on_robot_shutdown: Leave the loop when the robot says it shuts down (``madi
+            train``); otherwise keep serving until :meth:`request_stop` (``madi learner``).
+
+    Raises:
+        learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint.
+    """
+
+    def __init__(self, cfg: AgentConfig, link: LearnerLink, run_dir: str | Path, *,
+                 publish_every: int = 10, checkpoint_every: int | None = None,
+                 log_every: int = 1000, save_replay: bool = False,
+                 resume: str | Path | None = None, exit_on_robot_shutdown: bool = False):
+        spaces = link.spaces
+        self.cfg = cfg
+        self.link = link
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.publish_every = int(publish_every)
+        self.checkpoint_every = checkpoint_every
+        self.log_every = int(log_every)
+        self.save_replay = bool(save_replay)
+        self.exit_on_robot_shutdown = bool(exit_on_robot_shutdown)
+        self.agent = MadiSacAgent(cfg, spaces.image_shape, spaces.proprio_dim, spaces.action_dim)
+        self.replay = ReplayBuffer(
+            cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack, spaces.proprio_dim,
+            spaces.action_dim, seed=cfg.seed, frame_codec=cfg.replay_frame_codec)
+        self.assembler = TransitionAssembler(spaces)
+        self.env_steps = 0
+        self.episodes = 0
+        if resume is not None:
+            self._resume(Path(resume))
+        self._stop = threading.Event()
+        self.stop_reason = ""
+        self._episode_returns: dict[int, float] = defaultdict(float)
+        self._episode_lengths: dict[int, int] = defaultdict(int)
+        self._robot_seen = False
+        self._robot_lost_saved = True
+        self._robot_lost = threading.Event()
+        self._last_version_seen = 0
+        self._steps: queue.SimpleQueue = queue.SimpleQueue()
+        self._outbox: Weights | None = None
+        self._status: dict[str, int] = {}
+        self._io_stop = threading.Event()
+        self._io_error: BaseException | None = None
+
+    def _resume(self, run_dir: Path) -> None:
+        path = run_dir / "checkpoints" / "learner.pt"
+        counters = load_checkpoint(path, self.agent, self.replay, require_replay=False)
+        if len(self.replay) == 0:
+            logger.warning("learner: %s holds no replay buffer (train.save_replay was false); "
+                           "the replay starts empty", path)
+        self.env_steps = int(counters.get("env_steps", 0))
+        self.episodes = int(counters.get("episodes", 0))
+        logger.info("learner: resumed from %s at env step %d, update %d", path, self.env_steps,
+                    self.agent.num_updates)
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to end (thread- and signal-safe); it checkpoints and returns."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop.set()
+
+    # ------------------------------------------------------------------ loop
+    def run(self, max_seconds: float | None = None) -> dict[str, Any]:
+        """Serve until a stop request (or the robot's shutdown, see the constructor).
+
+        Args:
+            max_seconds: Optional wall-time bound (tests).
+
+        Returns:
+            Summary: ``env_steps``, ``updates``, ``episodes``, ``stop_reason``,
+            ``link`` counters and ``assembler`` counters.
+
+        Raises:
+            RuntimeError: If the link thread failed (the error is chained).
+        """
+        cfg = self.cfg
+        agent, link, replay = self.agent, self.link, self.replay
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsWriter(self.run_dir / "metrics.csv")
+        t_start = time.perf_counter()
+        deadline = None if max_seconds is None else t_start + max_seconds
+        if agent.num_updates > 0:
+            self._publish()  # a resumed learner serves its weights from the start
+        io = threading.Thread(target=self._io_loop, name="learner-link", daemon=True)
+        io.start()
+        loss_sums: dict[str, float] = defaultdict(float)
+        loss_count = 0
+        update_time = 0.0
+        window_start, window_steps, window_updates = t_start, self.env_steps, agent.num_updates
+        next_log = (self.env_steps // self.log_every + 1) * self.log_every
+        next_ckpt = (None if not self.checkpoint_every else
+                     (self.env_steps // self.checkpoint_every + 1) * self.checkpoint_every)
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and time.perf_counter() > deadline:
+                    self.stop_reason = "time limit"
+                    break
+                if self._io_error is not None:
+                    raise RuntimeError(f"learner link thread failed: {self._io_error!r}") \
+                        from self._io_error
+                self._drain(metrics, t_start, block=not self._update_allowed())
+                if self._robot_lost.is_set():
+                    self._robot_lost.clear()
+                    logger.warning("learner: robot lost; checkpointing and waiting for a robot")
+                    self.save()
+                if self._update_allowed():
+                    t0 = time.perf_counter()
+                    out = agent.update(replay.sample(cfg.batch_size))
+                    update_time += time.perf_counter() - t0
+                    for key, value in out.items():
+                        loss_sums[key] += value
+                    loss_count += 1
+                    if agent.num_updates % self.publish_every == 0:
+                        self._publish()
+                now = time.perf_counter()
+                self._status["updates"] = agent.num_updates
+                self._status["replay_size"] = len(replay)
+                if now - window_start >= 1.0:
+                    rate = (agent.num_updates - window_updates) / (now - window_start)
+                    self._status["updates_per_s_x100"] = round(100 * rate)
+                if self.env_steps >= next_log:
+                    next_log += self.log_every
+                    row = {
+                        "global_step": self.env_steps,
+                        "time_s": round(now - t_start, 3),
+                        "charts/updates": agent.num_updates,
+                        "charts/updates_per_s": (agent.num_updates - window_updates)
+                        / max(now - window_start, 1e-9),
+                        "charts/env_steps_per_s": (self.env_steps - window_steps)
+                        / max(now - window_start, 1e-9),
+                        "charts/replay_size": len(replay),
+                        "charts/policy_version": self._last_version_seen,
+                        "charts/policy_lag": agent.num_updates - self._last_version_seen,
+                        "timing/update_s": update_time,
+                        **self._link_metrics(),
+                    }
+                    if loss_count:
+                        row.update({k: v / loss_count for k, v in loss_sums.items()})
+                    metrics.write(row)
+                    loss_sums.clear()
+                    loss_count, update_time = 0, 0.0
+                    window_start, window_steps = now, self.env_steps
+                    window_updates = agent.num_updates
+                if next_ckpt is not None and self.env_steps >= next_ckpt:
+                    next_ckpt += self.checkpoint_every
+                    self.save()
+        finally:
+            self._io_stop.set()
+            io.join(timeout=2.0)
+            self._drain(metrics, t_start, block=False)
+            metrics.close()
+            self.save()
+        logger.info("learner: %d env steps, %d updates (%s)", self.env_steps, agent.num_updates,
+                    self.stop_reason)
+        return {"env_steps": self.env_steps, "updates": agent.num_updates,
+                "episodes": self.episodes, "stop_reason": self.stop_reason,
+                "link": link.counters(), "assembler": dict(self.assembler.counters)}
+
+    def _drain(self, metrics: MetricsWriter, t_start: float, block: bool) -> None:
+        """Move assembled steps from the link thread into the replay buffer."""
+        try:
+            item = self._steps.get(timeout=0.005) if block else self._steps.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            t, step = item
+            self.replay.add(**step)
+            self.env_steps += 1
+            self._last_version_seen = t.policy_version
+            self._track_episode(t, step, metrics, t_start)
+            try:
+                item = self._steps.get_nowait()
+            except queue.Empty:
+                return
+
+    def _io_loop(self) -> None:
+        """The link thread: the only user of the link's sockets."""
+        link = self.link
+        try:
+            while not self._io_stop.is_set():
+                for t in link.recv_transitions(max_n=64, timeout_ms=2):
+                    step = self.assembler.push(t)
+                    if step is not None:
+                        self._steps.put((t, step))
+                link.status_counters.update(self._status)
+                for msg in link.service():
+                    if isinstance(msg, Shutdown) and self.exit_on_robot_shutdown:
+                        self.request_stop(f"robot shut down ({msg.reason})")
+                weights, self._outbox = self._outbox, None
+                if weights is not None:
+                    link.publish_weights(weights)
+                self._watch_robot()
+        except BaseException as err:  # reported to the main thread, which ends the run
+            logger.exception("learner link thread failed")
+            self._io_error = err
+
+    def _update_allowed(self) -> bool:
+        cfg = self.cfg
+        if self.link.robot_paused or len(self.replay) < max(1, cfg.batch_size):
+            return False
+        learning_steps = self.env_steps - cfg.init_random_steps
+        if learning_steps <= 0:
+            return False
+        return self.agent.num_updates < math.floor(learning_steps * cfg.updates_per_step)
+
+    def _track_episode(self, t: Any, step: dict, metrics: MetricsWriter, t_start: float) -> None:
+        ep = t.episode_id
+        self._episode_returns[ep] += float(step["reward"])
+        self._episode_lengths[ep] += 1
+        if step["terminated"] or step["truncated"]:
+            self.episodes += 1
+            metrics.write({
+                "global_step": self.env_steps,
+                "time_s": round(time.perf_counter() - t_start, 3),
+                "charts/episode_return": self._episode_returns.pop(ep),
+                "charts/episode_length": self._episode_lengths.pop(ep),
+                "charts/policy_version": t.policy_version,
+            })
+            for old in [e for e in self._episode_returns if e < ep]:  # lost episode ends
+                self._episode_returns.pop(old)
+                self._episode_lengths.pop(old, None)
+
+    def _link_metrics(self) -> dict[str, int]:
+        c = self.link.counters()
+        peer = self.link.peer_counters
+        return {
+            "link/received": c.get("received_transitions", 0),
+            "link/assembled": self.assembler.counters["assembled"],
+            "link/gaps": self.assembler.counters["gaps"],
+            "link/rejected": c.get("rejected", 0),
+            "link/robot_dropped": peer.get("dropped_full", 0) + peer.get("dropped_no_peer", 0),
+            "robot/overruns": peer.get("overruns", 0),
+        }
+
+    def _watch_robot(self) -> None:
+        """Flag once (for a checkpoint) when an accepted robot goes silent (killed, cable)."""
+        if self.link.robot_alive():
+            self._robot_seen, self._robot_lost_saved = True, False
+            return
+        if self._robot_seen and not self._robot_lost_saved:
+            self._robot_lost_saved = True
+            self.assembler.reset()
+            self._robot_lost.set()
+
+    def _publish(self) -> None:
+        """Hand the newest weights to the link thread (it publishes the newest only)."""
+        agent = self.agent
+        modules = {"masker": agent.masker.state_dict() if agent.masker is not None else None,
+                   "encoder": agent.encoder.state_dict(), "actor": agent.actor.state_dict()}
+        self._outbox = Weights.from_state_dicts(agent.num_updates, modules)
+
+    def save(self) -> None:
+        """Write ``learner.pt``, ``policy.pt`` and ``progress.json`` (each atomically)."""
+        counters = {"env_steps": self.env_steps, "episodes": self.episodes}
+        with torch.no_grad():
+            save_checkpoint(self.ckpt_dir / "learner.pt", self.agent, counters=counters,
+                            replay=self.replay if self.save_replay else None)
+            save_policy(self.ckpt_dir / "policy.pt", self.agent)
+        progress = {**counters, "updates": self.agent.num_updates}
+        tmp = self.ckpt_dir / (PROGRESS_FILE + ".tmp")
+        tmp.write_text(json.dumps(progress))
+        tmp.replace(self.ckpt_dir / PROGRESS_FILE)
+

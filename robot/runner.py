@@ -1,0 +1,502 @@
+"""The robot process's agent loop: observe, reward, act, send, every 40 ms.
+
+:class:`RobotRunner` drives a :class:`~robot.backends.base.Rig` (the sim mirror or the
+real UR5; it never knows which) with a local :class:`~learner.policy.MadiPolicy` and a
+:class:`~learner.link.RobotLink` to the learner (the ReLoD "Remote-Local" pattern).
+
+One agent step ``t`` of an episode (``task.agent_period`` apart, sleep then spin):
+
+1. read the newest camera frame and the arm state -> ``obs_t`` (frame stack, proprio);
+2. reward of the previous action from that frame;
+3. action ``a_t`` = the local policy (newest weights) or uniform random before any
+   weights arrived (the paper's initial random steps) -> command to the control thread;
+   ``obs -> action`` latency is measured from the frame read to the command;
+4. send ``(obs_{t-1}, a_{t-1}, r_{t-1}, obs_t)`` to the learner without blocking;
+5. service the link: heartbeats, control messages, newest weights.
+
+The control thread (:class:`~robot.control.ControlLoop`) streams the command at the
+controller tick with the safety limits and stops the arm when commands go stale. In
+``fast`` pace (sim only) there is no thread: each agent step runs its ticks in lockstep
+(:meth:`ControlLoop.step`), so the sim runs as fast as the loop does.
+
+Resets (move home, draw a new target) are announced to the learner with Pause / Resume.
+A protective stop ends the episode (truncated) and the next reset clears it. Any other
+failure of the arm, the camera or the control thread stops the arm and ends the run with
+the error. The learner going silent either leaves the robot acting with its last weights
+(``robot.on_learner_lost: continue``; transitions are dropped and counted) or ends the
+episode and holds the arm until a learner is back (``stop``).
+
+Outputs in ``run_dir``: ``episodes.csv`` (one row per episode) and ``timing.json``
+(agent-step and control-tick timing, obs -> action latency, link counters), both written
+as the run goes, so a crash leaves them readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learner.link import RobotLink
+from learner.messages import Shutdown, Spaces
+from learner.policy import MadiPolicy
+from robot.backends.base import ProtectiveStopError, Rig
+from robot.config import Config
+from robot.control import ControlLoop
+from robot.observation import FrameStack, action_to_qd, proprio
+from robot.safety import SafetyLimits
+from robot.task import RedTargetReward, draw_target, sample_target_center
+from robot.timing import LoopTimer, latency_percentiles_ms
+
+logger = logging.getLogger(__name__)
+
+#: Columns of ``episodes.csv``.
+EPISODE_FIELDS = ("episode", "env_steps", "steps", "return", "success", "end",
+                  "policy_version_first", "policy_version_last", "random_steps",
+                  "safety_ticks", "stale_stops", "overruns", "wall_s")
+
+
+def spaces_of(cfg: Config) -> Spaces:
+    """Observation/action spaces of the visual reacher under ``cfg``.
+
+    Returns:
+        ``Spaces((3k, H, W), 3n, n)`` with k = ``task.frame_stack``, (H, W) =
+        ``camera.obs_size`` and n active joints.
+    """
+    h, w = cfg.camera.obs_size
+    n = len(cfg.arm.active_joints)
+    return Spaces((3 * cfg.task.frame_stack, h, w), 3 * n, n)
+
+
+@dataclass
+class EpisodeRecord:
+    """One row of ``episodes.csv`` (see :data:`EPISODE_FIELDS`).
+
+    Attributes:
+        episode: Episode id (0 first).
+        env_steps: Env steps of the run at the episode's end.
+        steps: Transitions of the episode.
+        return_: Sum of rewards.
+        success: The target was reached at some step.
+        end: ``time_limit``, ``success`` (sparse reward), ``protective_stop``,
+            ``learner_lost`` or ``stop_requested``.
+        policy_version_first / policy_version_last: Weights version of the first / last
+            action (0: random).
+        random_steps: Actions chosen at random (no weights yet).
+        safety_ticks: Control ticks on which the safety limits changed the command.
+        stale_stops: Times the control thread stopped the arm for a stale command.
+        overruns: Agent steps that started late by more than the overrun threshold.
+        wall_s: Wall time of the episode without its reset, s.
+    """
+
+    episode: int
+    env_steps: int = 0
+    steps: int = 0
+    return_: float = 0.0
+    success: bool = False
+    end: str = ""
+    policy_version_first: int = -1
+    policy_version_last: int = 0
+    random_steps: int = 0
+    safety_ticks: int = 0
+    stale_stops: int = 0
+    overruns: int = 0
+    wall_s: float = 0.0
+
+    def row(self) -> dict[str, Any]:
+        """The CSV row."""
+        d = asdict(self)
+        d["return"] = round(d.pop("return_"), 6)
+        d["wall_s"] = round(self.wall_s, 3)
+        d["policy_version_first"] = max(self.policy_version_first, 0)
+        return d
+
+
+class _LatencyRing:
+    """Newest obs -> action latencies, ns (preallocated)."""
+
+    def __init__(self, size: int = 1 << 16):
+        self.data = np.zeros(size, np.int64)
+        self.count = 0
+
+    def push(self, value: int) -> None:
+        self.data[self.count % len(self.data)] = value
+        self.count += 1
+
+    def values(self) -> np.ndarray:
+        return self.data[: min(self.count, len(self.data))]
+
+
+class RobotRunner:
+    """The agent loop of the robot process (see the module docstring).
+
+    Args:
+        cfg: Validated config.
+        rig: The rig to drive (connected by :meth:`run`).
+        run_dir: Folder for ``episodes.csv`` and ``timing.json``.
+        link: Link to the learner, or None to act with ``policy`` alone (evaluation).
+        total_steps: Env steps to run (None: ``train.total_steps``); the run ends after
+            the episode in which it is reached.
+        realtime: True: control thread + agent steps on the wall clock; False: lockstep
+            (sim only, ``sim.pace == "fast"``).
+        policy: Inference policy; default: fresh networks of ``cfg.agent`` (random actions
+            are used until the learner's first weights arrive).
+        start_step: Env steps already done (``--resume``); episode ids continue from
+            ``start_episode``.
+        start_episode: See ``start_step``.
+        progress: Callback ``progress(runner)`` after every episode and every second.
+
+    Raises:
+        ValueError: If ``realtime`` is False for a backend other than the sim.
+    """
+
+    def __init__(self, cfg: Config, rig: Rig, run_dir: str | Path, link: RobotLink | None,
+                 total_steps: int | None = None, realtime: bool = True,
+                 policy: MadiPolicy | None = None, start_step: int = 0, start_episode: int = 0,
+                 progress: Any = None):
+        if not realtime and cfg.backend != "sim":
+            raise ValueError(f"fast pace (lockstep) is for the sim only; backend is "
+                             f"{cfg.backend!r}")
+        self.cfg = cfg
+        self.rig = rig
+        self.run_dir = Path(run_dir)
+        self.link = link
+        self.total_steps = cfg.train.total_steps if total_steps is None else int(total_steps)
+        self.realtime = bool(realtime)
+        self.spaces = spaces_of(cfg)
+        self.policy = policy or MadiPolicy.from_config(
+            cfg.agent, self.spaces.image_shape, self.spaces.proprio_dim, self.spaces.action_dim)
+        self.policy_version = 0
+        self.safety = SafetyLimits(cfg.safety, cfg.arm, cfg.robot.deadline(cfg.task.agent_period))
+        self.reward_fn = RedTargetReward(cfg.task)
+        seeds = np.random.SeedSequence(cfg.seed).spawn(2)
+        self._target_rng = np.random.default_rng(seeds[0])
+        self._action_rng = np.random.default_rng(seeds[1])
+        period = cfg.task.agent_period
+        self.ticks_per_step = max(1, round(period / cfg.arm.control_period))
+        self.agent_timer = LoopTimer(period, cfg.robot.agent_spin,
+                                     cfg.robot.overrun_threshold or 0.1 * period)
+        self.control_timer = LoopTimer(cfg.arm.control_period, cfg.robot.control_spin)
+        self.latency = _LatencyRing()
+        self.env_steps = int(start_step)
+        self.episode = int(start_episode)
+        self.returns: list[float] = []
+        self.protective_stops = 0
+        self.safety_ticks = 0
+        self.stale_stops = 0
+        self._stop = threading.Event()
+        self.stop_reason = ""
+        self._progress = progress
+        self._last_progress = 0.0
+        self._episodes_csv = self.run_dir / "episodes.csv"
+        self._timing_json = self.run_dir / "timing.json"
+        self._t_start = time.monotonic()
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask the loop to stop at the next agent step (thread- and signal-safe)."""
+        self.stop_reason = self.stop_reason or reason
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        """Connect the rig and run episodes until ``total_steps`` or a stop request.
+
+        Returns:
+            Summary: ``env_steps``, ``episodes``, ``returns``, ``policy_version``,
+            ``stop_reason`` and the timing report (as in ``timing.json``).
+
+        Raises:
+            robot.backends.base.DeviceError: If a device fails (the arm is stopped first).
+            RuntimeError: If the control thread fails for another reason than a
+                protective stop.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new_csv = not self._episodes_csv.exists()
+        with open(self._episodes_csv, "a", newline="") as f, self.rig:
+            writer = csv.DictWriter(f, fieldnames=EPISODE_FIELDS)
+            if new_csv:
+                writer.writeheader()
+            self._wait_for_learner()
+            try:
+                while self.env_steps < self.total_steps and not self.stopping:
+                    if not self._learner_usable():
+                        self._hold_until_learner()
+                        continue
+                    record = self._episode()
+                    writer.writerow(record.row())
+                    f.flush()
+                    self._write_timing()
+                    self._report_progress(force=True)
+                if not self.stopping:
+                    self.stop_reason = "steps done"
+            finally:
+                self._write_timing()
+                if self.link is not None:
+                    self.link.status_counters.update(self._counters())
+                    self.link.shutdown(self.stop_reason or "robot error")
+        logger.info("robot: %d env steps, %d episodes (%s)", self.env_steps, self.episode,
+                    self.stop_reason)
+        return {"env_steps": self.env_steps, "episodes": self.episode,
+                "returns": list(self.returns), "policy_version": self.policy_version,
+                "stop_reason": self.stop_reason, **self.timing()}
+
+    def _wait_for_learner(self) -> None:
+        if self.link is None:
+            return
+        end = time.monotonic() + self.cfg.robot.learner_wait
+        while not self.link.accepted and time.monotonic() < end and not self.stopping:
+            self._service_link()
+            time.sleep(0.01)
+        if self.link.accepted:
+            logger.info("robot: learner %s accepted the handshake", self.link.peer_session_id)
+        elif not self.stopping:
+            logger.warning("robot: no learner at %s after %.0f s; acting anyway (transitions "
+                           "are dropped until it comes)", self.link.addresses,
+                           self.cfg.robot.learner_wait)
+
+    def _learner_usable(self) -> bool:
+        if self.link is None or self.cfg.robot.on_learner_lost == "continue":
+            return True
+        return self.link.learner_alive()
+
+    def _hold_until_learner(self) -> None:
+        """``on_learner_lost: stop``: the arm is at rest; wait here, servicing the link."""
+        logger.warning("robot: learner lost; arm stopped, waiting for a learner at %s",
+                       self.link.addresses)
+        while not self.stopping and not self.link.learner_alive():
+            self._service_link()
+            self._report_progress()
+            time.sleep(0.02)
+        if not self.stopping:
+            logger.info("robot: learner back (session %s); resuming", self.link.peer_session_id)
+
+    # ------------------------------------------------------------------ one episode
+    def _reset(self) -> None:
+        cfg = self.cfg
+        display = self.rig.display
+        w, h = display.size_px
+        center = sample_target_center(self._target_rng, cfg.target.radius, w / h)
+        display.show(draw_target((w, h), center, cfg.target))
+        self.rig.arm.move_home(np.asarray(cfg.arm.q_home), cfg.arm.reset_duration)
+
+    def _episode(self) -> EpisodeRecord:
+        cfg = self.cfg
+        link = self.link
+        if link is not None:
+            link.pause("reset")
+        self._reset()
+        if link is not None:
+            link.resume("reset done")
+        control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
+                              deadline=cfg.robot.deadline(cfg.task.agent_period),
+                              timer=self.control_timer)
+        if self.realtime:
+            control.start()
+        record = EpisodeRecord(self.episode)
+        try:
+            self._run_episode(control, record)
+        finally:
+            control.stop()
+            self.safety_ticks += control.intervention_ticks
+            self.stale_stops += control.stale_stops
+            record.safety_ticks = control.intervention_ticks
+            record.stale_stops = control.stale_stops
+        self.returns.append(record.return_)
+        record.env_steps = self.env_steps
+        self.episode += 1
+        logger.debug("episode %d: return %.2f, %d steps, end %s", record.episode,
+                     record.return_, record.steps, record.end)
+        return record
+
+    def _run_episode(self, control: ControlLoop, record: EpisodeRecord) -> None:
+        cfg = self.cfg
+        camera, arm = self.rig.camera, self.rig.arm
+        frames = FrameStack(cfg.task.frame_stack)
+        n_act = self.spaces.action_dim
+        prev_action = np.zeros(n_act, np.float32)
+        action = prev_action
+        obs: dict[str, np.ndarray] | None = None
+        action_time_ns = frame_time_ns = 0
+        version_of_action = 0
+        overruns0 = self.agent_timer.overruns
+        timer = self.agent_timer
+        timer.restart()
+        self.policy.reset()
+        t_episode = time.monotonic()
+        horizon = cfg.task.episode_steps
+        for t in range(horizon + 1):
+            start = timer.wait() if self.realtime else time.perf_counter_ns()
+            end = ""
+            if control.state == "failed":
+                if isinstance(control.error, ProtectiveStopError):
+                    end = "protective_stop"
+                else:
+                    control.raise_if_failed()
+            frame = camera.read(cfg.robot.camera_timeout)
+            t_frame = time.perf_counter_ns()
+            if t == 0:
+                frames.reset(frame.image)
+            else:
+                frames.push(frame.image)
+            state = arm.read_state()
+            next_obs = {"image": frames.image(),
+                        "proprio": proprio(state.q, state.qd, prev_action, cfg.arm)}
+            terminated = False
+            if t > 0:
+                result = self.reward_fn(frame.image)
+                record.return_ += result.reward
+                record.success |= result.success
+                terminated = cfg.task.reward == "sparse" and result.success
+                if terminated:
+                    end = "success"
+            if not end and t == horizon:
+                end = "time_limit"
+            if not end and self.stopping:
+                end = "stop_requested"
+            if not end and not self._learner_usable():
+                end = "learner_lost"
+            if not end:  # act on obs_t
+                if self.policy_version > 0:
+                    action = self.policy.act(next_obs, deterministic=False)
+                else:
+                    action = self._action_rng.uniform(-1.0, 1.0, n_act).astype(np.float32)
+                    record.random_steps += 1
+                control.set_command(action_to_qd(action, cfg.arm))
+                now = time.perf_counter_ns()
+                self.latency.push(now - t_frame)
+                version_now = self.policy_version
+                if record.policy_version_first < 0:
+                    record.policy_version_first = version_now
+            if t > 0:
+                self._send(record.episode, t - 1, obs, prev_action, result.reward, next_obs,
+                           terminated, bool(end) and not terminated, frame_time_ns,
+                           action_time_ns, version_of_action)
+                record.steps += 1
+                self.env_steps += 1
+            if end:
+                record.end = end
+                break
+            obs, prev_action = next_obs, action
+            frame_time_ns, action_time_ns = t_frame, now
+            version_of_action = version_now
+            record.policy_version_last = version_now
+            self._service_link()
+            if not self.realtime:
+                try:
+                    control.step(self.ticks_per_step)
+                except ProtectiveStopError:
+                    pass  # the loop is "failed" now: the next step ends the episode
+            timer.done(start)
+            self._report_progress()
+        record.overruns = timer.overruns - overruns0
+        record.wall_s = time.monotonic() - t_episode
+        if record.end == "protective_stop":
+            self.protective_stops += 1
+            logger.warning("episode %d: protective stop (%s); the reset clears it",
+                           record.episode, control.error)
+
+    # ------------------------------------------------------------------ link
+    def _send(self, episode: int, step: int, obs: dict, action: np.ndarray, reward: float,
+              next_obs: dict, terminated: bool, truncated: bool, frame_time_ns: int,
+              action_time_ns: int, version: int) -> None:
+        if self.link is None:
+            return
+        # perf_counter and monotonic share CLOCK_MONOTONIC on Linux; stamp with the latter.
+        offset = time.monotonic_ns() - time.perf_counter_ns()
+        self.link.send_step(episode, step, obs, action, reward, next_obs, terminated, truncated,
+                            frame_time_ns=frame_time_ns + offset,
+                            action_time_ns=action_time_ns + offset, policy_version=version)
+
+    def _service_link(self) -> None:
+        link = self.link
+        if link is None:
+            return
+        link.status_counters.update(self._counters())
+        for msg in link.service():
+            if isinstance(msg, Shutdown):
+                logger.info("robot: the learner shuts down (%s)", msg.reason)
+        weights = link.poll_weights()
+        if weights is not None:
+            self.policy.load_weights(weights.to_state_dicts(as_tensors=True))
+            self.policy_version = weights.version
+            logger.debug("robot: loaded weights version %d", weights.version)
+
+    # ------------------------------------------------------------------ reporting
+    def _counters(self) -> dict[str, int]:
+        return {"env_steps": self.env_steps, "episodes": self.episode,
+                "overruns": self.agent_timer.overruns, "policy_version": self.policy_version}
+
+    def timing(self) -> dict[str, Any]:
+        """The timing report: agent step, control tick, obs -> action latency, link.
+
+        Returns:
+            ``{"agent_step": {...}, "control_tick": {...}, "obs_to_action": {...},
+            "link": {...}, "protective_stops", "safety_ticks", "stale_stops", "pace",
+            "wall_s"}``; times in ms.
+        """
+        agent = self.agent_timer.report()
+        control = self.control_timer.report()
+        out = {
+            "pace": "realtime" if self.realtime else "fast",
+            "wall_s": round(time.monotonic() - self._t_start, 3),
+            "env_steps": self.env_steps,
+            "episodes": self.episode,
+            "agent_step": {**asdict(agent), "overrun_sizes_ms": list(agent.overrun_sizes_ms)},
+            "control_tick": {**asdict(control),
+                             "overrun_sizes_ms": list(control.overrun_sizes_ms[-64:])},
+            "obs_to_action": latency_percentiles_ms(self.latency.values()),
+            "protective_stops": self.protective_stops,
+            "safety_ticks": self.safety_ticks,
+            "stale_stops": self.stale_stops,
+        }
+        if self.link is not None:
+            out["link"] = self.link.counters()
+        return out
+
+    def _write_timing(self) -> None:
+        tmp = self._timing_json.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.timing(), indent=1, default=float))
+        tmp.replace(self._timing_json)
+
+    def _report_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._progress is None or (not force and now - self._last_progress < 1.0):
+            return
+        self._last_progress = now
+        self._progress(self)
+
+    def progress_fields(self) -> dict[str, str]:
+        """Short status for a progress bar.
+
+        Returns:
+            Episodes, mean return of the last 10 episodes, agent-step overruns and, with
+            a link: learner updates/s, policy lag (learner updates - version in use),
+            dropped transitions, learner up/down.
+        """
+        rets = self.returns[-10:]
+        fields = {"ep": str(self.episode),
+                  "ret": f"{np.mean(rets):.1f}" if rets else "-",
+                  "ovr": str(self.agent_timer.overruns)}
+        if self.link is not None:
+            peer = self.link.peer_counters
+            c = self.link.counters()
+            updates = peer.get("updates")
+            fields["upd/s"] = f"{peer.get('updates_per_s_x100', 0) / 100:.1f}"
+            fields["lag"] = str(updates - self.policy_version) if updates is not None else "-"
+            fields["drop"] = str(c.get("dropped_full", 0) + c.get("dropped_no_peer", 0))
+            fields["learner"] = "up" if self.link.learner_alive() else "down"
+        return fields
+
