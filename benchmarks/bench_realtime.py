@@ -41,7 +41,7 @@ def main() -> int:
     cmd = [sys.executable, "-m", "robot.cli", "train", "--config", str(args.config),
            "--pace", "realtime", "--steps", str(cfg_steps), "--out", str(args.out),
            "--no-progress",
-           "--set", "agent.updates_per_step=100",  # always credit: the learner never idles
+           "--set", "agent.updates_per_step=16",  # always credit: the learner never idles
            "--set", "agent.init_random_steps=100",
            "--set", "train.publish_every=1",
            "--set", "train.checkpoint_every=null"]

@@ -226,7 +226,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     from learner.process import read_progress
     from robot.backends import make_rig
     from robot.runner import RobotRunner, spaces_of
-    from robot.timing import configure_realtime
+    from robot.timing import configure_process
 
     handler = _log_to_file(run_dir / "robot.log")
     torch.set_num_threads(cfg.robot.torch_threads)
@@ -258,7 +258,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
                              start_episode=start_episode, progress=progress)
         _on_signals(runner.request_stop)
         if realtime:
-            configure_realtime(cfg.robot.cpu_affinity, cfg.robot.realtime_priority)
+            configure_process(cfg.robot.cpu_affinity)
         summary = runner.run()
     finally:
         bar.close()
@@ -392,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from learner.link import LinkError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, LinkError) as err:
         log.error("%s", err)
         return 2
 

@@ -286,9 +286,10 @@ class RobotLoopConfig(_Section):
         None, description="CPUs to pin the robot process to (null: all)."
     )
     realtime_priority: int | None = Field(
-        50, ge=1, le=99,
-        description="SCHED_FIFO priority of the robot process (null: normal scheduling). "
-        "Needs root, CAP_SYS_NICE or an rtprio limit; otherwise a one-line notice.",
+        50, ge=1, le=89,
+        description="SCHED_FIFO priority of the agent-step thread; the control thread gets "
+        "10 more (null: normal scheduling). Needs root, CAP_SYS_NICE or an rtprio limit; "
+        "otherwise a one-line notice.",
     )
     torch_threads: int = Field(
         1, ge=1, le=64, description="Threads of the local policy inference."
@@ -296,6 +297,10 @@ class RobotLoopConfig(_Section):
     camera_timeout: float = Field(
         0.5, gt=0, le=10, description="Longest wait for a camera frame before failing, s."
     )
+
+    def control_priority(self) -> int | None:
+        """SCHED_FIFO priority of the control thread (``realtime_priority + 10``)."""
+        return None if self.realtime_priority is None else self.realtime_priority + 10
 
     def deadline(self, agent_period: float) -> float:
         """The stale-command deadline, s (``command_deadline`` or 2 agent periods)."""

@@ -23,10 +23,8 @@ caller's thread with :meth:`ControlLoop.step`, on a virtual clock of whole ticks
 tick does the same work (safety, stale check, speedj) as in the thread.
 
 What the owner must do (process-wide settings a library thread must not change):
-``gc.collect(); gc.freeze()`` (and, if the allocation rate allows, ``gc.disable()``)
-before :meth:`ControlLoop.start`, so the cyclic collector does not pause the thread;
-``sys.setswitchinterval`` of ~0.5 ms so that a thread holding the GIL cannot delay a tick
-by the default 5 ms; CPU affinity and ``SCHED_FIFO`` where permitted.
+:func:`robot.timing.configure_process` (frozen GC, a ~0.5 ms GIL switch interval, CPU
+affinity). The thread puts itself under ``SCHED_FIFO`` at ``realtime_priority``.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ from robot.backends.base import (
     check_positive,
 )
 from robot.safety import Intervention, SafetyLimits
-from robot.timing import LoopTimer, TimingReport
+from robot.timing import LoopTimer, TimingReport, set_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +124,8 @@ class ControlLoop:
         timer: A :class:`~robot.timing.LoopTimer` with the arm's period to schedule and
             time the ticks (shared across loops for a run-long report); default: a new
             one from ``spin``, ``overrun_threshold`` and ``stats_size``.
+        realtime_priority: ``SCHED_FIFO`` priority of the control thread (above the agent
+            step's), set by the thread itself; None: normal scheduling.
         event_queue_size: Safety events kept until :meth:`events` drains them; more are
             dropped and counted (the loop never blocks on its owner).
 
@@ -142,7 +142,8 @@ class ControlLoop:
                  deadline: float = 0.08, stop_deceleration: float | None = None,
                  spin: float = 0.0005, overrun_threshold: float | None = None,
                  watchdog_hz: float | None = None, stats_size: int = 16384,
-                 event_queue_size: int = 256, timer: LoopTimer | None = None):
+                 event_queue_size: int = 256, timer: LoopTimer | None = None,
+                 realtime_priority: int | None = None):
         self._arm = arm
         self._safety = safety
         self.period = check_positive(arm.control_period, "arm.control_period", "s")
@@ -160,6 +161,7 @@ class ControlLoop:
         elif abs(timer.period - self.period) > 1e-12:
             raise ValueError(f"timer period {timer.period} s != arm control period {self.period} s")
         self.timer = timer
+        self.realtime_priority = realtime_priority
         self._period_ns = timer.period_ns
         self._deadline_ns = round(self.deadline * 1e9)
         self._virtual_ns: int | None = None  # lockstep clock (step()), None when threaded
@@ -369,6 +371,7 @@ class ControlLoop:
 
     def _run(self) -> None:
         arm, timer = self._arm, self.timer
+        set_thread_priority(self.realtime_priority, "control thread")
         try:
             if self.watchdog_hz is not None:
                 arm.set_watchdog(self.watchdog_hz)

@@ -53,7 +53,7 @@ from robot.control import ControlLoop
 from robot.observation import FrameStack, action_to_qd, proprio
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target, sample_target_center
-from robot.timing import LoopTimer, latency_percentiles_ms
+from robot.timing import LoopTimer, latency_percentiles_ms, set_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,8 @@ class RobotRunner:
             writer = csv.DictWriter(f, fieldnames=EPISODE_FIELDS)
             if new_csv:
                 writer.writeheader()
+            if self.realtime:  # after connect: the sim's GL thread stays at normal priority
+                set_thread_priority(self.cfg.robot.realtime_priority, "agent step")
             self._wait_for_learner()
             try:
                 while self.env_steps < self.total_steps and not self.stopping:
@@ -285,12 +287,31 @@ class RobotRunner:
 
     # ------------------------------------------------------------------ one episode
     def _reset(self) -> None:
+        """New target, arm home; the link is serviced meanwhile (heartbeats, weights).
+
+        ``move_home`` blocks for the move (seconds), so it runs on a helper thread while
+        this thread keeps the link alive; its error, if any, is raised here.
+        """
         cfg = self.cfg
         display = self.rig.display
         w, h = display.size_px
         center = sample_target_center(self._target_rng, cfg.target.radius, w / h)
-        display.show(draw_target((w, h), center, cfg.target))
-        self.rig.arm.move_home(np.asarray(cfg.arm.q_home), cfg.arm.reset_duration)
+        errors: list[BaseException] = []
+
+        def move() -> None:
+            try:
+                display.show(draw_target((w, h), center, cfg.target))
+                self.rig.arm.move_home(np.asarray(cfg.arm.q_home), cfg.arm.reset_duration)
+            except BaseException as err:  # re-raised on the agent thread below
+                errors.append(err)
+
+        mover = threading.Thread(target=move, name="reset", daemon=True)
+        mover.start()
+        while mover.is_alive():
+            mover.join(0.02)
+            self._service_link()
+        if errors:
+            raise errors[0]
 
     def _episode(self) -> EpisodeRecord:
         cfg = self.cfg
@@ -302,7 +323,8 @@ class RobotRunner:
             link.resume("reset done")
         control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
                               deadline=cfg.robot.deadline(cfg.task.agent_period),
-                              timer=self.control_timer)
+                              timer=self.control_timer,
+                              realtime_priority=cfg.robot.control_priority())
         if self.realtime:
             control.start()
         record = EpisodeRecord(self.episode)

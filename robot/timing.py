@@ -9,10 +9,10 @@ lateness, the period between starts and the work done per cycle into preallocate
 late) with its size. A start a whole period or more late moves the schedule on (the
 missed cycles are counted, never run in a burst).
 
-:func:`configure_realtime` applies the process-wide settings a real-time loop needs
-(frozen GC, a short GIL switch interval, CPU affinity, ``SCHED_FIFO`` where permitted)
-and says in one line what it could not apply; ``docs/realtime.md`` describes the OS
-setup of a robot PC.
+:func:`configure_process` applies the process-wide settings a real-time loop needs
+(frozen GC, a short GIL switch interval, CPU affinity), :func:`set_thread_priority` puts
+one loop thread under ``SCHED_FIFO`` where permitted, each saying in one line what it
+could not apply; ``docs/realtime.md`` describes the OS setup of a robot PC.
 """
 
 from __future__ import annotations
@@ -224,22 +224,17 @@ def latency_percentiles_ms(samples_ns: np.ndarray) -> dict[str, float]:
     return {"p50_ms": p50, "p99_ms": p99, "max_ms": pmax, "samples": int(np.size(samples_ns))}
 
 
-def configure_realtime(cpus: list[int] | None, priority: int | None,
-                       switch_interval: float = 0.0005) -> list[str]:
+def configure_process(cpus: list[int] | None, switch_interval: float = 0.0005) -> list[str]:
     """Apply the process-wide settings of a real-time robot process.
 
     - ``gc.collect(); gc.freeze()``: existing objects leave the collector's generations,
       so its passes stay short (the loops allocate little per cycle);
     - ``sys.setswitchinterval(switch_interval)``: a thread holding the GIL (rendering,
-      inference) cannot delay a tick by the default 5 ms;
-    - ``os.sched_setaffinity(0, cpus)`` when ``cpus`` is given;
-    - ``SCHED_FIFO`` at ``priority`` for the whole process (threads created afterwards
-      inherit it) when ``priority`` is given and permitted (root or ``CAP_SYS_NICE``,
-      or an ``rtprio`` limit in /etc/security/limits.conf; see docs/realtime.md).
+      inference) is asked to hand it over after this long, not the default 5 ms;
+    - ``os.sched_setaffinity(0, cpus)`` when ``cpus`` is given.
 
     Args:
         cpus: CPU indices to pin the process to, or None to leave affinity alone.
-        priority: SCHED_FIFO priority 1..99, or None to stay SCHED_OTHER.
         switch_interval: GIL switch interval, s.
 
     Returns:
@@ -254,12 +249,39 @@ def configure_realtime(cpus: list[int] | None, priority: int | None,
             os.sched_setaffinity(0, cpus)
         except (OSError, ValueError) as err:
             notices.append(f"CPU affinity {cpus} not applied ({err}); the loops share all CPUs")
-    if priority is not None:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(priority)))
-        except (OSError, AttributeError) as err:
-            notices.append(f"SCHED_FIFO priority {priority} not permitted ({err}); running "
-                           "at normal priority, expect more jitter (see docs/realtime.md)")
     for notice in notices:
         logger.warning("%s", notice)
     return notices
+
+
+_priority_notice_given = False
+
+
+def set_thread_priority(priority: int | None, name: str) -> str | None:
+    """Run the calling thread under ``SCHED_FIFO`` at ``priority`` (Linux: per thread).
+
+    Threads the caller creates afterwards inherit the policy, so call it at the top of
+    the loop thread itself, after helper threads (the sim's GL thread) exist. Needs root,
+    ``CAP_SYS_NICE`` or an ``rtprio`` limit (docs/realtime.md).
+
+    Args:
+        priority: 1..99, or None to leave the thread at normal scheduling.
+        name: The loop's name, for the notice.
+
+    Returns:
+        None when applied (or not asked for), else the notice; the first refusal in a
+        process is logged as one warning line.
+    """
+    global _priority_notice_given
+    if priority is None:
+        return None
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(priority)))
+        return None
+    except (OSError, AttributeError) as err:
+        notice = (f"SCHED_FIFO priority {priority} for the {name} not permitted ({err}); "
+                  "running at normal priority, expect more jitter (see docs/realtime.md)")
+        if not _priority_notice_given:
+            _priority_notice_given = True
+            logger.warning("%s", notice)
+        return notice

@@ -61,6 +61,9 @@ class Mirror:
         camera: Capture size, intrinsics, observation subsampling, mount on the flange.
         monitor: Screen pose and size in the base frame.
         sim: Command and camera latencies, screen texture size, physics substeps.
+        render: Build the camera renderer (an EGL context on this thread). False gives a
+            physics-only mirror (the sim rig renders in a separate process) whose
+            :meth:`render` raises.
 
     Raises:
         ValueError: If the configuration gives an unknown arm model or bad sizes.
@@ -72,7 +75,7 @@ class Mirror:
     """
 
     def __init__(self, arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
-                 sim: SimConfig):
+                 sim: SimConfig, render: bool = True):
         self._arm_model = arm.model
         self.control_period = float(arm.control_period)
         self._camera_cfg = camera
@@ -120,7 +123,7 @@ class Mirror:
 
         # Rendering at the observation size by default.
         self._geom_names = [self.model.geom(i).name for i in range(self.model.ngeom)]
-        self._renderer = CameraRenderer(self.model, CAMERA)
+        self._renderer = CameraRenderer(self.model, CAMERA) if render else None
         self._intrinsics_subsample: int | None = None
         self._closed = False
         self.set_screen(np.full((th, tw, 3), 255, np.uint8))
@@ -268,7 +271,8 @@ class Mirror:
             np.copyto(self._texture, image)
         else:
             self._texture[:] = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-        self._renderer.upload_texture(self._texture_id)
+        if self._renderer is not None:
+            self._renderer.upload_texture(self._texture_id)
 
     # ----------------------------------------------------------------- camera
     def camera_snapshot(self) -> tuple[np.ndarray, float]:
@@ -301,9 +305,11 @@ class Mirror:
 
         Raises:
             ValueError: If ``subsample`` < 1 or ``out`` has the wrong shape.
-            RuntimeError: If the mirror is closed.
+            RuntimeError: If the mirror is closed or was built without a renderer.
         """
         self._check_open()
+        if self._renderer is None:
+            raise RuntimeError("this mirror was built with render=False")
         s = self._camera_cfg.subsample if subsample is None else int(subsample)
         height, width = self._camera_cfg.image_size(s)
         if s != self._intrinsics_subsample:
@@ -376,7 +382,8 @@ class Mirror:
         """Free the renderer's GL resources; later renders and steps raise RuntimeError."""
         if not self._closed:
             self._closed = True
-            self._renderer.close()
+            if self._renderer is not None:
+                self._renderer.close()
 
     def __enter__(self) -> Mirror:
         return self

@@ -14,13 +14,14 @@ clock: compare them with each other only. :meth:`SimArm.speed_stop` and
 :meth:`SimArm.move_home` run the ticks they need before they return (their sim
 duration); with ``realtime=True`` they also take that long in wall-clock time.
 
-Rendering: an EGL context is current on one thread at a time (``eglMakeCurrent`` from
-another thread fails with ``EGL_BAD_ACCESS``), so every OpenGL call runs on one private
-worker thread ("sim-gl") that builds the mirror, renders and uploads the screen. The
-camera takes :meth:`sim.mirror.Mirror.camera_snapshot` (the joint positions of
-``time - sim.camera_latency``, never older than the last reset) under the lock and
-renders it outside the lock, so a render (several ms on a CPU) never holds the lock that
-the control thread's ``speedj`` needs.
+Rendering happens in a child process (:class:`sim.render_process.RenderProcess`): MuJoCo's
+OpenGL calls hold the GIL for the whole render (several ms on a CPU, tens of ms under
+load), which in this process would stall the control thread's ticks. The physics mirror
+here is built without a renderer. The camera takes
+:meth:`sim.mirror.Mirror.camera_snapshot` (the joint positions of ``time -
+sim.camera_latency``, never older than the last reset) under the lock and has the child
+render it while this process waits on a pipe (GIL released), so a render never holds the
+lock that ``speedj`` needs.
 
 Protective stop: a contact after a tick (the arm touching the table, the monitor or
 itself; ``Mirror.contacts``) halts the arm at once (at rest where it is), sets
@@ -38,8 +39,6 @@ import math
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -59,19 +58,20 @@ from robot.backends.base import (  # noqa: E402
 )
 from robot.config import Config  # noqa: E402
 from sim.mirror import Mirror  # noqa: E402
+from sim.render_process import RenderProcess  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-#: Longest wait for the GL thread to build or close the mirror, s.
-_GL_SETUP_TIMEOUT = 60.0
+#: Longest wait for the render process to build its mirror, s.
+_RENDER_START_TIMEOUT = 60.0
 
 
 class _SimCore:
-    """The mirror shared by the three sim devices, its lock and its GL thread.
+    """The mirror shared by the three sim devices, its lock and its render process.
 
     Reference counted: :meth:`acquire` builds it on first use, :meth:`release` closes it
-    when the last device lets go. All arm methods hold :attr:`lock`; GL work runs on the
-    single worker thread of :attr:`_gl`.
+    when the last device lets go. All arm methods hold :attr:`lock`; rendering runs in
+    :attr:`_renderer`'s child process.
     """
 
     def __init__(self, cfg: Config, realtime: bool):
@@ -83,7 +83,7 @@ class _SimCore:
         self.lock = threading.Lock()
         self._lifecycle = threading.Lock()
         self._users = 0
-        self._gl: ThreadPoolExecutor | None = None
+        self._renderer: RenderProcess | None = None
         self.mirror: Mirror | None = None
         self.command_lag = math.ceil(cfg.sim.command_latency / self.period - 1e-9)
         # Arm state kept beside the mirror (all guarded by ``lock``).
@@ -92,7 +92,7 @@ class _SimCore:
         self.protective_stopped = False
         self.contacts: list[tuple[str, str]] = []
         self.watchdog_hz: float | None = None
-        self.seq = 0  # frames rendered (GL thread)
+        self.seq = 0  # frames rendered
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self) -> None:
@@ -110,22 +110,12 @@ class _SimCore:
                 self._stop()
 
     def _start(self) -> None:
-        self._gl = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-gl")
-        try:
-            self._gl.submit(self._build).result(timeout=_GL_SETUP_TIMEOUT)
-        except FutureTimeout:
-            self._gl.shutdown(wait=False)
-            self._gl = None
-            raise DeviceError(f"the sim mirror did not start within {_GL_SETUP_TIMEOUT} s"
-                              ) from None
-        except Exception as err:
-            self._gl.shutdown(wait=False)
-            self._gl = None
-            raise DeviceError(f"cannot start the sim mirror: {err}") from err
-
-    def _build(self) -> None:
         cfg = self.cfg
-        mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
+        try:
+            mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim, render=False)
+            self._renderer = RenderProcess(cfg, _RENDER_START_TIMEOUT)
+        except Exception as err:
+            raise DeviceError(f"cannot start the sim mirror: {err}") from err
         with self.lock:
             self.mirror = mirror
             self.tick = round(mirror.time / self.period)
@@ -134,31 +124,22 @@ class _SimCore:
             self.seq = 0
 
     def _stop(self) -> None:
-        gl, self._gl = self._gl, None
-        if gl is None:
-            return
-        try:
-            gl.submit(self._close).result(timeout=_GL_SETUP_TIMEOUT)
-        except Exception as err:  # closing must not raise past the devices' disconnect
-            logger.error("closing the sim mirror failed: %s", err)
-        finally:
-            gl.shutdown(wait=False)
-
-    def _close(self) -> None:
+        renderer, self._renderer = self._renderer, None
         with self.lock:
             mirror, self.mirror = self.mirror, None
         if mirror is not None:
             mirror.close()
+        if renderer is not None:
+            try:
+                renderer.close()
+            except Exception as err:  # closing must not raise past the devices' disconnect
+                logger.error("closing the sim render process failed: %s", err)
 
-    def gl_call(self, fn, timeout: float):
-        """Run ``fn()`` on the GL thread and return its result, waiting at most ``timeout`` s."""
-        gl = self._gl
-        if gl is None:
+    def _render_process(self) -> RenderProcess:
+        renderer = self._renderer
+        if renderer is None:
             raise DeviceError("the sim mirror is closed")
-        try:
-            return gl.submit(fn).result(timeout=timeout)
-        except FutureTimeout:
-            raise TimeoutError(f"the sim GL thread did not answer within {timeout} s") from None
+        return renderer
 
     # ---------------------------------------------------------------- arm (hold lock)
     def _mirror(self) -> Mirror:
@@ -202,24 +183,23 @@ class _SimCore:
         return ArmState(q=mirror.q, qd=mirror.qd, t_ns=self.tick * self.period_ns,
                         protective_stopped=self.protective_stopped, emergency_stopped=False)
 
-    # ------------------------------------------------------------- GL thread only
-    def render_frame(self) -> Frame:
-        """Render the wrist camera as of ``time - camera_latency``; GL thread only."""
+    # ------------------------------------------------------------- camera, display
+    def render_frame(self, timeout: float) -> Frame:
+        """Render the wrist camera as of ``time - camera_latency`` (in the child)."""
+        renderer = self._render_process()
         with self.lock:
-            mirror = self._mirror()
-            q, t = mirror.camera_snapshot()
-        image = mirror.render(q=q)
-        frame = Frame(image=image, t_ns=round(t * 1e9), seq=self.seq)
-        self.seq += 1
-        return frame
+            q, t = self._mirror().camera_snapshot()
+            seq = self.seq
+            self.seq += 1
+        image = renderer.render(q, timeout)
+        return Frame(image=image, t_ns=round(t * 1e9), seq=seq)
 
-    def set_screen(self, image: np.ndarray) -> None:
-        """Put ``image`` on the virtual monitor; GL thread only."""
+    def set_screen(self, image: np.ndarray, timeout: float) -> None:
+        """Put ``image`` on the virtual monitor (in the child)."""
         tw, th = self.cfg.sim.texture_px
         if image.shape[:2] != (th, tw):
             image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-        with self.lock:
-            self._mirror().set_screen(image)
+        self._render_process().set_screen(image, timeout)
 
 
 class SimArm(Arm):
@@ -333,7 +313,7 @@ class SimCamera(Camera):
         self._core.release()
 
     def _read(self, timeout: float) -> Frame:
-        return self._core.gl_call(self._core.render_frame, timeout)
+        return self._core.render_frame(timeout)
 
 
 class SimDisplay(TargetDisplay):
@@ -341,7 +321,7 @@ class SimDisplay(TargetDisplay):
 
     name = "sim display"
 
-    #: Longest wait for the GL thread to take the image, s.
+    #: Longest wait for the render process to take the image, s.
     timeout = 5.0
 
     def __init__(self, core: _SimCore):
@@ -361,8 +341,7 @@ class SimDisplay(TargetDisplay):
         self._core.release()
 
     def _show(self, image: np.ndarray) -> None:
-        image = np.ascontiguousarray(image)
-        self._core.gl_call(lambda: self._core.set_screen(image), self.timeout)
+        self._core.set_screen(np.ascontiguousarray(image), self.timeout)
 
 
 class SimRig(Rig):

@@ -1,0 +1,229 @@
+"""The asynchronous stack with real processes: `madi train`, `madi learner`, `madi robot`.
+
+Every test starts the real CLI in subprocesses (ipc sockets under tmp_path, the MuJoCo
+mirror in real-time pace) and kills, interrupts or pokes them from outside. Short
+episodes and small learner settings keep each test within tens of seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from learner.link import LinkAddresses
+from learner.messages import Hello, Spaces, encode
+
+SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",
+         "--set", "agent.init_random_steps=50", "--set", "agent.batch_size=16",
+         "--set", "agent.updates_per_step=1", "--set", "train.publish_every=5",
+         "--set", "train.log_every=50", "--set", "train.checkpoint_every=null",
+         "--set", "robot.learner_wait=30"]
+QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "sim_quick.yaml")
+
+
+def madi(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    return subprocess.Popen([sys.executable, "-m", "robot.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kwargs)
+
+
+def wait_for(predicate, timeout: float, what: str, procs=()) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"process exited ({p.returncode}) while waiting for "
+                                     f"{what}:\n{p.stdout.read()[-4000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def timing(run: Path) -> dict:
+    try:
+        return json.loads((run / "timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"process did not exit in {timeout} s:\n{out[-4000:]}") from None
+    return out
+
+
+def test_train_600_steps_learns_and_acts_with_received_weights(tmp_path):
+    out = tmp_path / "run"
+    proc = madi("train", "--steps", "600", "--out", str(out), "--no-progress",
+                "--set", "agent.init_random_steps=100", "--set", "arm.reset_duration=0.5")
+    log = finish(proc, timeout=240)
+    assert proc.returncode == 0, log[-4000:]
+    for name in ("config.yaml", "checkpoints/learner.pt", "checkpoints/policy.pt",
+                 "checkpoints/progress.json", "metrics.csv", "episodes.csv", "timing.json",
+                 "robot.log", "learner.log", "learning_curve.png"):
+        assert (out / name).is_file(), name
+    metrics = rows(out / "metrics.csv")
+    assert any(r["losses/critic"] for r in metrics), "the learner made no update"
+    updates = max(int(float(r["charts/updates"])) for r in metrics if r["charts/updates"])
+    assert updates > 0
+    # The robot acted with weights it received: later episodes (and transitions) carry a
+    # policy version > 0, and the learner saw it in the transitions.
+    episodes = rows(out / "episodes.csv")
+    assert sum(int(e["steps"]) for e in episodes) == 600
+    assert int(episodes[0]["policy_version_first"]) == 0
+    assert int(episodes[-1]["policy_version_last"]) > 0
+    assert max(int(r["charts/policy_version"] or 0) for r in metrics) > 0
+    t = timing(out)
+    assert t["pace"] == "realtime" and t["agent_step"]["samples"] >= 590
+    assert t["control_tick"]["samples"] > 5 * 590
+    assert t["obs_to_action"]["samples"] == 600
+    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
+    assert progress["env_steps"] == 600 and progress["updates"] == updates
+
+
+def test_learner_killed_robot_keeps_acting_and_reconnects(tmp_path):
+    """Kill -9 the learner mid-run: the robot keeps its loop and takes a new learner;
+    kill -9 the robot: the learner keeps its state, checkpoints and keeps serving."""
+    base = f"ipc://{tmp_path}/link"
+    learner1 = madi("learner", "--config", QUICK, "--bind", base, "--out",
+                    str(tmp_path / "l1"), *SMALL)
+    robot_dir = tmp_path / "robot"
+    robot = madi("robot", "--config", QUICK, "--learner", base, "--out", str(robot_dir),
+                 "--steps", "100000", "--pace", "realtime", "--no-progress", *SMALL)
+    procs = [learner1, robot]
+    try:
+        wait_for(lambda: timing(robot_dir).get("link", {}).get("weights_version", 0) > 0,
+                 120, "the robot to receive weights", procs)
+        learner1.kill()
+        learner1.wait()
+        steps_at_kill = timing(robot_dir)["env_steps"]
+        # The robot goes on (on_learner_lost: continue): episodes keep ending, transitions
+        # are dropped and counted, the loop is never late.
+        wait_for(lambda: timing(robot_dir).get("env_steps", 0) >= steps_at_kill + 50, 30,
+                 "the robot to keep stepping without a learner", [robot])
+        dropped = timing(robot_dir)["link"]
+        assert dropped.get("dropped_no_peer", 0) + dropped.get("dropped_full", 0) > 0
+        learner2 = madi("learner", "--config", QUICK, "--bind", base, "--out",
+                        str(tmp_path / "l2"), *SMALL)
+        procs.append(learner2)
+        wait_for(lambda: timing(robot_dir).get("link", {}).get("handshakes", 0) >= 2, 60,
+                 "the robot to shake hands with the new learner", [robot, learner2])
+        wait_for(lambda: any(r["link/received"] and int(r["link/received"]) > 0
+                             for r in rows(tmp_path / "l2" / "metrics.csv")),
+                 60, "the new learner to receive transitions", [robot, learner2])
+        # Now kill the robot: the learner stays up and checkpoints.
+        robot.kill()
+        robot.wait()
+        progress = tmp_path / "l2" / "checkpoints" / "progress.json"
+        wait_for(progress.exists, 20, "the learner's checkpoint after losing the robot",
+                 [learner2])
+        assert json.loads(progress.read_text())["env_steps"] > 0
+        assert learner2.poll() is None, "the learner must keep serving after the robot died"
+        learner2.send_signal(signal.SIGINT)
+        out = finish(learner2, timeout=20)
+        assert learner2.returncode == 0, out[-3000:]
+        assert "robot lost; checkpointing" in (tmp_path / "l2" / "learner.log").read_text()
+        t = timing(robot_dir)
+        assert t["agent_step"]["overruns"] <= 0.01 * t["agent_step"]["cycles"] + 5
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+
+
+def test_ctrl_c_stops_both_processes_with_files_flushed(tmp_path):
+    out = tmp_path / "run"
+    proc = madi("train", "--steps", "100000", "--out", str(out), "--no-progress", *SMALL,
+                start_new_session=True)
+    try:
+        wait_for(lambda: len(rows(out / "episodes.csv")) >= 2, 120, "two episodes", [proc])
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        log = finish(proc, timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-3000:]
+    assert elapsed < 5.0, f"took {elapsed:.1f} s to exit"  # see BENCHMARKS.md for the figure
+    learner_log = (out / "learner.log").read_text()
+    assert "SIGINT received" in learner_log and "learner done" in learner_log
+    assert "SIGINT received" in (out / "robot.log").read_text()
+    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
+    episodes = rows(out / "episodes.csv")
+    assert progress["env_steps"] >= sum(int(e["steps"]) for e in episodes[:-1])
+    assert timing(out)["env_steps"] == sum(int(e["steps"]) for e in episodes)
+    assert episodes[-1]["end"] in ("stop_requested", "time_limit")
+
+
+def test_garbage_and_wrong_hash_to_the_learner_leave_the_run_unharmed(tmp_path):
+    base = f"ipc://{tmp_path}/link"
+    learner = madi("learner", "--config", QUICK, "--bind", base, "--out", str(tmp_path / "l"),
+                   *SMALL)
+    robot_dir = tmp_path / "robot"
+    robot = madi("robot", "--config", QUICK, "--learner", base, "--out", str(robot_dir),
+                 "--steps", "200", "--pace", "realtime", "--no-progress", *SMALL)
+    addrs = LinkAddresses.from_base(base)
+    ctx = zmq.Context()
+    try:
+        wait_for(lambda: timing(robot_dir).get("env_steps", 0) >= 25, 120,
+                 "the first episode", [learner, robot])
+        push = ctx.socket(zmq.PUSH)
+        push.connect(addrs.transitions)
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(addrs.control)
+        for _ in range(20):
+            push.send_multipart([b"\x00garbage", os.urandom(100)])
+            dealer.send(b'{"type": "hello", "protocol": 1}')
+        spaces = Spaces((9, 45, 80), 15, 5)
+        dealer.send_multipart(encode(Hello("robot", "not-the-hash", "x", "intruder", spaces)))
+        robot_out = finish(robot, timeout=120)
+        assert robot.returncode == 0, robot_out[-3000:]
+        learner.send_signal(signal.SIGINT)
+        learner_out = finish(learner, timeout=20)
+        assert learner.returncode == 0, learner_out[-3000:]
+    finally:
+        for p in (learner, robot):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        ctx.destroy(linger=0)
+    log = (tmp_path / "l" / "learner.log").read_text()
+    assert "config_hash" in log  # the intruder's hello was rejected and logged
+    done = [line for line in log.splitlines() if "learner done" in line][-1]
+    assert "'rejected': 0" not in done
+    # The robot's 200 steps all reached the learner despite the garbage.
+    assert "200 env steps" in done
+    assert timing(robot_dir)["agent_step"]["overruns"] <= 5
+
+
+@pytest.mark.parametrize("cmd", [["robot", "--learner", "bogus://x", "--steps", "5"],
+                                 ["learner", "--bind", "tcp://127.0.0.1:99999"]])
+def test_bad_addresses_fail_with_a_clear_message(tmp_path, cmd):
+    proc = madi(*cmd, "--config", QUICK, "--out", str(tmp_path / "r"))
+    out = finish(proc, timeout=60)
+    assert proc.returncode == 2, out[-2000:]
+    assert "ipc:///dir or tcp://host:port" in out or "port must be in" in out
