@@ -317,7 +317,7 @@ class LinkConfig(_Section):
     )
     heartbeat_interval: float = Field(0.25, gt=0, le=10, description="Heartbeat period, s.")
     peer_timeout: float = Field(
-        1.0, gt=0, le=60, description="A peer is lost after this long without a message, s."
+        2.0, gt=0, le=60, description="A peer is lost after this long without a message, s."
     )
     send_queue: int = Field(
         16, ge=1, le=10_000, description="Transitions queued at most before sends are dropped."

@@ -184,7 +184,8 @@ class RobotRunner:
         self.agent_timer = LoopTimer(period, cfg.robot.agent_spin,
                                      cfg.robot.overrun_threshold or 0.1 * period)
         self.control_timer = LoopTimer(cfg.arm.control_period, cfg.robot.control_spin)
-        self.latency = _LatencyRing()
+        self.latency = _LatencyRing()  # frame read -> command, ns
+        self.camera_wait = _LatencyRing()  # camera.read() call, ns
         self.env_steps = int(start_step)
         self.episode = int(start_episode)
         self.returns: list[float] = []
@@ -367,8 +368,10 @@ class RobotRunner:
                     end = "protective_stop"
                 else:
                     control.raise_if_failed()
+            t_read = time.perf_counter_ns()
             frame = camera.read(cfg.robot.camera_timeout)
             t_frame = time.perf_counter_ns()
+            self.camera_wait.push(t_frame - t_read)
             if t == 0:
                 frames.reset(frame.image)
             else:
@@ -466,8 +469,8 @@ class RobotRunner:
 
         Returns:
             ``{"agent_step": {...}, "control_tick": {...}, "obs_to_action": {...},
-            "link": {...}, "protective_stops", "safety_ticks", "stale_stops", "pace",
-            "wall_s"}``; times in ms.
+            "camera_read": {...}, "link": {...}, "protective_stops", "safety_ticks",
+            "stale_stops", "pace", "wall_s"}``; times in ms.
         """
         agent = self.agent_timer.report()
         control = self.control_timer.report()
@@ -480,6 +483,7 @@ class RobotRunner:
             "control_tick": {**asdict(control),
                              "overrun_sizes_ms": list(control.overrun_sizes_ms[-64:])},
             "obs_to_action": latency_percentiles_ms(self.latency.values()),
+            "camera_read": latency_percentiles_ms(self.camera_wait.values()),
             "protective_stops": self.protective_stops,
             "safety_ticks": self.safety_ticks,
             "stale_stops": self.stale_stops,

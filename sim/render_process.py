@@ -125,6 +125,26 @@ class RenderProcess:
             self.close()
             raise RuntimeError(f"sim render process: unexpected start reply {reply[:80]!r}")
 
+    def set_priority(self, priority: int | None) -> str | None:
+        """Run the child under ``SCHED_FIFO`` at ``priority`` (its threads inherit it).
+
+        On a real rig the camera is hardware; in the mirror it is this process, so under
+        load it must not wait behind the learner.
+
+        Args:
+            priority: 1..99, or None to leave it at normal scheduling.
+
+        Returns:
+            None when applied (or not asked for), else why not.
+        """
+        if priority is None:
+            return None
+        try:
+            os.sched_setscheduler(self._proc.pid, os.SCHED_FIFO, os.sched_param(priority))
+        except (OSError, AttributeError) as err:
+            return f"render process: SCHED_FIFO {priority} not permitted ({err})"
+        return None
+
     def _send(self, body: bytes) -> None:
         try:
             _send(self._proc.stdin, body)

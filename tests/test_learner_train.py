@@ -11,8 +11,8 @@ import torch
 from toy_env import DotReacherEnv, random_return
 
 from learner.config import AgentConfig
-from learner.policy import MadiPolicy
 from learner.metrics import METRIC_KEYS
+from learner.policy import MadiPolicy
 from learner.train_sync import evaluate, train_sync
 
 TOY = dict(

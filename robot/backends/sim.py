@@ -116,6 +116,11 @@ class _SimCore:
             self._renderer = RenderProcess(cfg, _RENDER_START_TIMEOUT)
         except Exception as err:
             raise DeviceError(f"cannot start the sim mirror: {err}") from err
+        if self.realtime and cfg.robot.realtime_priority is not None:
+            # The mirror's camera: just below the agent step, above anything else.
+            notice = self._renderer.set_priority(max(1, cfg.robot.realtime_priority - 1))
+            if notice:
+                logger.warning("%s", notice)
         with self.lock:
             self.mirror = mirror
             self.tick = round(mirror.time / self.period)

@@ -1,0 +1,201 @@
+"""RobotRunner in this process: real MuJoCo mirror, real ZeroMQ sockets (ipc in tmp_path).
+
+The learner side is a real LearnerLink serviced by a test thread, or raw sockets that
+send garbage, so the robot's own loop is checked against each failure of its peer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from learner.link import LearnerLink, LinkAddresses, RobotLink
+from learner.messages import HelloAck, Weights, encode, encode_packed
+from learner.policy import MadiPolicy
+from robot.backends.sim import SimRig
+from robot.config import config_from_dict
+from robot.runner import RobotRunner, spaces_of
+
+LINK = dict(heartbeat_interval_s=0.05, peer_timeout_s=0.4)
+
+
+def small_config(**robot):
+    return config_from_dict({
+        "camera": {"subsample": 8},
+        "task": {"episode_steps": 20},
+        "arm": {"reset_duration": 0.1},
+        "sim": {"pace": "fast"},
+        "agent": {"masker_filters": 4, "encoder_filters": 8, "mlp_hidden": [32, 32]},
+        "robot": {"learner_wait": 5.0, **robot},
+    })
+
+
+def episodes(run_dir):
+    with open(run_dir / "episodes.csv") as f:
+        return list(csv.DictReader(f))
+
+
+class FakeLearner:
+    """A real LearnerLink serviced by a thread; publishes given weights on demand."""
+
+    def __init__(self, addresses, cfg):
+        self.link = LearnerLink(addresses, cfg.task_hash(), spaces_of(cfg), **LINK)
+        self.received = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.received += self.link.recv_transitions(timeout_ms=5)
+            self.link.service()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.link.close()
+
+
+def run_in_thread(runner):
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(runner.run()), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_for(predicate, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_lockstep_episodes_without_a_learner(tmp_path):
+    cfg = small_config()
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path, link=None, total_steps=45, realtime=False)
+    summary = runner.run()
+    rows = episodes(tmp_path)
+    assert [int(r["steps"]) for r in rows] == [20, 20, 20]  # runs whole episodes past 45
+    assert summary["env_steps"] == 60 and summary["episodes"] == 3
+    assert all(r["end"] == "time_limit" and int(r["random_steps"]) == 20 for r in rows)
+    timing = json.loads((tmp_path / "timing.json").read_text())
+    assert timing["pace"] == "fast" and timing["obs_to_action"]["samples"] == 60
+    assert not runner.rig.is_connected  # the rig is closed and the arm was stopped
+
+
+def test_transitions_reach_the_learner_and_weights_reach_the_policy(tmp_path):
+    cfg = small_config()
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    learner = FakeLearner(addrs, cfg)
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=200,
+                         realtime=False)
+    spaces = spaces_of(cfg)
+    source = MadiPolicy.from_config(cfg.agent, spaces.image_shape, spaces.proprio_dim,
+                                    spaces.action_dim)
+    thread, _ = run_in_thread(runner)
+    try:
+        assert wait_for(lambda: len(learner.received) >= 20)
+        state = {m: getattr(source, m).state_dict() for m in ("masker", "encoder", "actor")}
+        learner.link.publish_weights(Weights.from_state_dicts(7, state))
+        assert wait_for(lambda: runner.policy_version == 7)
+        for name, p in source.actor.state_dict().items():
+            assert np.array_equal(runner.policy.actor.state_dict()[name].numpy(), p.numpy())
+        thread.join(60)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        learner.close()
+        link.close()
+    assert not thread.is_alive()
+    versions = [t.policy_version for t in learner.received]
+    assert versions[0] == 0 and versions[-1] == 7
+    assert versions == sorted(versions)
+
+
+def test_learner_lost_in_stop_mode_holds_the_arm_until_a_learner_returns(tmp_path):
+    cfg = small_config(on_learner_lost="stop")
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    learner = FakeLearner(addrs, cfg)
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    rig = SimRig(cfg)
+    runner = RobotRunner(cfg, rig, tmp_path / "run", link, total_steps=10_000, realtime=False)
+    thread, _ = run_in_thread(runner)
+    learner2 = None
+    try:
+        assert wait_for(lambda: runner.env_steps >= 30)
+        learner.close()
+        assert wait_for(lambda: any(r["end"] == "learner_lost"
+                                    for r in episodes(tmp_path / "run")), 10)
+        steps = runner.env_steps
+        time.sleep(0.5)
+        assert runner.env_steps == steps, "the robot must not act without its learner"
+        assert np.allclose(rig.arm.read_state().qd, 0.0, atol=1e-3)  # the arm is stopped
+        assert thread.is_alive()
+        learner2 = FakeLearner(addrs, cfg)
+        assert wait_for(lambda: runner.env_steps >= steps + 20, 20)
+        assert wait_for(lambda: len(learner2.received) > 0)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        link.close()
+        if learner2 is not None:
+            learner2.close()
+    assert not thread.is_alive()
+
+
+def test_garbage_and_a_wrong_hash_from_the_learner_side_leave_the_loop_running(tmp_path):
+    """A rogue peer bound where the learner should be: garbage on the weights channel,
+    garbage and a wrong-hash ack on the control channel. The robot rejects and counts
+    every message, never accepts the peer, and keeps stepping."""
+    cfg = small_config()
+    cfg.robot.learner_wait = 0.3
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    (tmp_path / "link").mkdir()
+    ctx = zmq.Context()
+    pub, router = ctx.socket(zmq.PUB), ctx.socket(zmq.ROUTER)
+    pub.bind(addrs.weights)
+    router.bind(addrs.control)
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=10_000,
+                         realtime=False)
+    thread, _ = run_in_thread(runner)
+    try:
+        assert wait_for(lambda: runner.env_steps >= 20)
+        bad_ack = HelloAck(True, "", "learner", "wrong-hash", "run", "rogue")
+        weights = Weights.from_state_dicts(3, {"actor": {"w": np.ones(4, np.float32)}})
+        for _ in range(30):
+            pub.send(b"\xffnot a message")
+            pub.send(encode_packed(weights))  # valid bytes, but from no accepted session
+            if router.poll(10):
+                identity = router.recv_multipart()[0]
+                router.send_multipart([identity, b"garbage"])
+                router.send_multipart([identity, *encode(bad_ack)])
+            time.sleep(0.01)
+        steps = runner.env_steps
+        assert wait_for(lambda: runner.env_steps >= steps + 40)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        link.close()
+        ctx.destroy(linger=0)
+    counters = link.counters()
+    reasons = counters["rejected_by_reason"]
+    assert reasons.get("config_hash", 0) >= 1
+    assert sum(reasons.values()) >= 5 and len(reasons) >= 2 and not link.accepted
+    assert runner.policy_version == 0 and not thread.is_alive()
+
+
+def test_fast_pace_is_refused_on_a_real_arm(tmp_path):
+    cfg = small_config()
+    cfg.backend = "ur5"
+    with pytest.raises(ValueError, match="fast pace"):
+        RobotRunner(cfg, SimRig(small_config()), tmp_path, None, realtime=False)
