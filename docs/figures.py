@@ -20,7 +20,7 @@ DOCS = Path(__file__).resolve().parent
 
 def main() -> None:
     """Render the pictures and print the servo episode summary."""
-    cfg = load_config(DOCS.parent / "configs" / "sim_ur5_visual_reacher.yaml")
+    cfg = load_config(DOCS.parent / "configs" / "sim_ur5_visual_reacher.yaml", ["sim.pace=fast"])
     env = VisualReacherEnv(cfg)
     try:
         env.reset(seed=7)

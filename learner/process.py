@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,18 @@ def read_progress(run_dir: str | Path) -> dict[str, int]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid progress file ({err}); resume from a run "
                          "whose checkpoint was written completely") from None
+
+
+@dataclass
+class _Window:
+    """Accumulators of one metrics row: since ``start`` (perf_counter s)."""
+
+    start: float
+    env_steps: int
+    updates: int
+    update_time: float = 0.0
+    loss_count: int = 0
+    loss_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
 class LearnerProcess:
@@ -177,10 +190,7 @@ class LearnerProcess:
             self._publish()  # a resumed learner serves its weights from the start
         io = threading.Thread(target=self._io_loop, name="learner-link", daemon=True)
         io.start()
-        loss_sums: dict[str, float] = defaultdict(float)
-        loss_count = 0
-        update_time = 0.0
-        window_start, window_steps, window_updates = t_start, self.env_steps, agent.num_updates
+        window = _Window(t_start, self.env_steps, agent.num_updates)
         next_log = (self.env_steps // self.log_every + 1) * self.log_every
         next_ckpt = (None if not self.checkpoint_every else
                      (self.env_steps // self.checkpoint_every + 1) * self.checkpoint_every)
@@ -200,41 +210,21 @@ class LearnerProcess:
                 if self._update_allowed():
                     t0 = time.perf_counter()
                     out = agent.update(replay.sample(cfg.batch_size))
-                    update_time += time.perf_counter() - t0
+                    window.update_time += time.perf_counter() - t0
                     for key, value in out.items():
-                        loss_sums[key] += value
-                    loss_count += 1
+                        window.loss_sums[key] += value
+                    window.loss_count += 1
                     if agent.num_updates % self.publish_every == 0:
                         self._publish()
                 now = time.perf_counter()
                 self._status["updates"] = agent.num_updates
                 self._status["replay_size"] = len(replay)
-                if now - window_start >= 1.0:
-                    rate = (agent.num_updates - window_updates) / (now - window_start)
+                if now - window.start >= 1.0:
+                    rate = (agent.num_updates - window.updates) / (now - window.start)
                     self._status["updates_per_s_x100"] = round(100 * rate)
                 if self.env_steps >= next_log:
                     next_log += self.log_every
-                    row = {
-                        "global_step": self.env_steps,
-                        "time_s": round(now - t_start, 3),
-                        "charts/updates": agent.num_updates,
-                        "charts/updates_per_s": (agent.num_updates - window_updates)
-                        / max(now - window_start, 1e-9),
-                        "charts/env_steps_per_s": (self.env_steps - window_steps)
-                        / max(now - window_start, 1e-9),
-                        "charts/replay_size": len(replay),
-                        "charts/policy_version": self._last_version_seen,
-                        "charts/policy_lag": agent.num_updates - self._last_version_seen,
-                        "timing/update_s": update_time,
-                        **self._link_metrics(),
-                    }
-                    if loss_count:
-                        row.update({k: v / loss_count for k, v in loss_sums.items()})
-                    metrics.write(row)
-                    loss_sums.clear()
-                    loss_count, update_time = 0, 0.0
-                    window_start, window_steps = now, self.env_steps
-                    window_updates = agent.num_updates
+                    window = self._log_window(metrics, window, t_start)
                 if next_ckpt is not None and self.env_steps >= next_ckpt:
                     next_ckpt += self.checkpoint_every
                     self.save()
@@ -242,6 +232,8 @@ class LearnerProcess:
             self._io_stop.set()
             io.join(timeout=2.0)
             self._drain(metrics, t_start, block=False)
+            if self.env_steps > window.env_steps:
+                self._log_window(metrics, window, t_start)
             metrics.close()
             self.save()
         logger.info("learner: %d env steps, %d updates (%s)", self.env_steps, agent.num_updates,
@@ -249,6 +241,28 @@ class LearnerProcess:
         return {"env_steps": self.env_steps, "updates": agent.num_updates,
                 "episodes": self.episodes, "stop_reason": self.stop_reason,
                 "link": link.counters(), "assembler": dict(self.assembler.counters)}
+
+    def _log_window(self, metrics: MetricsWriter, w: _Window, t_start: float) -> _Window:
+        """Write the losses/throughput row of the window ``w``; return a new window."""
+        agent = self.agent
+        now = time.perf_counter()
+        span = max(now - w.start, 1e-9)
+        row = {
+            "global_step": self.env_steps,
+            "time_s": round(now - t_start, 3),
+            "charts/updates": agent.num_updates,
+            "charts/updates_per_s": (agent.num_updates - w.updates) / span,
+            "charts/env_steps_per_s": (self.env_steps - w.env_steps) / span,
+            "charts/replay_size": len(self.replay),
+            "charts/policy_version": self._last_version_seen,
+            "charts/policy_lag": agent.num_updates - self._last_version_seen,
+            "timing/update_s": w.update_time,
+            **self._link_metrics(),
+        }
+        if w.loss_count:
+            row.update({k: v / w.loss_count for k, v in w.loss_sums.items()})
+        metrics.write(row)
+        return _Window(now, self.env_steps, agent.num_updates)
 
     def _drain(self, metrics: MetricsWriter, t_start: float, block: bool) -> None:
         """Move assembled steps from the link thread into the replay buffer."""

@@ -51,6 +51,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     """Run episodes in the mirror with a scripted policy and write what the camera saw."""
     from sim.rollout import run_episodes
 
+    args.overrides.insert(0, "sim.pace=fast")  # videos need no wall-clock pacing
     cfg = _load(args, args.config)
     results = run_episodes(cfg, args.policy, args.episodes, args.out)
     for i, r in enumerate(results):

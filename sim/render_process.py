@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -225,6 +226,9 @@ class RenderProcess:
 
 
 if __name__ == "__main__":  # pragma: no cover - the child
+    # The parent ends this process (Q, or EOF when it dies); a Ctrl-C meant for the
+    # process group must not take the camera away while the parent stops the arm.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Replies go to the original stdout; anything a library prints goes to stderr.
     reply_fd = os.dup(1)
     os.dup2(2, 1)

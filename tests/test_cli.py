@@ -37,7 +37,7 @@ def test_train_runs_past_the_start_of_learning(tmp_path, caplog):
 
 @pytest.mark.parametrize("variant", ["sac_crop", "svea_overlay"])
 def test_train_baselines_share_the_code_path(tmp_path, variant):
-    assert main(["train", "--config", str(CONFIGS / "sim_quick.yaml"), "--steps", "50",
+    assert main(["train", "--sync", "--config", str(CONFIGS / "sim_quick.yaml"), "--steps", "50",
                  "--out", str(tmp_path), "--set", f"agent.variant={variant}", *TINY]) == 0
     assert (tmp_path / "checkpoints" / "policy.pt").is_file()
 
