@@ -10,15 +10,22 @@ always has update credit, and it publishes weights after every update, so the ro
 process loads new weights as often as they come and runs the policy every step. The
 default config is the paper's (160x90 frames, full-size networks): what a robot PC runs.
 
+With ``--cyclictest`` (rt-tests' ``cyclictest``, Debian package ``rt-tests``), the
+machine's own wake-up latency is measured alongside: a SCHED_FIFO 99 thread waking every
+1 ms for the same duration. Its worst case is the floor no user-space loop can beat on
+this machine (on a VM: the hypervisor's scheduling of the vCPUs).
+
 Usage::
 
-    python benchmarks/bench_realtime.py --minutes 10 --out runs/bench_realtime
+    python benchmarks/bench_realtime.py --minutes 10 --out runs/bench_realtime --cyclictest
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +42,8 @@ def main() -> int:
                         default=ROOT / "configs" / "sim_ur5_visual_reacher.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_realtime")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--cyclictest", action="store_true",
+                        help="measure the machine's wake-up latency alongside (rt-tests)")
     args = parser.parse_args()
 
     cfg_steps = round(args.minutes * 60 / 0.04)
@@ -47,6 +56,14 @@ def main() -> int:
            "--set", "train.checkpoint_every=null"]
     for o in args.overrides:
         cmd += ["--set", o]
+    cyclic = None
+    if args.cyclictest:
+        if shutil.which("cyclictest") is None:
+            parser.error("cyclictest not found: apt-get install rt-tests")
+        seconds = round(args.minutes * 60 * 1.3)  # the resets add ~30 % of wall time
+        cyclic = subprocess.Popen(
+            ["cyclictest", "-m", "-p", "99", "-i", "1000", "-h", "100000", "-q",
+             "-D", str(seconds)], stdout=subprocess.PIPE, text=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
@@ -67,9 +84,41 @@ def main() -> int:
         "obs_to_action_ms": [lat["p50_ms"], lat["p99_ms"], lat["max_ms"]],
         "link": {k: v for k, v in timing.get("link", {}).items() if k != "rejected_by_reason"},
     }
+    if cyclic is not None:
+        cyclic.terminate()
+        result["cyclictest"] = _cyclictest_summary(cyclic.communicate()[0])
     (args.out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     return 0
+
+
+def _cyclictest_summary(text: str) -> dict[str, float]:
+    """Max latency and the wake-ups later than 1 / 4 ms from cyclictest's histogram (us)."""
+    counts: dict[int, int] = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"(\d+)\s+(\d+)", line.strip())
+        if m:
+            counts[int(m.group(1))] = int(m.group(2))
+    overflow = re.search(r"# Histogram Overflows: (\d+)", text)
+    max_us = re.search(r"# Max Latencies: (\d+)", text)
+    total = sum(counts.values()) + (int(overflow.group(1)) if overflow else 0)
+    return {
+        "wakeups": total,
+        "max_ms": int(max_us.group(1)) / 1000 if max_us else float("nan"),
+        "over_1ms": sum(c for us, c in counts.items() if us > 1000),
+        "over_4ms": sum(c for us, c in counts.items() if us > 4000)
+        + (int(overflow.group(1)) if overflow else 0),
+        "p99_ms": _hist_quantile(counts, total, 0.99) / 1000,
+    }
+
+
+def _hist_quantile(counts: dict[int, int], total: int, q: float) -> float:
+    seen = 0
+    for us in sorted(counts):
+        seen += counts[us]
+        if seen >= q * total:
+            return float(us)
+    return float("nan")
 
 
 if __name__ == "__main__":

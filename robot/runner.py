@@ -86,7 +86,7 @@ class EpisodeRecord:
         return_: Sum of rewards.
         success: The target was reached at some step.
         end: ``time_limit``, ``success`` (sparse reward), ``protective_stop``,
-            ``learner_lost`` or ``stop_requested``.
+            ``learner_lost``, ``stop_requested`` or ``steps_done``.
         policy_version_first / policy_version_last: Weights version of the first / last
             action (0: random).
         random_steps: Actions chosen at random (no weights yet).
@@ -142,8 +142,8 @@ class RobotRunner:
         rig: The rig to drive (connected by :meth:`run`).
         run_dir: Folder for ``episodes.csv`` and ``timing.json``.
         link: Link to the learner, or None to act with ``policy`` alone (evaluation).
-        total_steps: Env steps to run (None: ``train.total_steps``); the run ends after
-            the episode in which it is reached.
+        total_steps: Env steps to run (None: ``train.total_steps``); the episode in which
+            it is reached is cut there (truncated, ``end`` = ``steps_done``).
         realtime: True: control thread + agent steps on the wall clock; False: lockstep
             (sim only, ``sim.pace == "fast"``).
         policy: Inference policy; default: fresh networks of ``cfg.agent`` (random actions
@@ -389,6 +389,8 @@ class RobotRunner:
                     end = "success"
             if not end and t == horizon:
                 end = "time_limit"
+            if not end and self.env_steps + (t > 0) >= self.total_steps:
+                end = "steps_done"  # the run's last transition, cut like a time limit
             if not end and self.stopping:
                 end = "stop_requested"
             if not end and not self._learner_usable():

@@ -83,11 +83,12 @@ def test_lockstep_episodes_without_a_learner(tmp_path):
     runner = RobotRunner(cfg, SimRig(cfg), tmp_path, link=None, total_steps=45, realtime=False)
     summary = runner.run()
     rows = episodes(tmp_path)
-    assert [int(r["steps"]) for r in rows] == [20, 20, 20]  # runs whole episodes past 45
-    assert summary["env_steps"] == 60 and summary["episodes"] == 3
-    assert all(r["end"] == "time_limit" and int(r["random_steps"]) == 20 for r in rows)
+    assert [int(r["steps"]) for r in rows] == [20, 20, 5]  # the last episode is cut at 45
+    assert [r["end"] for r in rows] == ["time_limit", "time_limit", "steps_done"]
+    assert summary["env_steps"] == 45 and summary["episodes"] == 3
+    assert [int(r["random_steps"]) for r in rows] == [20, 20, 5]
     timing = json.loads((tmp_path / "timing.json").read_text())
-    assert timing["pace"] == "fast" and timing["obs_to_action"]["samples"] == 60
+    assert timing["pace"] == "fast" and timing["obs_to_action"]["samples"] == 45
     assert not runner.rig.is_connected  # the rig is closed and the arm was stopped
 
 
