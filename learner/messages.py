@@ -438,8 +438,8 @@ class Transition(Message):
             ``(3k, H, W)``).
         proprio: float32 ``(P,)``, proprioception of ``obs``.
         next_proprio: float32 ``(P,)``, proprioception of ``next_obs``.
-        action: float32 ``(A,)``, the action actually applied (after safety clipping),
-            normalised to [-1, 1].
+        action: float32 ``(A,)`` in [-1, 1], the action the policy chose (the safety
+            limits may have changed what the arm got; SAC learns from the chosen one).
         reward: Reward of the transition (finite).
         terminated: ``next_obs`` is terminal (no bootstrapping).
         truncated: The episode was cut by the time limit at ``next_obs``.

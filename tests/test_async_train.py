@@ -227,3 +227,22 @@ def test_bad_addresses_fail_with_a_clear_message(tmp_path, cmd):
     out = finish(proc, timeout=60)
     assert proc.returncode == 2, out[-2000:]
     assert "ipc:///dir or tcp://host:port" in out or "port must be in" in out
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = madi("train", "--config", QUICK, "--steps", "75", "--out", str(out),
+                 "--no-progress", *SMALL)
+    log = finish(first, timeout=180)
+    assert first.returncode == 0, log[-3000:]
+    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
+    assert progress["env_steps"] == 75 and progress["episodes"] == 3
+    again = madi("train", "--resume", str(out), "--steps", "125", "--no-progress")
+    log = finish(again, timeout=180)
+    assert again.returncode == 0, log[-3000:]
+    progress = json.loads((out / "checkpoints" / "progress.json").read_text())
+    assert progress["env_steps"] == 125 and progress["episodes"] == 5
+    episodes = rows(out / "episodes.csv")
+    assert [int(e["episode"]) for e in episodes] == [0, 1, 2, 3, 4]
+    assert int(episodes[-1]["env_steps"]) == 125
+    assert "resumed from" in (out / "learner.log").read_text()
