@@ -181,17 +181,20 @@ def _train_sync(cfg, run_dir: Path, progress: bool) -> str:
             f"{summary['wall_s']:.0f} s; last eval return {last}")
 
 
-def _link_address(cfg, run_dir: Path) -> str:
-    """``link.address``, or a fresh ipc directory for this run."""
-    if cfg.link.address:
-        return cfg.link.address
+def _train_async(cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
+    """Learner as a child process, robot process here; ``link.address`` or a private ipc dir."""
+    import shutil
     import tempfile
 
-    return "ipc://" + tempfile.mkdtemp(prefix="madi-")
+    ipc_dir = None if cfg.link.address else tempfile.mkdtemp(prefix="madi-")
+    try:
+        return _train_async_at(cfg.link.address or f"ipc://{ipc_dir}", cfg, run_dir, args)
+    finally:
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
-def _train_async(cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
-    address = _link_address(cfg, run_dir)
+def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
     cmd = [sys.executable, "-m", "robot.cli", "learner", "--config",
            str(run_dir / "config.yaml"), "--bind", address, "--out", str(run_dir),
            "--exit-with-robot"]
