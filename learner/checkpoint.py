@@ -330,3 +330,29 @@ def load_policy_file(
         if diffs:
             raise CheckpointMismatchError(path, diffs)
     return data
+
+
+def save_run_checkpoints(
+    ckpt_dir: str | Path, agent: MadiSacAgent, counters: dict[str, int], replay: Any | None = None
+) -> None:
+    """Write a run's checkpoint set, each file atomically.
+
+    ``learner.pt`` (full state, :func:`save_checkpoint`), ``policy.pt``
+    (:func:`save_policy`) and ``progress.json`` (``counters`` plus ``updates``: what
+    ``--resume`` and the robot process read without loading the big file).
+
+    Args:
+        ckpt_dir: The run's ``checkpoints/`` folder (created if missing).
+        agent: The agent.
+        counters: ``{"env_steps": int, "episodes": int}``.
+        replay: Optional replay buffer to include in ``learner.pt``.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    with torch.no_grad():
+        save_checkpoint(ckpt_dir / "learner.pt", agent, counters=counters, replay=replay)
+        save_policy(ckpt_dir / "policy.pt", agent)
+    progress = {**{k: int(v) for k, v in counters.items()}, "updates": agent.num_updates}
+    tmp = ckpt_dir / "progress.json.tmp"
+    tmp.write_text(json.dumps(progress))
+    tmp.replace(ckpt_dir / "progress.json")
+

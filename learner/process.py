@@ -39,10 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from learner.agent import MadiSacAgent
-from learner.checkpoint import load_checkpoint, save_checkpoint, save_policy
+from learner.checkpoint import load_checkpoint, save_run_checkpoints
 from learner.config import AgentConfig
 from learner.link import LearnerLink
 from learner.messages import Shutdown, TransitionAssembler, Weights
@@ -53,7 +51,6 @@ __all__ = ["LearnerProcess", "read_progress"]
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FILE = "progress.json"
 
 
 def read_progress(run_dir: str | Path) -> dict[str, int]:
@@ -69,7 +66,7 @@ def read_progress(run_dir: str | Path) -> dict[str, int]:
         FileNotFoundError: If the run has no checkpoint yet.
         ValueError: If the file is not valid.
     """
-    path = Path(run_dir) / "checkpoints" / PROGRESS_FILE
+    path = Path(run_dir) / "checkpoints" / "progress.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: {run_dir} has no checkpoint to resume "
                                 "from (a run writes one every train.checkpoint_every steps)")
@@ -359,13 +356,6 @@ class LearnerProcess:
 
     def save(self) -> None:
         """Write ``learner.pt``, ``policy.pt`` and ``progress.json`` (each atomically)."""
-        counters = {"env_steps": self.env_steps, "episodes": self.episodes}
-        with torch.no_grad():
-            save_checkpoint(self.ckpt_dir / "learner.pt", self.agent, counters=counters,
-                            replay=self.replay if self.save_replay else None)
-            save_policy(self.ckpt_dir / "policy.pt", self.agent)
-        progress = {**counters, "updates": self.agent.num_updates}
-        tmp = self.ckpt_dir / (PROGRESS_FILE + ".tmp")
-        tmp.write_text(json.dumps(progress))
-        tmp.replace(self.ckpt_dir / PROGRESS_FILE)
-
+        save_run_checkpoints(self.ckpt_dir, self.agent,
+                             {"env_steps": self.env_steps, "episodes": self.episodes},
+                             self.replay if self.save_replay else None)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from learner.agent import MadiSacAgent
-from learner.checkpoint import save_checkpoint, save_policy
+from learner.checkpoint import save_run_checkpoints
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter
 
@@ -283,11 +282,4 @@ def train_sync(
 
 
 def _save(ckpt_dir: Path, agent: MadiSacAgent, step: int, episodes: int, replay: Any) -> None:
-    with torch.no_grad():
-        save_checkpoint(
-            ckpt_dir / "learner.pt",
-            agent,
-            counters={"env_steps": step, "episodes": episodes},
-            replay=replay,
-        )
-        save_policy(ckpt_dir / "policy.pt", agent)
+    save_run_checkpoints(ckpt_dir, agent, {"env_steps": step, "episodes": episodes}, replay)

@@ -53,7 +53,7 @@ from robot.control import ControlLoop
 from robot.observation import FrameStack, action_to_qd, proprio
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target, sample_target_center
-from robot.timing import LoopTimer, latency_percentiles_ms, set_thread_priority
+from robot.timing import LoopTimer, SampleRing, latency_percentiles_ms, set_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -119,21 +119,6 @@ class EpisodeRecord:
         return d
 
 
-class _LatencyRing:
-    """Newest obs -> action latencies, ns (preallocated)."""
-
-    def __init__(self, size: int = 1 << 16):
-        self.data = np.zeros(size, np.int64)
-        self.count = 0
-
-    def push(self, value: int) -> None:
-        self.data[self.count % len(self.data)] = value
-        self.count += 1
-
-    def values(self) -> np.ndarray:
-        return self.data[: min(self.count, len(self.data))]
-
-
 class RobotRunner:
     """The agent loop of the robot process (see the module docstring).
 
@@ -184,8 +169,8 @@ class RobotRunner:
         self.agent_timer = LoopTimer(period, cfg.robot.agent_spin,
                                      cfg.robot.overrun_threshold or 0.1 * period)
         self.control_timer = LoopTimer(cfg.arm.control_period, cfg.robot.control_spin)
-        self.latency = _LatencyRing()  # frame read -> command, ns
-        self.camera_wait = _LatencyRing()  # camera.read() call, ns
+        self.latency = SampleRing(1 << 16)  # frame read -> command, ns
+        self.camera_wait = SampleRing(1 << 16)  # camera.read() call, ns
         self.env_steps = int(start_step)
         self.episode = int(start_episode)
         self.returns: list[float] = []

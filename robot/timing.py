@@ -75,18 +75,24 @@ class TimingReport:
                 if k != "overrun_sizes_ms"}
 
 
-class _Ring:
-    """Preallocated int64 ring of the newest ``size`` samples (ns)."""
+class SampleRing:
+    """Preallocated int64 ring of the newest ``size`` samples (e.g. durations, ns).
+
+    Args:
+        size: Samples kept, >= 1.
+    """
 
     def __init__(self, size: int):
         self.data = np.zeros(size, np.int64)
         self.count = 0
 
     def push(self, value: int) -> None:
+        """Add one sample (the oldest drops out when full)."""
         self.data[self.count % len(self.data)] = value
         self.count += 1
 
     def values(self) -> np.ndarray:
+        """int64 (n,) the kept samples, oldest first (a copy)."""
         n = min(self.count, len(self.data))
         if self.count <= len(self.data):
             return self.data[:n].copy()
@@ -134,10 +140,10 @@ class LoopTimer:
         self.spin_ns = min(round(spin * 1e9), self.period_ns // 4)
         threshold = 0.1 * period if overrun_threshold is None else overrun_threshold
         self.overrun_ns = round(threshold * 1e9)
-        self._periods = _Ring(stats_size)
-        self._late = _Ring(stats_size)
-        self._busy = _Ring(stats_size)
-        self._overrun_sizes = _Ring(1024)
+        self._periods = SampleRing(stats_size)
+        self._late = SampleRing(stats_size)
+        self._busy = SampleRing(stats_size)
+        self._overrun_sizes = SampleRing(1024)
         self.overruns = 0  #: Overruns over the whole run.
         self.skipped = 0  #: Whole cycles missed over the whole run.
         self.cycles = 0  #: Cycles started over the whole run.
