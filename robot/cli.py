@@ -86,6 +86,10 @@ def new_run_dir(parent: Path, config_path: Path, seed: int) -> Path:
     return run_dir
 
 
+#: Suffix of a run summary when a signal (Ctrl-C, SIGTERM) stopped the run.
+INTERRUPTED = "; interrupted"
+
+
 def _write_config(cfg, run_dir: Path) -> Path:
     path = run_dir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -151,6 +155,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = _train_async(cfg, run_dir, args)
     if summary is None:
         return 1
+    if summary.endswith(INTERRUPTED):  # stopped by a signal: exit now, files are flushed
+        log.info("stopped: %s; plot the curve with: python benchmarks/plot_curves.py "
+                 "--run %s=%s --out curve.png", summary, cfg.agent.variant, run_dir)
+        return 0
     from learner.plots import plot_learning_curves
 
     png = plot_learning_curves({cfg.agent.variant: run_dir}, run_dir / "learning_curve.png",
@@ -271,10 +279,11 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
         logging.getLogger().removeHandler(handler)
         handler.close()
     a, c, lat = summary["agent_step"], summary["control_tick"], summary["obs_to_action"]
-    return (f"{summary['env_steps']} env steps, {summary['episodes']} episodes, policy "
+    line = (f"{summary['env_steps']} env steps, {summary['episodes']} episodes, policy "
             f"version {summary['policy_version']} ({summary['stop_reason']}); agent step p99 "
             f"{a['period_p99_ms']:.1f} ms, {a['overruns']} overruns; control jitter p99 "
             f"{c['jitter_p99_ms']:.2f} ms; obs->action p99 {lat['p99_ms']:.1f} ms")
+    return line + (INTERRUPTED if summary["stop_reason"].endswith(" received") else "")
 
 
 def cmd_robot(args: argparse.Namespace) -> int:
