@@ -233,6 +233,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     """The robot process: rig, link, runner, progress bar; returns a summary line."""
     import torch
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from learner.link import LinkAddresses, RobotLink
     from learner.process import read_progress
@@ -271,7 +272,8 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
         _on_signals(runner.request_stop)
         if realtime:
             configure_process(cfg.robot.cpu_affinity)
-        summary = runner.run()
+        with logging_redirect_tqdm():  # log lines above the bar, not through it
+            summary = runner.run()
     finally:
         bar.close()
         if link is not None:
