@@ -252,6 +252,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
 
     handler = _log_to_file(run_dir / "robot.log")
     torch.set_num_threads(cfg.robot.torch_threads)
+    torch.manual_seed(cfg.seed)  # the policy's sampled actions
     start_step = start_episode = 0
     if getattr(args, "resume", None) is not None:
         progress = read_progress(args.resume)
