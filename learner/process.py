@@ -142,7 +142,10 @@ class LearnerProcess:
         self._last_version_seen = 0
         self._steps: queue.SimpleQueue = queue.SimpleQueue()
         self._outbox: Weights | None = None
-        self._status: dict[str, int] = {}
+        # Written by the main thread, read by the link thread: every key exists from the
+        # start, so the link thread's copy never sees the dict change size.
+        self._status: dict[str, int] = {"updates": 0, "replay_size": 0,
+                                        "updates_per_s_x100": 0}
         self._io_stop = threading.Event()
         self._io_error: BaseException | None = None
 

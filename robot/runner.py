@@ -184,6 +184,9 @@ class RobotRunner:
         self._episodes_csv = self.run_dir / "episodes.csv"
         self._timing_json = self.run_dir / "timing.json"
         self._t_start = time.monotonic()
+        # The loops time with perf_counter; messages carry time.monotonic_ns (one offset,
+        # both are CLOCK_MONOTONIC based on Linux).
+        self._monotonic_offset_ns = time.monotonic_ns() - time.perf_counter_ns()
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:
@@ -426,8 +429,7 @@ class RobotRunner:
               action_time_ns: int, version: int) -> None:
         if self.link is None:
             return
-        # perf_counter and monotonic share CLOCK_MONOTONIC on Linux; stamp with the latter.
-        offset = time.monotonic_ns() - time.perf_counter_ns()
+        offset = self._monotonic_offset_ns
         self.link.send_step(episode, step, obs, action, reward, next_obs, terminated, truncated,
                             frame_time_ns=frame_time_ns + offset,
                             action_time_ns=action_time_ns + offset, policy_version=version)
