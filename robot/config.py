@@ -34,6 +34,12 @@ CONTROL_PERIOD = {"ur5": 0.008, "ur5e": 0.002}
 Q_HOME = [1.5707, -2.0, 2.17, -3.0415, -1.5707, 3.1415]
 
 
+#: Arm fields that change what the agent learns (the link handshake compares them); the
+#: connection and recovery settings of the real arm are each side's own business.
+_ARM_TASK_FIELDS = {"model", "control_period", "speed_max", "acceleration", "q_home",
+                    "reset_duration", "active_joints"}
+
+
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message says where and how to fix it."""
 
@@ -66,6 +72,44 @@ class ArmConfig(_Section):
         description="Joints driven by the action (indices 0..5); the others stay still.",
     )
 
+    # ---- the real arm (ur_rtde); the sim ignores these
+    control_mode: Literal["upload_script", "urcap"] = Field(
+        "upload_script",
+        description="How ur_rtde runs its control script: upload_script = sent over the "
+        "network at connect (robot in remote control); urcap = the ExternalControl URCap "
+        "node of a program started on the pendant.",
+    )
+    urcap_port: int = Field(50002, ge=1, le=65535, description="ExternalControl URCap port.")
+    home_speed: float = Field(
+        0.5, gt=0, le=1.5, description="Highest joint speed of the reset move (moveJ), rad/s."
+    )
+    state_timeout: float = Field(
+        0.1, gt=0, le=5.0,
+        description="Longest time without a new joint-state sample (controller timestamp "
+        "not advancing) before the link counts as lost, s.",
+    )
+    watchdog_hz: float | None = Field(
+        10.0, gt=0, le=500,
+        description="Controller-side RTDE watchdog: the control script halts the arm if "
+        "the client sends nothing for 1/watchdog_hz s (null: not armed; not advised).",
+    )
+    protective_stop_recovery: Literal["operator", "dashboard"] = Field(
+        "operator",
+        description="After a protective stop: operator = wait for a person to clear it on "
+        "the pendant; dashboard = unlock it through the dashboard server (port 29999) "
+        "after UR's 5 s wait. Only allow dashboard on a rig whose workspace is safe.",
+    )
+    protective_stop_wait: float = Field(
+        600.0, gt=0, le=86400,
+        description="Longest wait for a protective stop to clear before the run ends, s.",
+    )
+    reconnect_attempts: int = Field(
+        5, ge=0, le=1000, description="Reconnects tried after the RTDE link drops."
+    )
+    reconnect_interval: float = Field(
+        2.0, gt=0, le=60, description="Pause between reconnect attempts, s."
+    )
+
     @model_validator(mode="after")
     def _fill_control_period(self) -> ArmConfig:
         if self.control_period is None:
@@ -84,7 +128,22 @@ class CameraConfig(_Section):
     view from the home pose.
     """
 
-    device: int | str = Field(0, description="OpenCV device index or path (real camera).")
+    device: int | str = Field(
+        0, description="OpenCV device index, /dev/video path, or a video file (played at "
+        "fps, for dry runs and tests).",
+    )
+    fourcc: str | None = Field(
+        "MJPG", min_length=4, max_length=4,
+        description="Capture pixel format (MJPG lets USB 2 webcams reach 640x360 at 25+ "
+        "fps; null: the driver's default).",
+    )
+    exposure: float | None = Field(
+        None, description="Manual exposure in the driver's units (V4L2: 100 us steps); "
+        "null: auto exposure.",
+    )
+    white_balance: float | None = Field(
+        None, ge=1000, le=10000, description="Manual white balance, K; null: auto."
+    )
     width: int = Field(640, ge=16, le=4096, description="Capture width, px.")
     height: int = Field(360, ge=16, le=4096, description="Capture height, px.")
     fps: float = Field(25.0, gt=0, le=240, description="Capture rate, frames/s.")
@@ -163,7 +222,16 @@ class MonitorConfig(_Section):
     resolution_px: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
         default_factory=lambda: [1920, 1080], description="Screen width, height, px."
     )
-    screen: int = Field(0, ge=0, description="Index of the monitor for the target window.")
+    window_xy: Annotated[list[int], Field(min_length=2, max_length=2)] = Field(
+        default_factory=lambda: [0, 0],
+        description="Top-left corner of the target monitor on the desktop, px (`xrandr` "
+        "lists each output as WxH+X+Y); the full-screen window opens there.",
+    )
+    output: Literal["fullscreen", "offscreen"] = Field(
+        "fullscreen",
+        description="Real rig: fullscreen = an OpenCV window on the monitor; offscreen = "
+        "compose the image without a window (dry runs without a monitor, tests).",
+    )
 
 
 class TargetConfig(_Section):
@@ -391,7 +459,7 @@ class Config(_Section):
         """
         data = {
             "backend": self.backend,
-            "arm": self.arm.model_dump(mode="json", exclude={"host"}),
+            "arm": self.arm.model_dump(mode="json", include=_ARM_TASK_FIELDS),
             "camera": self.camera.model_dump(mode="json"),
             "task": self.task.model_dump(mode="json"),
             "agent": self.agent.learning_dict(),

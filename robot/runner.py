@@ -20,15 +20,21 @@ controller tick with the safety limits and stops the arm when commands go stale.
 (:meth:`ControlLoop.step`), so the sim runs as fast as the loop does.
 
 Resets (move home, draw a new target) are announced to the learner with Pause / Resume.
-A protective stop ends the episode (truncated) and the next reset clears it. Any other
-failure of the arm, the camera or the control thread stops the arm and ends the run with
-the error. The learner going silent either leaves the robot acting with its last weights
-(``robot.on_learner_lost: continue``; transitions are dropped and counted) or ends the
-episode and holds the arm until a learner is back (``stop``).
+A protective stop ends the episode (truncated) and the next reset clears it. A lost arm
+link (:class:`~robot.backends.base.ArmLinkLostError`: the RTDE stream stopped or the
+control script died) ends the episode (``arm_link_lost``; the control thread has stopped
+the arm, the controller's watchdog halts it if the stop could not be sent), then the arm
+is reconnected (``arm.reconnect_attempts``, ``arm.reconnect_interval`` apart) and the
+next reset goes on. Any other failure of the arm, the camera or the control thread stops
+the arm and ends the run with the error. The learner going silent either leaves the
+robot acting with its last weights (``robot.on_learner_lost: continue``; transitions are
+dropped and counted) or ends the episode and holds the arm until a learner is back
+(``stop``).
 
-Outputs in ``run_dir``: ``episodes.csv`` (one row per episode) and ``timing.json``
-(agent-step and control-tick timing, obs -> action latency, link counters), both written
-as the run goes, so a crash leaves them readable.
+Outputs in ``run_dir``: ``episodes.csv`` (one row per episode), ``safety.csv`` (every
+safety intervention of the control thread: tick, what was changed and why, requested and
+applied command) and ``timing.json`` (agent-step and control-tick timing, obs -> action
+latency, link counters), all written as the run goes, so a crash leaves them readable.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import numpy as np
 from learner.link import RobotLink
 from learner.messages import Shutdown, Spaces
 from learner.policy import MadiPolicy
-from robot.backends.base import ProtectiveStopError, Rig
+from robot.backends.base import ArmLinkLostError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
 from robot.observation import FrameStack, action_to_qd, proprio
@@ -61,6 +67,10 @@ logger = logging.getLogger(__name__)
 EPISODE_FIELDS = ("episode", "env_steps", "steps", "return", "success", "end",
                   "policy_version_first", "policy_version_last", "random_steps",
                   "safety_ticks", "stale_stops", "overruns", "wall_s")
+
+
+#: Columns of ``safety.csv`` (one row per control tick on which the limits intervened).
+SAFETY_FIELDS = ("episode", "tick", "t_ns", "kinds", "details", "requested", "applied")
 
 
 def spaces_of(cfg: Config) -> Spaces:
@@ -86,7 +96,7 @@ class EpisodeRecord:
         return_: Sum of rewards.
         success: The target was reached at some step.
         end: ``time_limit``, ``success`` (sparse reward), ``protective_stop``,
-            ``learner_lost``, ``stop_requested`` or ``steps_done``.
+            ``arm_link_lost``, ``learner_lost``, ``stop_requested`` or ``steps_done``.
         policy_version_first / policy_version_last: Weights version of the first / last
             action (0: random).
         random_steps: Actions chosen at random (no weights yet).
@@ -182,6 +192,10 @@ class RobotRunner:
         self._progress = progress
         self._last_progress = 0.0
         self._episodes_csv = self.run_dir / "episodes.csv"
+        self._safety_csv = self.run_dir / "safety.csv"
+        self._safety_writer: Any = None
+        self._safety_file: Any = None
+        self.arm_reconnects = 0
         self._timing_json = self.run_dir / "timing.json"
         self._t_start = time.monotonic()
         # The loops time with perf_counter; messages carry time.monotonic_ns (one offset,
@@ -214,10 +228,16 @@ class RobotRunner:
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         new_csv = not self._episodes_csv.exists()
-        with open(self._episodes_csv, "a", newline="") as f, self.rig:
+        new_safety = not self._safety_csv.exists()
+        with open(self._episodes_csv, "a", newline="") as f, \
+                open(self._safety_csv, "a", newline="") as safety_file, self.rig:
             writer = csv.DictWriter(f, fieldnames=EPISODE_FIELDS)
+            self._safety_writer = csv.writer(safety_file)
+            self._safety_file = safety_file
             if new_csv:
                 writer.writeheader()
+            if new_safety:
+                self._safety_writer.writerow(SAFETY_FIELDS)
             if self.realtime:  # after connect: the sim's GL thread stays at normal priority
                 set_thread_priority(self.cfg.robot.realtime_priority, "agent step")
             self._wait_for_learner()
@@ -229,6 +249,8 @@ class RobotRunner:
                     record = self._episode()
                     writer.writerow(record.row())
                     f.flush()
+                    if record.end == "arm_link_lost":
+                        self._reconnect_arm()
                     self._write_timing()
                     self._report_progress(force=True)
                 if not self.stopping:
@@ -312,7 +334,7 @@ class RobotRunner:
             link.resume("reset done")
         control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
                               deadline=cfg.robot.deadline(cfg.task.agent_period),
-                              timer=self.control_timer,
+                              timer=self.control_timer, watchdog_hz=cfg.arm.watchdog_hz,
                               realtime_priority=cfg.robot.control_priority())
         if self.realtime:
             control.start()
@@ -321,6 +343,7 @@ class RobotRunner:
             self._run_episode(control, record)
         finally:
             control.stop()
+            self._log_safety(record.episode, control)
             self.safety_ticks += control.intervention_ticks
             self.stale_stops += control.stale_stops
             record.safety_ticks = control.intervention_ticks
@@ -354,6 +377,9 @@ class RobotRunner:
             if control.state == "failed":
                 if isinstance(control.error, ProtectiveStopError):
                     end = "protective_stop"
+                elif isinstance(control.error, ArmLinkLostError):
+                    record.end = "arm_link_lost"
+                    break
                 else:
                     control.raise_if_failed()
             t_read = time.perf_counter_ns()
@@ -364,7 +390,12 @@ class RobotRunner:
                 frames.reset(frame.image)
             else:
                 frames.push(frame.image)
-            state = arm.read_state()
+            try:
+                state = arm.read_state()
+            except ArmLinkLostError as err:
+                logger.error("episode %d: %s", record.episode, err)
+                record.end = "arm_link_lost"
+                break
             next_obs = {"image": frames.image(),
                         "proprio": proprio(state.q, state.qd, prev_action, cfg.arm)}
             terminated = False
@@ -418,10 +449,63 @@ class RobotRunner:
             self._report_progress()
         record.overruns = timer.overruns - overruns0
         record.wall_s = time.monotonic() - t_episode
+        if record.end == "arm_link_lost":
+            logger.error("episode %d: arm link lost (%s); the arm was told to stop",
+                         record.episode, control.error)
         if record.end == "protective_stop":
             self.protective_stops += 1
             logger.warning("episode %d: protective stop (%s); the reset clears it",
                            record.episode, control.error)
+
+    def _log_safety(self, episode: int, control: ControlLoop) -> None:
+        """Append the episode's safety interventions to ``safety.csv``."""
+        events = control.events()
+        if self._safety_writer is None or not (events or control.dropped_events):
+            return
+        for ev in events:
+            self._safety_writer.writerow((
+                episode, ev.tick, ev.t_ns,
+                " ".join(i.kind for i in ev.interventions),
+                "; ".join(i.detail for i in ev.interventions),
+                " ".join(f"{v:.4f}" for v in ev.requested),
+                " ".join(f"{v:.4f}" for v in ev.applied)))
+        if control.dropped_events:
+            self._safety_writer.writerow((episode, "", "", "dropped",
+                                          f"{control.dropped_events} events not logged "
+                                          "(queue full)", "", ""))
+        self._safety_file.flush()
+        logger.info("episode %d: safety limits intervened on %d ticks (safety.csv)", episode,
+                    control.intervention_ticks)
+
+    def _reconnect_arm(self) -> None:
+        """Reconnect the arm after a lost link, servicing the learner link meanwhile.
+
+        Raises:
+            ArmLinkLostError: If ``arm.reconnect_attempts`` attempts all failed.
+        """
+        arm, cfg = self.rig.arm, self.cfg.arm
+        last: BaseException | None = None
+        for attempt in range(1, cfg.reconnect_attempts + 1):
+            if self.stopping:
+                return
+            arm.disconnect()
+            try:
+                arm.connect()
+            except Exception as err:
+                last = err
+                logger.warning("arm reconnect %d/%d failed: %s", attempt,
+                               cfg.reconnect_attempts, err)
+                end = time.monotonic() + cfg.reconnect_interval
+                while time.monotonic() < end and not self.stopping:
+                    self._service_link()
+                    time.sleep(0.02)
+                continue
+            self.arm_reconnects += 1
+            logger.info("arm reconnected (attempt %d); resetting", attempt)
+            return
+        raise ArmLinkLostError(f"the arm link is lost and {cfg.reconnect_attempts} reconnects "
+                               f"failed (last: {last}); check the cable and the controller, "
+                               "then start again (--resume continues the run)")
 
     # ------------------------------------------------------------------ link
     def _send(self, episode: int, step: int, obs: dict, action: np.ndarray, reward: float,
@@ -458,7 +542,8 @@ class RobotRunner:
 
         Returns:
             ``{"agent_step": {...}, "control_tick": {...}, "obs_to_action": {...},
-            "camera_read": {...}, "link": {...}, "protective_stops", "safety_ticks",
+            "camera_read": {...}, "link": {...}, "protective_stops", "arm_reconnects",
+            "safety_ticks",
             "stale_stops", "pace", "wall_s"}``; times in ms.
         """
         agent = self.agent_timer.report()
@@ -474,6 +559,7 @@ class RobotRunner:
             "obs_to_action": latency_percentiles_ms(self.latency.values()),
             "camera_read": latency_percentiles_ms(self.camera_wait.values()),
             "protective_stops": self.protective_stops,
+            "arm_reconnects": self.arm_reconnects,
             "safety_ticks": self.safety_ticks,
             "stale_stops": self.stale_stops,
         }

@@ -2,7 +2,8 @@
 
 :mod:`robot.backends.base` defines the interface (:class:`Arm`, :class:`Camera`,
 :class:`TargetDisplay`, :class:`Rig`) and its errors; :mod:`robot.backends.sim` puts the
-MuJoCo mirror behind it. :func:`make_rig` builds the rig a config names, importing its
+MuJoCo mirror behind it, :mod:`robot.backends.real` the physical UR5 rig (ur_rtde, OpenCV
+webcam, full-screen target window). :func:`make_rig` builds the rig a config names, importing its
 backend lazily so that a real rig never loads MuJoCo.
 """
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from robot.backends.base import (
     Arm,
+    ArmLinkLostError,
     ArmState,
     Camera,
     Device,
@@ -34,7 +36,8 @@ def make_rig(cfg: Config) -> Rig:
         cfg: Validated config.
 
     Returns:
-        A :class:`Rig`: the MuJoCo mirror for ``"sim"``.
+        A :class:`Rig`: the MuJoCo mirror for ``"sim"``, the UR arm + webcam + target
+        window for ``"ur5"``.
 
     Raises:
         DeviceError: For a backend this version cannot drive.
@@ -43,13 +46,17 @@ def make_rig(cfg: Config) -> Rig:
         from robot.backends.sim import SimRig
 
         return SimRig(cfg)
-    raise DeviceError(f"backend {cfg.backend!r}: the real UR5 rig (ur_rtde, webcam, target "
-                      "display) is not part of this version; use backend: sim")
+    if cfg.backend == "ur5":
+        from robot.backends.real import RealRig
+
+        return RealRig(cfg)
+    raise DeviceError(f"unknown backend {cfg.backend!r}; use sim or ur5")
 
 
 __all__ = [
     "make_rig",
     "Arm",
+    "ArmLinkLostError",
     "ArmState",
     "Camera",
     "Device",

@@ -38,6 +38,14 @@ class DeviceError(RuntimeError):
     """A device failed or reported a fault (lost link, driver error, controller halted)."""
 
 
+class ArmLinkLostError(DeviceError):
+    """The link to the arm controller is lost: no fresh joint state, or commands fail.
+
+    The robot process stops the episode, tries to reconnect (``arm.reconnect_attempts``)
+    and resets; the controller-side watchdog halts the arm meanwhile.
+    """
+
+
 class DeviceNotConnectedError(ConnectionError):
     """A device was used before ``connect()`` or after ``disconnect()``."""
 

@@ -1,0 +1,410 @@
+"""The physical UR5 (CB3 or e-series) behind :class:`robot.backends.base.Arm`, via ur_rtde.
+
+:class:`UR5Arm` holds ur_rtde's two RTDE interfaces (PyPI ``ur-rtde``; modules
+``rtde_control``, ``rtde_receive``, ``dashboard_client``):
+
+- ``RTDEReceiveInterface`` reads the controller's state stream (125 Hz CB3, 500 Hz
+  e-series). ur_rtde caches the newest sample and, after the link drops, keeps returning
+  it without an error. :meth:`UR5Arm.read_state` therefore refuses a sample when
+  ``isConnected()`` is False or when the controller timestamp has not advanced for
+  ``arm.state_timeout`` (:class:`ArmLinkLostError`).
+- ``RTDEControlInterface`` runs ur_rtde's control script on the controller, uploaded at
+  connect (``arm.control_mode: upload_script``, the robot in remote control) or started
+  from the pendant through the ExternalControl URCap (``urcap``). speedJ is streamed by
+  the caller's control loop, one command per controller tick; the controller's step time
+  (``getStepTime``) must equal ``arm.control_period``, or connect fails saying which
+  ``arm.model`` fits.
+
+Safety of every exit path: the script keeps executing ``speedj(last target)`` when the
+client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stopScript``
+(each tried even if the other failed), and the RTDE watchdog is armed at
+``arm.watchdog_hz`` when the control loop starts: if this process dies, hangs or loses the
+cable, the script halts the arm after 1/watchdog_hz s. Between control loops (resets,
+waiting for a learner) a keeper thread kicks the watchdog, so it fires only when this
+process is gone or the link is down. All control-interface calls are serialised by one
+lock (ur_rtde's interface is not meant for concurrent callers).
+
+Faults: a call that raises ``RuntimeError``, or returns False while the link is down or
+the script has stopped, raises :class:`ArmLinkLostError`; a protective or emergency stop
+raises :class:`ProtectiveStopError`. :meth:`UR5Arm.move_home` clears a protective stop as
+``arm.protective_stop_recovery`` says: ``operator`` waits (up to
+``arm.protective_stop_wait``) for a person to clear it on the pendant; ``dashboard``
+unlocks it through the dashboard server once UR's 5 s wait has passed. An emergency stop
+always needs a person. Then it re-uploads the script and moves home with moveJ at no more
+than ``arm.home_speed``.
+
+Facts: ur_rtde 1.6 API and pitfalls (``../shared/reference/realtime-robots.md``); safety
+status bits 2 = protective stopped, 7 = emergency stopped (RTDE guide).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from robot.backends.base import (
+    N_JOINTS,
+    Arm,
+    ArmLinkLostError,
+    ArmState,
+    DeviceError,
+    ProtectiveStopError,
+)
+from robot.config import ArmConfig
+
+logger = logging.getLogger(__name__)
+
+#: UR's rule: a protective stop can be unlocked no sooner than this after it happened, s.
+UNLOCK_DELAY = 5.0
+#: CB3 controllers have major version <= 3 (ur_rtde's CB3_MAJOR_VERSION).
+CB3_MAJOR_VERSION = 3
+
+
+def load_ur_rtde() -> SimpleNamespace:
+    """The three ur_rtde classes the backend uses, imported on demand.
+
+    Returns:
+        A namespace with ``RTDEControlInterface``, ``RTDEReceiveInterface`` and
+        ``DashboardClient``.
+
+    Raises:
+        DeviceError: If ur_rtde is not installed (``pip install ur-rtde``).
+    """
+    try:
+        import dashboard_client
+        import rtde_control
+        import rtde_receive
+    except ImportError as err:
+        raise DeviceError(f"the real arm needs ur_rtde ({err}); install it with "
+                          "`pip install ur-rtde`") from None
+    return SimpleNamespace(RTDEControlInterface=rtde_control.RTDEControlInterface,
+                           RTDEReceiveInterface=rtde_receive.RTDEReceiveInterface,
+                           DashboardClient=dashboard_client.DashboardClient)
+
+
+def model_of_step_time(step_time: float) -> str:
+    """The ``arm.model`` that matches a controller step time (0.008 s CB3, 0.002 s e-series)."""
+    return "ur5" if step_time > 0.004 else "ur5e"
+
+
+class UR5Arm(Arm):
+    """A UR arm on the network, driven by speedJ through ur_rtde (see module docstring).
+
+    Args:
+        arm: Arm config: ``host``, ``model``/``control_period``, ``control_mode``,
+            ``urcap_port``, ``home_speed``, ``acceleration``, ``state_timeout``,
+            ``watchdog_hz``, ``protective_stop_recovery``, ``protective_stop_wait``.
+        rt_priority: SCHED_FIFO priority for ur_rtde's receive thread (ur_rtde applies it
+            only on a real-time kernel with rtprio limits); ``None`` for normal scheduling.
+        rtde: The module (or namespace) providing ur_rtde's ``RTDEControlInterface``,
+            ``RTDEReceiveInterface`` and ``DashboardClient``; default: the real ur_rtde.
+
+    Raises:
+        DeviceError: On connect, if ``arm.host`` is unset, ur_rtde is missing, nothing
+            answers at the host, the controller refuses the script, or its step time
+            does not match ``arm.control_period``.
+    """
+
+    name = "UR arm"
+
+    def __init__(self, arm: ArmConfig, rt_priority: int | None = None,
+                 rtde: ModuleType | SimpleNamespace | None = None):
+        super().__init__()
+        self._cfg = arm
+        self._rt_priority = int(rt_priority or 0)
+        self._rtde = rtde
+        self._rx: Any = None
+        self._ctrl: Any = None
+        self._lock = threading.Lock()  # serialises control-interface calls
+        self._state_lock = threading.Lock()
+        self._last_ts: float | None = None
+        self._last_change_ns = 0
+        self._watchdog_hz: float | None = None
+        self._last_kick = 0.0
+        self._keeper_stop = threading.Event()
+        self._keeper: threading.Thread | None = None
+        self.step_time: float | None = None  # the controller's, s (set at connect)
+
+    @property
+    def host(self) -> str:
+        """The controller's address (``arm.host``)."""
+        return str(self._cfg.host)
+
+    @property
+    def control_period(self) -> float:
+        """Controller tick, s (``arm.control_period``, checked against the controller)."""
+        return float(self._cfg.control_period)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _connect(self) -> None:
+        cfg = self._cfg
+        if not cfg.host:
+            raise DeviceError("arm.host is not set: put the controller's IP in the config "
+                              "(arm.host) or pass --host")
+        rtde = self._rtde or load_ur_rtde()
+        self._rtde = rtde
+        try:
+            self._rx = rtde.RTDEReceiveInterface(cfg.host, -1.0, [], False, False,
+                                                 self._rt_priority)
+        except RuntimeError as err:
+            raise DeviceError(
+                f"cannot reach the UR controller at {cfg.host} (RTDE, TCP 30004): {err}. "
+                "Check the Ethernet cable and the PC's static IP, that the controller is on "
+                "and that arm.host is its address (pendant: Settings > System > Network)"
+            ) from None
+        flags = (rtde.RTDEControlInterface.FLAG_USE_EXT_UR_CAP if cfg.control_mode == "urcap"
+                 else rtde.RTDEControlInterface.FLAG_UPLOAD_SCRIPT)
+        try:
+            self._ctrl = rtde.RTDEControlInterface(cfg.host, -1.0, flags, cfg.urcap_port,
+                                                   self._rt_priority)
+        except RuntimeError as err:
+            self._close_receive()
+            fix = ("start the program with the ExternalControl URCap node on the pendant "
+                   f"(port {cfg.urcap_port})" if cfg.control_mode == "urcap" else
+                   "put the robot in remote control (e-series: pendant top right) and make "
+                   "sure no other program runs")
+            raise DeviceError(f"the UR controller at {cfg.host} refused the control script: "
+                              f"{err}. Fix: {fix}") from None
+        try:
+            self.step_time = float(self._ctrl.getStepTime())
+            if abs(self.step_time - self.control_period) > 1e-6:
+                raise DeviceError(
+                    f"the controller at {cfg.host} runs at {1 / self.step_time:.0f} Hz "
+                    f"(step {self.step_time} s) but the config streams every "
+                    f"{self.control_period} s (arm.model={cfg.model}); set arm.model: "
+                    f"{model_of_step_time(self.step_time)} and leave arm.control_period unset")
+        except BaseException:
+            self._close_control()
+            self._close_receive()
+            raise
+        self._last_ts, self._last_change_ns = None, time.monotonic_ns()
+        self._keeper_stop.clear()
+        self._keeper = threading.Thread(target=self._keep_watchdog, name="watchdog keeper",
+                                        daemon=True)
+        self._keeper.start()
+        logger.info("UR controller %s: step %.3f s, %s mode", cfg.host, self.step_time,
+                    cfg.control_mode)
+
+    def _disconnect(self) -> None:
+        self._keeper_stop.set()
+        if self._keeper is not None:
+            self._keeper.join(1.0)
+            self._keeper = None
+        self._close_control()
+        self._close_receive()
+        self._watchdog_hz = None
+
+    def _close_control(self) -> None:
+        ctrl, self._ctrl = self._ctrl, None
+        if ctrl is None:
+            return
+        with self._lock:
+            for what, call in (("speedStop", lambda: ctrl.speedStop(self._cfg.acceleration)),
+                               ("stopScript", ctrl.stopScript),
+                               ("disconnect", ctrl.disconnect)):
+                try:
+                    call()
+                except Exception as err:  # every step is tried; the watchdog is the backstop
+                    logger.error("UR %s on disconnect failed: %s", what, err)
+
+    def _close_receive(self) -> None:
+        rx, self._rx = self._rx, None
+        if rx is not None:
+            try:
+                rx.disconnect()
+            except Exception as err:
+                logger.error("UR receive disconnect failed: %s", err)
+
+    # ------------------------------------------------------------------ state
+    def _read_state(self) -> ArmState:
+        rx = self._rx
+        try:
+            if not rx.isConnected():
+                raise ArmLinkLostError(
+                    f"the RTDE link to {self.host} is down (ur_rtde's cached joint state is "
+                    "refused); check the cable and the controller")
+            ts = float(rx.getTimestamp())
+            q = np.array(rx.getActualQ(), dtype=np.float64)
+            qd = np.array(rx.getActualQd(), dtype=np.float64)
+            bits = int(rx.getSafetyStatusBits())
+        except RuntimeError as err:
+            raise ArmLinkLostError(f"reading the UR state from {self.host} failed: {err}") \
+                from None
+        now = time.monotonic_ns()
+        with self._state_lock:
+            if ts != self._last_ts:
+                self._last_ts, self._last_change_ns = ts, now
+            elif now - self._last_change_ns > self._cfg.state_timeout * 1e9:
+                raise ArmLinkLostError(
+                    f"no new joint state from {self.host} for "
+                    f"{(now - self._last_change_ns) / 1e6:.0f} ms (controller time stuck at "
+                    f"{ts:.3f} s; limit arm.state_timeout={self._cfg.state_timeout} s)")
+            t_ns = self._last_change_ns
+        if q.shape != (N_JOINTS,) or qd.shape != (N_JOINTS,):
+            raise DeviceError(f"the UR controller sent {q.shape} joint values, expected 6")
+        return ArmState(q=q, qd=qd, t_ns=t_ns, protective_stopped=bool(bits >> 2 & 1),
+                        emergency_stopped=bool(bits >> 7 & 1))
+
+    def _stopped(self) -> str:
+        """``"protective"``/``"emergency"`` if the controller reports a stop, else ``""``."""
+        rx = self._rx
+        try:
+            bits = int(rx.getSafetyStatusBits())
+        except RuntimeError:
+            return ""
+        if bits >> 7 & 1:
+            return "emergency"
+        return "protective" if bits >> 2 & 1 else ""
+
+    # ------------------------------------------------------------------ commands
+    def _control_call(self, what: str, call) -> Any:
+        """Run one control-interface call under the lock; map failures to our errors."""
+        ctrl = self._ctrl
+        with self._lock:
+            try:
+                result = call(ctrl)
+            except RuntimeError as err:
+                raise ArmLinkLostError(f"UR {what} to {self.host} failed: {err}") from None
+            if result is False:
+                self._explain_refusal(what)
+            self._last_kick = time.monotonic()
+        return result
+
+    def _explain_refusal(self, what: str) -> None:
+        kind = self._stopped()
+        if kind:
+            raise ProtectiveStopError(f"the UR arm is {kind}-stopped; {what} refused")
+        ctrl = self._ctrl
+        try:
+            connected = ctrl.isConnected()
+            running = connected and ctrl.isProgramRunning()
+        except RuntimeError:
+            connected = running = False
+        if not connected:
+            raise ArmLinkLostError(f"UR {what}: the RTDE link to {self.host} is down")
+        if not running:
+            raise ArmLinkLostError(
+                f"UR {what}: the control script on {self.host} is not running (the watchdog "
+                "fired, a program was stopped on the pendant, or a safety event)")
+        raise DeviceError(f"the UR controller at {self.host} refused {what}")
+
+    def _speedj(self, qd: np.ndarray, acceleration: float) -> None:
+        kind = self._stopped()
+        if kind:
+            raise ProtectiveStopError(f"the UR arm is {kind}-stopped; call move_home() "
+                                      "to clear it")
+        values = qd.tolist()
+        period = self.control_period
+        self._control_call("speedJ", lambda c: c.speedJ(values, acceleration, period))
+
+    def _speed_stop(self, deceleration: float) -> None:
+        if self._stopped():
+            return  # the controller already holds the arm
+        try:
+            self._control_call("speedStop", lambda c: c.speedStop(deceleration))
+        except ProtectiveStopError:
+            pass
+
+    def _set_watchdog(self, min_frequency: float) -> None:
+        self._control_call("setWatchdog", lambda c: c.setWatchdog(min_frequency))
+        self._watchdog_hz = min_frequency
+
+    def _kick_watchdog(self) -> None:
+        self._control_call("kickWatchdog", lambda c: c.kickWatchdog())
+
+    def _keep_watchdog(self) -> None:
+        """Kick the armed watchdog when nothing else has for a third of its window."""
+        while not self._keeper_stop.wait(0.01):
+            hz = self._watchdog_hz
+            if hz is None or time.monotonic() - self._last_kick < 1.0 / (3.0 * hz):
+                continue
+            try:
+                self._kick_watchdog()
+            except Exception as err:  # the control loop or the reset reports link errors
+                logger.debug("watchdog keeper: %s", err)
+
+    # ------------------------------------------------------------------ reset
+    def _move_home(self, q: np.ndarray, duration: float) -> None:
+        cfg = self._cfg
+        self._clear_stop()
+        state = self._read_state()
+        distance = float(np.max(np.abs(q - state.q)))
+        speed = min(cfg.home_speed, max(0.05, distance / max(duration, 1e-3)))
+        goal = q.tolist()
+        self._control_call("moveJ", lambda c: c.moveJ(goal, speed, cfg.acceleration, True))
+        expected = distance / speed + speed / cfg.acceleration
+        deadline = time.monotonic() + 2.0 * expected + 5.0
+        while True:
+            time.sleep(0.02)
+            state = self._read_state()
+            if state.protective_stopped or state.emergency_stopped:
+                raise ProtectiveStopError(f"the UR arm stopped while moving home to "
+                                          f"{np.round(q, 3).tolist()}")
+            if np.max(np.abs(q - state.q)) < 2e-3 and np.max(np.abs(state.qd)) < 1e-2:
+                return
+            if time.monotonic() > deadline:
+                self._control_call("stopJ", lambda c: c.stopJ(cfg.acceleration))
+                raise DeviceError(f"the UR arm did not reach home {np.round(q, 3).tolist()} "
+                                  f"within {2.0 * expected + 5.0:.1f} s (at "
+                                  f"{np.round(state.q, 3).tolist()})")
+
+    def _clear_stop(self) -> None:
+        """Clear a protective stop per ``arm.protective_stop_recovery``; restart the script."""
+        cfg = self._cfg
+        kind = self._stopped()
+        if kind == "emergency":
+            raise ProtectiveStopError(
+                "the emergency stop is pressed: release it on the pendant, power the arm on "
+                "and release the brakes, then start again")
+        if kind == "protective":
+            if cfg.protective_stop_recovery == "dashboard":
+                self._unlock_by_dashboard()
+            else:
+                self._wait_for_operator()
+        if not self._ctrl.isProgramRunning():
+            logger.info("UR control script not running: uploading it again")
+            if not self._control_call("reuploadScript", lambda c: c.reuploadScript()):
+                raise ArmLinkLostError(f"could not restart the control script on {self.host}")
+
+    def _wait_for_operator(self) -> None:
+        cfg = self._cfg
+        logger.warning("UR protective stop: find the cause, then clear it on the pendant; "
+                       "waiting up to %.0f s", cfg.protective_stop_wait)
+        end = time.monotonic() + cfg.protective_stop_wait
+        while self._stopped() == "protective":
+            if time.monotonic() > end:
+                raise ProtectiveStopError(
+                    f"the protective stop was not cleared within arm.protective_stop_wait="
+                    f"{cfg.protective_stop_wait:.0f} s; clear it on the pendant and start again")
+            time.sleep(0.1)
+        logger.info("UR protective stop cleared by the operator")
+
+    def _unlock_by_dashboard(self) -> None:
+        cfg = self._cfg
+        dashboard = self._rtde.DashboardClient(cfg.host)
+        try:
+            dashboard.connect()
+        except RuntimeError as err:
+            raise ProtectiveStopError(f"cannot reach the dashboard server of {cfg.host} "
+                                      f"(TCP 29999) to unlock the protective stop: {err}") \
+                from None
+        try:
+            logger.warning("UR protective stop: unlocking it through the dashboard "
+                           "(arm.protective_stop_recovery: dashboard)")
+            end = time.monotonic() + max(cfg.protective_stop_wait, UNLOCK_DELAY + 1.0)
+            while self._stopped() == "protective":
+                if time.monotonic() > end:
+                    raise ProtectiveStopError(
+                        f"the dashboard of {cfg.host} did not unlock the protective stop "
+                        f"within {cfg.protective_stop_wait:.0f} s ({dashboard.safetystatus()})")
+                dashboard.closeSafetyPopup()
+                dashboard.unlockProtectiveStop()  # refused until 5 s after the stop
+                time.sleep(0.5)
+        finally:
+            dashboard.disconnect()
+        logger.info("UR protective stop unlocked")

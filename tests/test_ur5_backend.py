@@ -1,0 +1,182 @@
+"""The real-arm backend (robot/backends/ur5.py) against the ur_rtde test double.
+
+The double (tests/fake_ur_rtde.py) has ur_rtde's class names and signatures and runs the
+sim mirror's arm at the controller rate, in real time, with the real controller's faults.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import fake_ur_rtde
+import numpy as np
+import pytest
+from fake_ur_rtde import running_controller
+
+from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError
+from robot.backends.ur5 import UR5Arm
+from robot.config import config_from_dict
+
+
+def ur5_config(**arm):
+    return config_from_dict({
+        "backend": "ur5",
+        "arm": {"host": "ur-fake", "reset_duration": 0.2, "watchdog_hz": 10.0, **arm},
+        "camera": {"subsample": 8},
+    })
+
+
+def wait_for(predicate, timeout=3.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture
+def cfg():
+    return ur5_config()
+
+
+@pytest.fixture
+def controller(cfg):
+    with running_controller(cfg, "ur-fake", unlock_delay=0.3) as c:
+        yield c
+
+
+@pytest.fixture
+def arm(cfg, controller):
+    arm = UR5Arm(cfg.arm, rtde=fake_ur_rtde)
+    arm.connect()
+    yield arm
+    arm.disconnect()
+
+
+def test_reads_the_controllers_joint_state(arm, controller):
+    state = arm.read_state()
+    np.testing.assert_allclose(state.q, controller.q, atol=1e-3)
+    assert state.qd.shape == (6,) and not state.protective_stopped
+    assert arm.step_time == pytest.approx(0.008)
+
+
+def test_speedj_moves_the_arm_and_disconnect_stops_it_and_the_script(arm, controller):
+    q0 = arm.read_state().q
+    qd = np.array([0.2, 0, 0, 0, 0, 0])
+    t_end = time.monotonic() + 0.3
+    while time.monotonic() < t_end:
+        arm.speedj(qd, 1.4)
+        time.sleep(0.008)
+    assert arm.read_state().q[0] - q0[0] > 0.01
+    arm.disconnect()
+    assert controller.speed_stop_calls == 1 and controller.stop_script_calls == 1
+    assert not controller.program_running
+    np.testing.assert_array_equal(controller.target, 0.0)
+
+
+def test_unreachable_controller_is_a_clear_error(cfg):
+    arm = UR5Arm(cfg.arm.model_copy(update={"host": "nobody-here"}), rtde=fake_ur_rtde)
+    with pytest.raises(DeviceError, match="cannot reach the UR controller at nobody-here"):
+        arm.connect()
+    assert not arm.is_connected
+
+
+def test_missing_host_names_the_key(cfg):
+    with pytest.raises(DeviceError, match="arm.host"):
+        UR5Arm(cfg.arm.model_copy(update={"host": None}), rtde=fake_ur_rtde).connect()
+
+
+def test_controller_generation_must_match_the_config(cfg):
+    with running_controller(cfg, "ur-e", version=(5, 11, 0)) as controller:
+        arm = UR5Arm(cfg.arm.model_copy(update={"host": "ur-e"}), rtde=fake_ur_rtde)
+        with pytest.raises(DeviceError, match="500 Hz.*arm.model: ur5e"):
+            arm.connect()
+        assert not controller.program_running  # the script was stopped again
+
+
+def test_eseries_upload_needs_remote_control_urcap_does_not():
+    cfg = ur5_config(model="ur5e")
+    with running_controller(cfg, "ur-e", version=(5, 11, 0), remote_control=False):
+        arm = UR5Arm(cfg.arm.model_copy(update={"host": "ur-e"}), rtde=fake_ur_rtde)
+        with pytest.raises(DeviceError, match="remote control"):
+            arm.connect()
+        urcap = UR5Arm(cfg.arm.model_copy(update={"host": "ur-e", "control_mode": "urcap"}),
+                       rtde=fake_ur_rtde)
+        urcap.connect()
+        assert urcap.step_time == pytest.approx(0.002)
+        urcap.disconnect()
+
+
+def test_link_drop_refuses_cached_state_and_the_watchdog_halts_the_arm(arm, controller):
+    arm.set_watchdog(10.0)
+    arm.speedj(np.array([0.1, 0, 0, 0, 0, 0]), 1.4)
+    controller.drop_link()
+    with pytest.raises(ArmLinkLostError, match="link .* is down"):
+        arm.read_state()
+    with pytest.raises(ArmLinkLostError):
+        arm.speedj(np.zeros(6), 1.4)
+    # The script runs on with the last target (the ur_rtde pitfall) ...
+    assert controller.target[0] == pytest.approx(0.1)
+    # ... until the watchdog sees no input for 1/10 s and halts it.
+    assert wait_for(lambda: controller.watchdog_fired, 1.0)
+    np.testing.assert_array_equal(controller.target, 0.0)
+    controller.restore_link()
+    arm.disconnect()
+    arm.connect()  # a reconnect after the link is back works
+    assert arm.read_state().q.shape == (6,)
+
+
+def test_watchdog_keeper_feeds_an_idle_connected_arm(arm, controller):
+    arm.set_watchdog(10.0)
+    time.sleep(0.5)  # no commands: the keeper kicks
+    assert not controller.watchdog_fired and controller.program_running
+
+
+def test_protective_stop_refuses_motion_and_operator_clears_it(cfg, controller):
+    arm = UR5Arm(cfg.arm.model_copy(update={"protective_stop_wait": 5.0}), rtde=fake_ur_rtde)
+    with arm:
+        controller.protective_stop()
+        assert arm.read_state().protective_stopped
+        with pytest.raises(ProtectiveStopError):
+            arm.speedj(np.zeros(6), 1.4)
+        arm.speed_stop(1.4)  # always allowed
+
+        def operator():
+            time.sleep(0.3)
+            with controller.lock:
+                controller.protective_stopped = False  # cleared on the pendant
+
+        threading.Thread(target=operator, daemon=True).start()
+        home = np.asarray(cfg.arm.q_home) + np.array([0.05, 0, 0, 0, 0, 0])
+        arm.move_home(home, 0.2)
+        np.testing.assert_allclose(arm.read_state().q, home, atol=3e-3)
+        assert controller.program_running  # the script was uploaded again
+        arm.speedj(np.zeros(6), 1.4)
+
+
+def test_protective_stop_not_cleared_ends_with_a_clear_error(cfg, controller):
+    arm = UR5Arm(cfg.arm.model_copy(update={"protective_stop_wait": 0.3}), rtde=fake_ur_rtde)
+    with arm:
+        controller.protective_stop()
+        with pytest.raises(ProtectiveStopError, match="not cleared within"):
+            arm.move_home(np.asarray(cfg.arm.q_home), 0.2)
+
+
+def test_dashboard_recovery_waits_for_the_unlock_delay(cfg, controller):
+    arm = UR5Arm(cfg.arm.model_copy(update={"protective_stop_recovery": "dashboard"}),
+                 rtde=fake_ur_rtde)
+    with arm:
+        controller.protective_stop()
+        t0 = time.monotonic()
+        arm.move_home(np.asarray(cfg.arm.q_home), 0.2)
+        assert time.monotonic() - t0 >= controller.unlock_delay
+        assert not controller.protective_stopped and controller.program_running
+
+
+def test_emergency_stop_needs_a_person(arm, controller, cfg):
+    controller.press_emergency_stop()
+    assert arm.read_state().emergency_stopped
+    with pytest.raises(ProtectiveStopError, match="emergency stop is pressed"):
+        arm.move_home(np.asarray(cfg.arm.q_home), 0.2)
