@@ -5,7 +5,8 @@ Subcommands:
     madi train    train MaDi-SAC: a learner process and the robot process on the sim,
                   linked by ZeroMQ (``--sync``: one process, the sim in fast pace)
     madi learner  the learner process alone (e.g. on a GPU machine): ``--bind ADDR``
-    madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``
+    madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``;
+                  ``madi robot check --host IP [--move]``: preflight of the real rig
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -29,6 +30,7 @@ log = logging.getLogger("madi")
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIM_CONFIG = CONFIGS / "sim_ur5_visual_reacher.yaml"
+UR5_CONFIG = CONFIGS / "ur5_visual_reacher.yaml"
 QUICK_CONFIG = CONFIGS / "sim_quick.yaml"
 
 
@@ -146,14 +148,13 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train MaDi-SAC on the simulated arm: learner process + robot process (or --sync)."""
+    """Train MaDi-SAC: learner process + robot process on the sim or the real arm (or --sync)."""
     if args.sync:
         args.overrides.append("sim.pace=fast")
     config_path, cfg, run_dir = _train_config(args)
-    if cfg.backend != "sim":
-        log.error("%s drives backend %r; `madi train` trains on the sim mirror. For the real "
-                  "arm run `madi learner` and `madi robot` (robot process on the robot's "
-                  "computer); use a sim config here", config_path, cfg.backend)
+    if cfg.backend != "sim" and args.sync:
+        log.error("--sync runs the sim in lockstep; on the real arm (%s) the robot and the "
+                  "learner always run as two processes: drop --sync", config_path)
         return 2
     _write_config(cfg, run_dir)
     log.info("run dir %s (config %s, task hash %s, variant %s)", run_dir, config_path.name,
@@ -223,6 +224,9 @@ def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) 
              run_dir / "learner.log")
     try:
         result = _run_robot(cfg, address, run_dir, args, learner=learner)
+    except BaseException:
+        learner.terminate()  # it checkpoints and exits; no robot is coming
+        raise
     finally:
         try:
             code = learner.wait(timeout=60)
@@ -300,7 +304,9 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
 
 def cmd_robot(args: argparse.Namespace) -> int:
     """The robot process alone: drive the rig, act locally, stream to a learner."""
-    config_path = args.config
+    if args.action == "check":
+        return cmd_robot_check(args)
+    config_path = args.config or SIM_CONFIG
     _steps_and_pace(args)
     cfg = _load(args, config_path)
     address = args.learner or cfg.link.address
@@ -315,6 +321,25 @@ def cmd_robot(args: argparse.Namespace) -> int:
     summary = _run_robot(cfg, address, run_dir, args)
     log.info("robot done: %s", summary)
     return 0
+
+
+def cmd_robot_check(args: argparse.Namespace) -> int:
+    """``madi robot check``: the real rig's preflight table; exit 0 if nothing failed."""
+    from robot.preflight import Preflight, format_table
+
+    if args.host:
+        args.overrides.append(f"arm.host={args.host}")
+    cfg = _load(args, args.config or UR5_CONFIG)
+    out = args.out or Path(cfg.train.run_dir) / (
+        "preflight-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    if args.move:
+        log.warning("--move: each active joint jogs 3 deg at %.1f rad/s and back; keep the "
+                    "emergency stop in reach", 0.1)
+    preflight = Preflight(cfg, out, move=args.move)
+    print(format_table(preflight.run()))
+    verdict = "PASS" if preflight.passed else "FAIL"
+    print(f"\npreflight {verdict} ({cfg.arm.host}); details in {out / 'preflight.json'}")
+    return 0 if preflight.passed else 1
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -371,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for one mp4 and one PNG strip per episode")
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("train", help="train MaDi-SAC on the simulated arm")
+    p = sub.add_parser("train", help="train MaDi-SAC (the sim by default; the real UR5 "
+                       "with a ur5 config)")
     _add_config_args(p, None)
     p.add_argument("--sync", action="store_true",
                    help="one process: act, step the sim in fast pace, update (no link)")
@@ -398,13 +424,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit when the robot shuts down (used by madi train)")
     p.set_defaults(func=cmd_learner)
 
-    p = sub.add_parser("robot", help="run the robot process alone, streaming to a learner")
-    _add_config_args(p, SIM_CONFIG)
+    p = sub.add_parser("robot", help="run the robot process alone, streaming to a learner; "
+                       "`madi robot check`: preflight of the real rig")
+    p.add_argument("action", nargs="?", choices=["run", "check"], default="run",
+                   help="run (default): the robot process; check: preflight that moves "
+                   "nothing (default config configs/ur5_visual_reacher.yaml)")
+    _add_config_args(p, None)
+    p.add_argument("--host", default=None, help="check: the controller's IP (arm.host)")
+    p.add_argument("--move", action="store_true",
+                   help="check: also jog each active joint 3 deg at low speed and back")
     p.add_argument("--learner", default=None, metavar="ADDR",
                    help="the learner's address, e.g. tcp://gpu-box:5555 (default: "
                    "link.address)")
     p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
-    p.add_argument("--out", type=Path, default=None, help="run folder")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run folder (check: where the table and a camera frame go)")
     p.add_argument("--pace", choices=["realtime", "fast"], default=None,
                    help="sim pace (sim only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -418,12 +452,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from learner.link import LinkError
+    from robot.backends.base import DeviceError
 
     try:
         return args.func(args)
     except (ConfigError, LinkError) as err:
         log.error("%s", err)
         return 2
+    except DeviceError as err:  # the arm was stopped before this propagated
+        log.error("robot stopped: %s", err)
+        return 1
 
 
 if __name__ == "__main__":

@@ -210,6 +210,14 @@ class FakeController:
             self.protective_stop("contact")
 
     # ------------------------------------------------------------------ script commands
+    def start_script(self) -> None:
+        """A fresh control script: running, no watchdog until one is set (hold the lock)."""
+        self.program_running = True
+        self.watchdog_hz = None
+        self._target[:] = 0.0
+        self._move_goal = None
+        self._last_kick = time.monotonic()
+
     def require_link(self, epoch: int) -> None:
         if not self.link_up or epoch != self.link_epoch:
             raise RuntimeError("RTDEControlInterface: not connected to the robot")
@@ -299,8 +307,7 @@ class RTDEControlInterface:
         self._epoch = c.link_epoch
         self.flags = flags
         with c.lock:
-            c.program_running = True  # the script is uploaded and started
-            c._last_kick = time.monotonic()
+            c.start_script()
 
     def _call(self) -> FakeController:
         self._c.require_link(self._epoch)
@@ -319,8 +326,8 @@ class RTDEControlInterface:
             return False
         self._epoch = c.link_epoch
         with c.lock:
-            c.program_running = not c.protective_stopped
-            c._last_kick = time.monotonic()
+            if not c.protective_stopped:
+                c.start_script()
         return True
 
     def reuploadScript(self) -> bool:  # noqa: N802
@@ -328,9 +335,7 @@ class RTDEControlInterface:
         with c.lock:
             if c.protective_stopped or c.emergency_stopped:
                 return False
-            c.program_running = True
-            c.watchdog_fired = False
-            c._last_kick = time.monotonic()
+            c.start_script()
         return True
 
     def disconnect(self) -> None:

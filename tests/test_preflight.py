@@ -1,0 +1,83 @@
+"""``madi robot check``: the real rig's preflight, on the ur_rtde double and a video file."""
+
+from __future__ import annotations
+
+import json
+
+import fake_ur_rtde
+import numpy as np
+import pytest
+import yaml
+from fake_ur_rtde import running_controller
+from test_real_rig import rig_config, write_video
+
+from robot.cli import main
+from robot.preflight import Preflight, format_table
+
+
+def statuses(checks):
+    return {c.name: c.status for c in checks}
+
+
+@pytest.fixture
+def video(tmp_path):
+    return write_video(tmp_path / "cam.avi", 6)
+
+
+def test_everything_passes_on_a_healthy_rig_and_nothing_moves(tmp_path, video):
+    cfg = rig_config(video)
+    with running_controller(cfg, "ur-fake") as controller:
+        q0 = controller.q
+        checks = Preflight(cfg, tmp_path / "pf", rtde=fake_ur_rtde).run()
+        np.testing.assert_allclose(controller.q, q0, atol=1e-6)  # moved nothing
+        assert not controller.program_running  # the script was stopped again
+    got = statuses(checks)
+    assert got["controller"] == "pass" and got["robot mode"] == "pass"
+    assert got["safety status"] == "pass" and got["remote control"] == "skip"  # CB3
+    assert got["RTDE stream"] == "pass" and got["joint state"] == "pass"
+    assert got["control script"] == "pass" and got["target display"] == "pass"
+    assert got["camera"] == "pass", [c.detail for c in checks if c.name == "camera"]
+    camera = next(c for c in checks if c.name == "camera")
+    assert "fps measured" in camera.detail and "red target covers" in camera.detail
+    assert (tmp_path / "pf" / "camera_frame.png").exists()
+    saved = json.loads((tmp_path / "pf" / "preflight.json").read_text())
+    assert saved["passed"] and len(saved["checks"]) == len(checks)
+    table = format_table(checks)
+    assert table.splitlines()[2].startswith("controller") and "PASS" in table
+
+
+def test_a_protective_stop_and_a_wrong_model_fail_with_the_fix(tmp_path, video):
+    cfg = rig_config(video, model="ur5e")
+    with running_controller(cfg, "ur-fake") as controller:
+        controller.protective_stop()
+        checks = Preflight(cfg, tmp_path / "pf", rtde=fake_ur_rtde).run()
+    got = {c.name: c for c in checks}
+    assert got["controller"].status == "fail" and "arm.model: ur5" in got["controller"].detail
+    assert got["safety status"].status == "fail"
+    assert "PROTECTIVE_STOP" in got["safety status"].detail
+    assert got["control script"].status == "skip"
+    assert got["camera"].status == "pass"  # the other devices are still checked
+
+
+def test_move_jogs_each_active_joint_and_returns(tmp_path, video):
+    cfg = rig_config(video)
+    with running_controller(cfg, "ur-fake") as controller:
+        q0 = controller.q
+        checks = Preflight(cfg, tmp_path / "pf", move=True, rtde=fake_ur_rtde).run()
+        np.testing.assert_allclose(controller.q, q0, atol=3e-3)
+    jogs = [c for c in checks if c.name.startswith("jog joint")]
+    assert [c.name for c in jogs] == [f"jog joint {j}" for j in cfg.arm.active_joints]
+    assert all(c.status == "pass" for c in jogs), [c.detail for c in jogs]
+
+
+def test_cli_check_without_a_robot_prints_the_table_and_fails(tmp_path, capsys):
+    cfg_file = tmp_path / "rig.yaml"
+    cfg_file.write_text(yaml.safe_dump({"backend": "ur5", "monitor": {"output": "offscreen"},
+                                        "camera": {"device": str(tmp_path / "none.avi")}}))
+    code = main(["robot", "check", "--config", str(cfg_file), "--host", "127.0.0.9",
+                 "--out", str(tmp_path / "pf")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "controller" in out and "FAIL" in out and "127.0.0.9" in out
+    assert "target display  PASS" in out
+    assert "camera.device" in out  # the camera line names the key to fix

@@ -1,0 +1,165 @@
+"""The robot process on the real-rig backends, with faults: no hardware needed.
+
+The rig is :class:`robot.backends.real.RealRig` as a user gets it, with only what cannot
+run here swapped at the narrowest boundary: ur_rtde's classes by the test double
+(tests/fake_ur_rtde.py, the sim's arm at 125 Hz in real time), the webcam by a video file
+read through OpenCV, the monitor by the off-screen target display.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+
+import cv2
+import fake_ur_rtde
+import numpy as np
+import pytest
+from fake_ur_rtde import running_controller
+
+from robot.backends.base import DeviceError
+from robot.backends.monitor import WindowDisplay, compose_screen
+from robot.backends.real import RealRig
+from robot.config import config_from_dict
+from robot.runner import RobotRunner
+from robot.task import draw_target
+
+W, H, FPS = 320, 180, 25
+
+
+def write_video(path, seconds):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, (W, H))
+    frame = np.full((H, W, 3), 255, np.uint8)
+    cv2.circle(frame, (W // 2, H // 2), 20, (0, 0, 255), -1)
+    for _ in range(int(seconds * FPS)):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def rig_config(video, **arm):
+    return config_from_dict({
+        "backend": "ur5",
+        "arm": {"host": "ur-fake", "reset_duration": 0.2, "reconnect_interval": 0.2,
+                "protective_stop_recovery": "dashboard", **arm},
+        "camera": {"device": str(video), "width": W, "height": H, "fps": FPS,
+                   "fx": 228.5, "fy": 228.5, "cx": 159.5, "cy": 89.5, "subsample": 8},
+        "monitor": {"output": "offscreen", "resolution_px": [640, 360]},
+        "task": {"episode_steps": 10},
+        "agent": {"masker_filters": 4, "encoder_filters": 8, "mlp_hidden": [32, 32]},
+        "robot": {"camera_timeout": 0.5, "realtime_priority": None},
+    })
+
+
+def episodes(run_dir):
+    with open(run_dir / "episodes.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def start(runner):
+    out = {}
+
+    def run():
+        try:
+            out["result"] = runner.run()
+        except BaseException as err:
+            out["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_rtde_drop_mid_episode_stops_ends_the_episode_and_reconnects(tmp_path, caplog):
+    cfg = rig_config(write_video(tmp_path / "cam.avi", 30))
+    with running_controller(cfg, "ur-fake") as controller:
+        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
+                             total_steps=40)
+        thread, out = start(runner)
+        try:
+            assert wait_for(lambda: runner.env_steps >= 15)
+            controller.drop_link()
+            # The script runs on with the last target until the watchdog halts it.
+            assert wait_for(lambda: controller.watchdog_fired, 2.0)
+            np.testing.assert_array_equal(controller.target, 0.0)
+            time.sleep(0.5)  # a few reconnect attempts fail meanwhile
+            controller.restore_link()
+            thread.join(30)
+        finally:
+            runner.request_stop()
+            thread.join(10)
+        assert "error" not in out, out.get("error")
+        ends = [r["end"] for r in episodes(tmp_path / "run")]
+        assert "arm_link_lost" in ends
+        assert runner.env_steps == 40 and runner.arm_reconnects == 1
+        assert "arm reconnect 1/5 failed" in caplog.text
+        assert "arm link lost" in caplog.text
+
+
+def test_protective_stop_aborts_the_episode_and_the_dashboard_recovers(tmp_path):
+    cfg = rig_config(write_video(tmp_path / "cam.avi", 30))
+    with running_controller(cfg, "ur-fake", unlock_delay=0.3) as controller:
+        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
+                             total_steps=40)
+        thread, out = start(runner)
+        try:
+            assert wait_for(lambda: runner.env_steps >= 15)
+            controller.protective_stop("test")
+            thread.join(30)
+        finally:
+            runner.request_stop()
+            thread.join(10)
+        assert "error" not in out, out.get("error")
+        rows = episodes(tmp_path / "run")
+        assert [r["end"] for r in rows].count("protective_stop") == 1
+        assert runner.protective_stops == 1 and runner.env_steps == 40
+        assert not controller.protective_stopped
+
+
+def test_camera_unplugged_stops_the_arm_with_a_clear_message(tmp_path):
+    cfg = rig_config(write_video(tmp_path / "cam.avi", 2.0))
+    with running_controller(cfg, "ur-fake") as controller:
+        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
+                             total_steps=1000)
+        with pytest.raises(DeviceError, match="unplugged or stalled"):
+            runner.run()
+        assert controller.speed_stop_calls >= 1 and controller.stop_script_calls == 1
+        assert not controller.program_running
+        np.testing.assert_array_equal(controller.target, 0.0)
+        assert wait_for(lambda: np.max(np.abs(controller.qd)) < 1e-2, 3.0)
+    assert (tmp_path / "run" / "timing.json").exists()  # the run's files stay readable
+
+
+def test_offscreen_display_shows_the_target_full_screen(tmp_path):
+    cfg = rig_config(tmp_path / "unused.avi")
+    display = WindowDisplay(cfg.monitor)
+    with display:
+        assert display.screen is None
+        image = draw_target((480, 270), np.array([0.25, 0.5]), cfg.target)
+        display.show(image)
+        screen = display.screen
+    assert screen.shape == (360, 640, 3) and display.shown == 1
+    np.testing.assert_array_equal(screen, compose_screen(image, (640, 360)))
+    # The target is where it was drawn: red around (0.25 W, 0.5 H), white far from it.
+    assert tuple(screen[180, 160]) == (255, 0, 0) and tuple(screen[180, 600]) == (255, 255, 255)
+
+
+def test_fullscreen_display_without_a_display_server_says_how_to_fix_it(tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    cfg = rig_config(tmp_path / "unused.avi")
+    display = WindowDisplay(cfg.monitor.model_copy(update={"output": "fullscreen"}))
+    with pytest.raises(DeviceError, match="monitor.output: offscreen"):
+        display.connect()
+    assert not display.is_connected
