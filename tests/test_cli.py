@@ -2,9 +2,11 @@
 
 import csv
 import logging
+import time
 
 import cv2
 import pytest
+from test_real_rig import write_video
 
 from robot.cli import CONFIGS, main
 
@@ -47,6 +49,18 @@ def test_bad_config_exits_with_a_clear_message(tmp_path, caplog):
     bad.write_text("arm:\n  model: ur10\n")
     assert main(["sim", "--config", str(bad), "--episodes", "1"]) == 2
     assert "arm.model = 'ur10'" in caplog.text
-    assert main(["train", "--config", str(CONFIGS / "ur5_visual_reacher.yaml"),
-                 "--steps", "5"]) == 2
-    assert "use a sim config" in caplog.text
+    assert main(["train", "--sync", "--config", str(CONFIGS / "ur5_visual_reacher.yaml"),
+                 "--steps", "5", "--out", str(tmp_path / "run")]) == 2
+    assert "drop --sync" in caplog.text
+
+
+def test_train_on_an_unreachable_arm_fails_fast_and_ends_the_learner(tmp_path, caplog):
+    t0 = time.monotonic()
+    code = main(["train", "--config", str(CONFIGS / "ur5_visual_reacher.yaml"), "--steps", "5",
+                 "--out", str(tmp_path / "run"), *TINY,
+                 "--set", "arm.host=127.0.0.9", "--set", "monitor.output=offscreen",
+                 "--set", f"camera.device={write_video(tmp_path / 'cam.avi', 3)}",
+                 "--set", "camera.width=320", "--set", "camera.height=180"])
+    assert code == 1
+    assert "cannot reach the UR controller at 127.0.0.9" in caplog.text
+    assert time.monotonic() - t0 < 45  # the learner child was ended, not waited out
