@@ -542,7 +542,8 @@ class RobotRunner:
 
         Returns:
             ``{"agent_step": {...}, "control_tick": {...}, "obs_to_action": {...},
-            "camera_read": {...}, "link": {...}, "protective_stops", "arm_reconnects",
+            "camera_read": {...}, "camera": {...} (the device's counters), "link": {...},
+            "protective_stops", "arm_reconnects",
             "safety_ticks",
             "stale_stops", "pace", "wall_s"}``; times in ms.
         """
@@ -558,6 +559,7 @@ class RobotRunner:
                              "overrun_sizes_ms": list(control.overrun_sizes_ms[-64:])},
             "obs_to_action": latency_percentiles_ms(self.latency.values()),
             "camera_read": latency_percentiles_ms(self.camera_wait.values()),
+            "camera": self.rig.camera.stats(),
             "protective_stops": self.protective_stops,
             "arm_reconnects": self.arm_reconnects,
             "safety_ticks": self.safety_ticks,

@@ -360,6 +360,10 @@ class Camera(Device):
         self._require_connected()
         return self._read(check_positive(timeout, "timeout", "s"))
 
+    def stats(self) -> dict:
+        """Device counters for the run's timing report (e.g. stale frames); default none."""
+        return {}
+
     @abc.abstractmethod
     def _read(self, timeout: float) -> Frame: ...
 

@@ -217,6 +217,11 @@ class OpenCVCamera(Camera):
             ages = self._ages.values()
         return latency_percentiles_ms(ages)
 
+    def stats(self) -> dict:
+        """Counters for the timing report: frames captured, stale frames, frame age (ms)."""
+        return {"frames_captured": self.frames_captured, "stale_frames": self.stale_frames,
+                "frame_age": self.frame_age_ms()}
+
     # ------------------------------------------------------------------ lifecycle
     def _describe(self) -> str:
         return f"camera.device={self.camera.device!r}"
