@@ -18,12 +18,14 @@ import fake_ur_rtde
 import numpy as np
 import pytest
 from fake_ur_rtde import running_controller
+from test_robot_runner import LINK, FakeLearner
 
+from learner.link import LinkAddresses, RobotLink
 from robot.backends.base import DeviceError
 from robot.backends.monitor import WindowDisplay, compose_screen
 from robot.backends.real import RealRig
 from robot.config import config_from_dict
-from robot.runner import RobotRunner
+from robot.runner import RobotRunner, spaces_of
 from robot.task import draw_target
 
 W, H, FPS = 320, 180, 25
@@ -165,3 +167,30 @@ def test_fullscreen_display_without_a_display_server_says_how_to_fix_it(tmp_path
     with pytest.raises(DeviceError, match="monitor.output: offscreen"):
         display.connect()
     assert not display.is_connected
+
+
+def test_learner_lost_in_stop_mode_holds_the_real_arm(tmp_path):
+    cfg = rig_config(write_video(tmp_path / "cam.avi", 30))
+    cfg.robot.on_learner_lost = "stop"
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    learner = FakeLearner(addrs, cfg)
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    with running_controller(cfg, "ur-fake") as controller:
+        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", link,
+                             total_steps=1000)
+        thread, out = start(runner)
+        try:
+            assert wait_for(lambda: runner.env_steps >= 15)
+            learner.close()
+            assert wait_for(lambda: any(r["end"] == "learner_lost"
+                                        for r in episodes(tmp_path / "run")))
+            steps = runner.env_steps
+            time.sleep(0.5)
+            assert runner.env_steps == steps  # no acting without a learner
+            assert np.max(np.abs(controller.qd)) < 1e-2  # the arm is held at rest
+            assert controller.program_running and not controller.watchdog_fired
+        finally:
+            runner.request_stop()
+            thread.join(15)
+            link.close()
+    assert "error" not in out, out.get("error")
