@@ -251,6 +251,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     from learner.link import LinkAddresses, RobotLink
     from learner.process import read_progress
     from robot.backends import make_rig
+    from robot.recorder import SessionRecorder, session_path
     from robot.runner import RobotRunner, spaces_of
     from robot.timing import configure_process
 
@@ -279,10 +280,19 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
             log.error("the learner process exited (code %s)", learner.returncode)
             runner.request_stop("learner process exited")
 
+    recorder = None
     try:
+        if cfg.robot.record:
+            recorder = SessionRecorder(session_path(run_dir), spaces_of(cfg),
+                                       {"config": yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                                 sort_keys=False),
+                                        "backend": cfg.backend, "run": run_dir.name},
+                                       keyframe_every=cfg.link.keyframe_every)
+            log.info("recording the session to %s", recorder.path)
         rig = make_rig(cfg)
         runner = RobotRunner(cfg, rig, run_dir, link, realtime=realtime, start_step=start_step,
-                             start_episode=start_episode, progress=progress)
+                             start_episode=start_episode, progress=progress,
+                             recorder=recorder)
         _on_signals(runner.request_stop)
         if realtime:
             configure_process(cfg.robot.cpu_affinity)
@@ -290,6 +300,8 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
             summary = runner.run()
     finally:
         bar.close()
+        if recorder is not None:
+            recorder.close({"stop_reason": "robot error"})  # no-op after a clean run
         if link is not None:
             link.close()
         logging.getLogger().removeHandler(handler)

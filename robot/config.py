@@ -365,6 +365,10 @@ class RobotLoopConfig(_Section):
     camera_timeout: float = Field(
         0.5, gt=0, le=10, description="Longest wait for a camera frame before failing, s."
     )
+    record: bool = Field(
+        True, description="Record the session log (session.mcap in the run folder: frames, "
+        "transitions, joint state at the control rate, commands, events)."
+    )
 
     def control_priority(self) -> int | None:
         """SCHED_FIFO priority of the control thread (``realtime_priority + 10``)."""

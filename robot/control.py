@@ -33,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +129,8 @@ class ControlLoop:
             step's), set by the thread itself; None: normal scheduling.
         event_queue_size: Safety events kept until :meth:`events` drains them; more are
             dropped and counted (the loop never blocks on its owner).
+        on_tick: Called at the end of every tick with ``(tick, t_ns, state, applied,
+            stale)`` (the recorder); it must return at once (it runs in the tick).
 
     Raises:
         ValueError: If a duration or rate is not > 0 or a size is < 1.
@@ -143,7 +146,8 @@ class ControlLoop:
                  spin: float = 0.0005, overrun_threshold: float | None = None,
                  watchdog_hz: float | None = None, stats_size: int = 16384,
                  event_queue_size: int = 256, timer: LoopTimer | None = None,
-                 realtime_priority: int | None = None):
+                 realtime_priority: int | None = None,
+                 on_tick: Callable[[int, int, ArmState, np.ndarray, bool], None] | None = None):
         self._arm = arm
         self._safety = safety
         self.period = check_positive(arm.control_period, "arm.control_period", "s")
@@ -162,6 +166,7 @@ class ControlLoop:
             raise ValueError(f"timer period {timer.period} s != arm control period {self.period} s")
         self.timer = timer
         self.realtime_priority = realtime_priority
+        self._on_tick = on_tick
         self._period_ns = timer.period_ns
         self._deadline_ns = round(self.deadline * 1e9)
         self._virtual_ns: int | None = None  # lockstep clock (step()), None when threaded
@@ -422,6 +427,8 @@ class ControlLoop:
             self._arm_state = state
             self._stale = not fresh
             self._ticks += 1
+        if self._on_tick is not None:
+            self._on_tick(self._ticks - 1, now, state, applied, not fresh)
 
     def _report(self, now: int, applied: np.ndarray,
                 interventions: tuple[Intervention, ...]) -> None:

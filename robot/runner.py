@@ -57,6 +57,7 @@ from robot.backends.base import ArmLinkLostError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
 from robot.observation import FrameStack, action_to_qd, proprio
+from robot.recorder import SessionRecorder
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target, sample_target_center
 from robot.timing import LoopTimer, SampleRing, latency_percentiles_ms, set_thread_priority
@@ -147,18 +148,23 @@ class RobotRunner:
             ``start_episode``.
         start_episode: See ``start_step``.
         progress: Callback ``progress(runner)`` after every episode and every second.
+        recorder: Session recorder (:class:`robot.recorder.SessionRecorder`) fed with every
+            transition, agent-step arm state, control tick and event; closed at the end
+            of :meth:`run`. None: no session log.
 
     Raises:
-        ValueError: If ``realtime`` is False for a backend other than the sim.
+        ValueError: If ``realtime`` is False for a rig that cannot run in lockstep (only
+            the sim and replay rigs can).
     """
 
     def __init__(self, cfg: Config, rig: Rig, run_dir: str | Path, link: RobotLink | None,
                  total_steps: int | None = None, realtime: bool = True,
                  policy: MadiPolicy | None = None, start_step: int = 0, start_episode: int = 0,
-                 progress: Any = None):
-        if not realtime and cfg.backend != "sim":
-            raise ValueError(f"fast pace (lockstep) is for the sim only; backend is "
-                             f"{cfg.backend!r}")
+                 progress: Any = None, recorder: SessionRecorder | None = None):
+        if not realtime and not rig.lockstep:
+            raise ValueError(f"fast pace (lockstep) is for the sim and replay rigs only; "
+                             f"this rig is {type(rig).__name__}")
+        self.recorder = recorder
         self.cfg = cfg
         self.rig = rig
         self.run_dir = Path(run_dir)
@@ -260,6 +266,10 @@ class RobotRunner:
                 if self.link is not None:
                     self.link.status_counters.update(self._counters())
                     self.link.shutdown(self.stop_reason or "robot error")
+                if self.recorder is not None:
+                    self.recorder.close({"stop_reason": self.stop_reason or "robot error",
+                                         "env_steps": self.env_steps,
+                                         "episodes": self.episode})
         logger.info("robot: %d env steps, %d episodes (%s)", self.env_steps, self.episode,
                     self.stop_reason)
         return {"env_steps": self.env_steps, "episodes": self.episode,
@@ -316,13 +326,17 @@ class RobotRunner:
             except BaseException as err:  # re-raised on the agent thread below
                 errors.append(err)
 
+        self._record("reset", episode=self.episode, target_center=center,
+                     q_home=list(cfg.arm.q_home), duration=cfg.arm.reset_duration)
         mover = threading.Thread(target=move, name="reset", daemon=True)
         mover.start()
         while mover.is_alive():
             mover.join(0.02)
             self._service_link()
         if errors:
+            self._record("reset_failed", episode=self.episode, error=str(errors[0]))
             raise errors[0]
+        self._record("reset_done", episode=self.episode)
 
     def _episode(self) -> EpisodeRecord:
         cfg = self.cfg
@@ -335,7 +349,8 @@ class RobotRunner:
         control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
                               deadline=cfg.robot.deadline(cfg.task.agent_period),
                               timer=self.control_timer, watchdog_hz=cfg.arm.watchdog_hz,
-                              realtime_priority=cfg.robot.control_priority())
+                              realtime_priority=cfg.robot.control_priority(),
+                              on_tick=self._tick_recorder(self.episode))
         if self.realtime:
             control.start()
         record = EpisodeRecord(self.episode)
@@ -344,6 +359,8 @@ class RobotRunner:
         finally:
             control.stop()
             self._log_safety(record.episode, control)
+            self._record("episode_end", episode=record.episode, end=record.end,
+                         steps=record.steps, return_=record.return_)
             self.safety_ticks += control.intervention_ticks
             self.stale_stops += control.stale_stops
             record.safety_ticks = control.intervention_ticks
@@ -392,6 +409,8 @@ class RobotRunner:
                 frames.push(frame.image)
             try:
                 state = arm.read_state()
+                if self.recorder is not None:
+                    self.recorder.arm_state(record.episode, t, state)
             except ArmLinkLostError as err:
                 logger.error("episode %d: %s", record.episode, err)
                 record.end = "arm_link_lost"
@@ -449,6 +468,8 @@ class RobotRunner:
             self._report_progress()
         record.overruns = timer.overruns - overruns0
         record.wall_s = time.monotonic() - t_episode
+        if record.end in ("arm_link_lost", "protective_stop", "learner_lost"):
+            self._record(record.end, episode=record.episode, detail=str(control.error or ""))
         if record.end == "arm_link_lost":
             logger.error("episode %d: arm link lost (%s); the arm was told to stop",
                          record.episode, control.error)
@@ -457,9 +478,30 @@ class RobotRunner:
             logger.warning("episode %d: protective stop (%s); the reset clears it",
                            record.episode, control.error)
 
+    def _record(self, kind: str, **details: Any) -> None:
+        """Put an event in the session log (if recording)."""
+        if self.recorder is not None:
+            self.recorder.event(kind, **details)
+
+    def _tick_recorder(self, episode: int):
+        """The control loop's ``on_tick`` hook: every tick into the session log."""
+        recorder = self.recorder
+        if recorder is None:
+            return None
+
+        def on_tick(tick: int, t_ns: int, state, applied: np.ndarray, stale: bool) -> None:
+            recorder.control_tick(episode, tick, t_ns, state, applied, stale)
+
+        return on_tick
+
     def _log_safety(self, episode: int, control: ControlLoop) -> None:
-        """Append the episode's safety interventions to ``safety.csv``."""
+        """Append the episode's safety interventions to ``safety.csv`` and the session log."""
         events = control.events()
+        for ev in events:
+            self._record("safety", episode=episode, tick=ev.tick, t_ns=ev.t_ns,
+                         kinds=[i.kind for i in ev.interventions],
+                         details=[i.detail for i in ev.interventions],
+                         requested=ev.requested, applied=ev.applied)
         if self._safety_writer is None or not (events or control.dropped_events):
             return
         for ev in events:
@@ -493,6 +535,7 @@ class RobotRunner:
                 arm.connect()
             except Exception as err:
                 last = err
+                self._record("arm_reconnect_failed", attempt=attempt, error=str(err))
                 logger.warning("arm reconnect %d/%d failed: %s", attempt,
                                cfg.reconnect_attempts, err)
                 end = time.monotonic() + cfg.reconnect_interval
@@ -501,6 +544,7 @@ class RobotRunner:
                     time.sleep(0.02)
                 continue
             self.arm_reconnects += 1
+            self._record("arm_reconnected", attempt=attempt)
             logger.info("arm reconnected (attempt %d); resetting", attempt)
             return
         raise ArmLinkLostError(f"the arm link is lost and {cfg.reconnect_attempts} reconnects "
@@ -511,9 +555,13 @@ class RobotRunner:
     def _send(self, episode: int, step: int, obs: dict, action: np.ndarray, reward: float,
               next_obs: dict, terminated: bool, truncated: bool, frame_time_ns: int,
               action_time_ns: int, version: int) -> None:
+        offset = self._monotonic_offset_ns
+        if self.recorder is not None:
+            self.recorder.transition(episode, step, obs, action, reward, next_obs, terminated,
+                                     truncated, frame_time_ns + offset, action_time_ns + offset,
+                                     version)
         if self.link is None:
             return
-        offset = self._monotonic_offset_ns
         self.link.send_step(episode, step, obs, action, reward, next_obs, terminated, truncated,
                             frame_time_ns=frame_time_ns + offset,
                             action_time_ns=action_time_ns + offset, policy_version=version)

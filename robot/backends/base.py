@@ -415,6 +415,10 @@ class Rig:
         stop_deceleration: Deceleration of the stop on disconnect, rad/s^2, > 0.
     """
 
+    #: Whether the rig can run in lockstep with the agent loop (``sim.pace: fast``): only
+    #: rigs whose clock stops between commands (the sim, a replayed session).
+    lockstep = False
+
     def __init__(self, arm: Arm, camera: Camera, display: TargetDisplay,
                  stop_deceleration: float):
         self.arm = arm

@@ -363,6 +363,8 @@ class SimRig(Rig):
         ...     frame = rig.camera.read()
     """
 
+    lockstep = True
+
     def __init__(self, cfg: Config, realtime: bool | None = None):
         if realtime is None:
             realtime = cfg.sim.pace == "realtime"
