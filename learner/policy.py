@@ -208,6 +208,32 @@ class MadiPolicy:
         return x01 * self.masker(x01)
 
     @torch.no_grad()
+    def mask(self, frame: np.ndarray) -> np.ndarray:
+        """The Masker's mask of one camera frame (what the agent keeps of it).
+
+        Args:
+            frame: uint8 (H, W, 3) RGB at the observation size.
+
+        Returns:
+            float32 (H, W) in [0, 1]; 1 keeps the pixel (MaDi, Grooten et al. 2024: the
+            Masker's soft mask).
+
+        Raises:
+            ValueError: If this policy has no Masker (``sac_crop``, ``svea_overlay``) or
+                the frame has the wrong shape.
+        """
+        if self.masker is None:
+            raise ValueError("this policy has no Masker (variant without one)")
+        h, w = self.image_shape[1:]
+        frame = np.asarray(frame)
+        if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"frame: expected uint8 ({h}, {w}, 3), got {frame.dtype}"
+                             f"{frame.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1)))[None]
+        x01 = x.to(self.device, dtype=torch.float32).mul_(1.0 / 255.0)
+        return self.masker(x01)[0, 0].float().cpu().numpy()
+
+    @torch.no_grad()
     def act(self, obs: dict, deterministic: bool = True) -> np.ndarray:
         """Choose an action for one observation.
 

@@ -35,6 +35,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints
 from learner.config import AgentConfig
 from learner.link import LearnerLink
-from learner.messages import Shutdown, TransitionAssembler, Weights
+from learner.messages import Shutdown, Transition, TransitionAssembler, Weights
 from learner.metrics import MetricsWriter
 from learner.replay import ReplayBuffer
 
@@ -159,6 +160,40 @@ class LearnerProcess:
         self.episodes = int(counters.get("episodes", 0))
         logger.info("learner: resumed from %s at env step %d, update %d", path, self.env_steps,
                     self.agent.num_updates)
+
+    def pretrain(self, transitions: Iterable[Transition], updates: int | None = None) -> dict:
+        """Load recorded transitions into the replay buffer, then update on them.
+
+        Offline pretraining, or continuing after a crash: the transitions of earlier
+        sessions (:meth:`robot.session_log.SessionLog.transitions`) are assembled exactly as
+        the link's are and added before the robot's first step. Call before :meth:`run`.
+
+        Args:
+            transitions: Recorded :class:`~learner.messages.Transition` messages, in order.
+            updates: Gradient updates to run on them afterwards (None:
+                ``updates_per_step`` x transitions loaded, the online ratio).
+
+        Returns:
+            ``{"loaded", "gaps", "bad_shape", "updates"}``.
+        """
+        assembler = TransitionAssembler(self.link.spaces)
+        loaded = 0
+        for t in transitions:
+            step = assembler.push(t)
+            if step is not None:
+                self.replay.add(**step)
+                loaded += 1
+        n = round(self.cfg.updates_per_step * loaded) if updates is None else int(updates)
+        n = n if len(self.replay) >= self.cfg.batch_size else 0
+        for _ in range(n):
+            if self._stop.is_set():
+                break
+            self.agent.update(self.replay.sample(self.cfg.batch_size))
+        report = {"loaded": loaded, "gaps": assembler.counters["gaps"],
+                  "bad_shape": assembler.counters["bad_shape"], "updates": n}
+        logger.info("learner: pretrained on %d recorded transitions (%d updates, %d gaps, "
+                    "%d of the wrong shape)", loaded, n, report["gaps"], report["bad_shape"])
+        return report
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:

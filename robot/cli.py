@@ -7,6 +7,8 @@ Subcommands:
     madi learner  the learner process alone (e.g. on a GPU machine): ``--bind ADDR``
     madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``;
                   ``madi robot check --host IP [--move]``: preflight of the real rig
+    madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
+    madi sessions ``ls DIR``: one line per recorded session
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -32,6 +34,14 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SIM_CONFIG = CONFIGS / "sim_ur5_visual_reacher.yaml"
 UR5_CONFIG = CONFIGS / "ur5_visual_reacher.yaml"
 QUICK_CONFIG = CONFIGS / "sim_quick.yaml"
+
+
+def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrain", type=Path, nargs="+", default=None, metavar="SESSION",
+                   help="load recorded sessions (session.mcap) into the replay buffer first")
+    p.add_argument("--pretrain-updates", type=int, default=None, metavar="N",
+                   help="updates on the loaded data before the robot starts (default: "
+                   "updates_per_step x transitions loaded)")
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: Path | None) -> None:
@@ -152,6 +162,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sync:
         args.overrides.append("sim.pace=fast")
     config_path, cfg, run_dir = _train_config(args)
+    if args.sync and args.pretrain:
+        log.error("--pretrain loads sessions into the learner process: drop --sync")
+        return 2
+    if args.pretrain:  # check the sessions now, not in the learner child
+        for _ in _recorded_transitions(cfg, args.pretrain):
+            break
     if cfg.backend != "sim" and args.sync:
         log.error("--sync runs the sim in lockstep; on the real arm (%s) the robot and the "
                   "learner always run as two processes: drop --sync", config_path)
@@ -218,6 +234,10 @@ def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) 
            "--exit-with-robot"]
     if args.resume is not None:
         cmd += ["--resume", str(args.resume)]
+    if args.pretrain:
+        cmd += ["--pretrain", *map(str, args.pretrain)]
+        if args.pretrain_updates is not None:
+            cmd += ["--pretrain-updates", str(args.pretrain_updates)]
     # The learner shares the CPUs with the real-time robot process: lower its priority.
     learner = subprocess.Popen(cmd, preexec_fn=lambda: os.nice(10))
     log.info("learner process %d bound to %s (log: %s)", learner.pid, address,
@@ -354,6 +374,78 @@ def cmd_robot_check(args: argparse.Namespace) -> int:
     return 0 if preflight.passed else 1
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``madi replay SESSION``: view, replay as a backend, or reenact a recorded session."""
+    from robot.config import config_from_dict
+    from robot.replay import render_view, replay_backend
+    from robot.session_log import SessionLog
+
+    session = SessionLog(args.session)
+    if session.cut:
+        log.warning("%s was cut (%s); using what is readable", args.session,
+                    session.cut_detail)
+    recorded = yaml.safe_load(session.config_yaml())
+    policy = None
+    if args.checkpoint is not None:
+        from learner.policy import MadiPolicy
+
+        policy = MadiPolicy.from_checkpoint(args.checkpoint)
+    if not (args.view or args.backend or args.reenact):
+        log.error("say what to do: --view OUT.mp4, --backend or --reenact")
+        return 2
+    if args.view:
+        render_view(session, args.view, policy=policy)
+        print(f"wrote {args.view}")
+    if args.backend:
+        cfg = config_from_dict(recorded, str(args.session), args.overrides)
+        out = args.out or Path(args.session).with_suffix("").parent / "replay"
+        report = replay_backend(session, cfg, out, policy=policy,
+                                policy_version=1 if policy is not None else 0)
+        print(yaml.safe_dump({"replay": report}, sort_keys=False), end="")
+    if args.reenact:
+        return _reenact(session, recorded, args)
+    return 0
+
+
+def _reenact(session, recorded: dict, args: argparse.Namespace) -> int:
+    from robot.backends import make_rig
+    from robot.config import config_from_dict
+    from robot.replay import reenact
+
+    target = args.config or "sim"
+    if target == "sim":
+        cfg = config_from_dict({**recorded, "backend": "sim"}, str(args.session),
+                               ["sim.pace=fast", *args.overrides])
+    elif target == "ur5" and recorded.get("backend") == "ur5":
+        cfg = config_from_dict(recorded, str(args.session), args.overrides)
+    else:
+        cfg = _load(args, UR5_CONFIG if target == "ur5" else Path(target))
+    real = cfg.backend != "sim"
+    if real and not args.confirm_real_arm:
+        log.error("--reenact on the real arm moves it: add --confirm-real-arm (speed cap "
+                  "%.2f rad/s; keep the emergency stop in reach)", args.speed_cap)
+        return 2
+    rig = make_rig(cfg)
+    with rig:
+        report = reenact(session, cfg, rig, realtime=real,
+                         speed_cap=args.speed_cap if real else None)
+    print(yaml.safe_dump({"reenact": {"backend": cfg.backend, **report}}, sort_keys=False),
+          end="")
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """``madi sessions ls DIR``: one line per session log found under DIR."""
+    from robot.replay import format_sessions, list_sessions
+
+    rows = list_sessions(args.dir)
+    if not rows:
+        print(f"no session logs (*.mcap) under {args.dir}")
+        return 1
+    print(format_sessions(rows))
+    return 0
+
+
 def cmd_learner(args: argparse.Namespace) -> int:
     """The learner process alone: bind, learn from a robot, publish weights."""
     from learner.link import LearnerLink, LinkAddresses, LinkError
@@ -386,12 +478,37 @@ def cmd_learner(args: argparse.Namespace) -> int:
             save_replay=cfg.train.save_replay, resume=args.resume,
             exit_on_robot_shutdown=args.exit_with_robot)
         _on_signals(learner.request_stop)
+        if args.pretrain:
+            learner.pretrain(_recorded_transitions(cfg, args.pretrain),
+                             args.pretrain_updates)
         log.info("learner bound to %s, task hash %s, run dir %s", address, cfg.task_hash(),
                  run_dir)
         summary = learner.run()
     log.info("learner done: %d env steps, %d updates (%s); link %s", summary["env_steps"],
              summary["updates"], summary["stop_reason"], summary["link"])
     return 0
+
+
+def _recorded_transitions(cfg, sessions: list[Path]):
+    """Transitions of recorded sessions whose spaces fit ``cfg`` (for --pretrain).
+
+    Raises:
+        SessionLogError: If a session cannot be read or records other spaces.
+    """
+    from robot.config import config_from_dict
+    from robot.runner import spaces_of
+    from robot.session_log import SessionLog, SessionLogError
+
+    logs = [SessionLog(path) for path in sessions]  # all checked before any is loaded
+    want = spaces_of(cfg)
+    for session in logs:
+        have = spaces_of(config_from_dict(yaml.safe_load(session.config_yaml()),
+                                          str(session.path)))
+        if have != want:
+            raise SessionLogError(f"{session.path} records spaces {have}, this run needs "
+                                  f"{want}: pretrain from sessions of the same task")
+    for session in logs:
+        yield from session.transitions()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, None)
     p.add_argument("--sync", action="store_true",
                    help="one process: act, step the sim in fast pace, update (no link)")
+    _add_pretrain_args(p)
     p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: train.run_dir/<time>_<config>_s<seed>)")
@@ -432,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run folder")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue from RUN_DIR/checkpoints/learner.pt")
+    _add_pretrain_args(p)
     p.add_argument("--exit-with-robot", action="store_true",
                    help="exit when the robot shuts down (used by madi train)")
     p.set_defaults(func=cmd_learner)
@@ -455,6 +574,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sim pace (sim only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_robot)
+
+    p = sub.add_parser("replay", help="look at, replay or reenact a recorded session")
+    p.add_argument("session", type=Path, help="a session log (runs/<run>/session.mcap)")
+    p.add_argument("--view", type=Path, default=None, metavar="OUT.mp4",
+                   help="write a video: frames (+ masks with --checkpoint), reward, joints")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="policy.pt: show its Masker's masks / act with it in --backend")
+    p.add_argument("--backend", action="store_true",
+                   help="run the agent loop on the recording and compare rewards/actions")
+    p.add_argument("--reenact", action="store_true",
+                   help="send the recorded commands to an arm and compare the joint paths")
+    p.add_argument("--config", default=None, metavar="sim|ur5|PATH",
+                   help="reenact on: sim (default), ur5 (the real arm), or a config file")
+    p.add_argument("--confirm-real-arm", action="store_true",
+                   help="reenact on the real arm (it moves, at --speed-cap)")
+    p.add_argument("--speed-cap", type=float, default=0.3,
+                   help="largest joint speed of a real-arm reenactment, rad/s")
+    p.add_argument("--out", type=Path, default=None, help="folder of the --backend run")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field of the recorded config")
+    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("sessions", help="list recorded sessions")
+    p.add_argument("action", choices=["ls"])
+    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"),
+                   help="folder searched for session logs (default runs/)")
+    p.set_defaults(func=cmd_sessions)
     return parser
 
 
@@ -463,8 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from learner.checkpoint import CheckpointError
     from learner.link import LinkError
     from robot.backends.base import DeviceError
+    from robot.session_log import SessionLogError
 
     try:
         return args.func(args)
@@ -474,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as err:  # the arm was stopped before this propagated
         log.error("robot stopped: %s", err)
         return 1
+    except (SessionLogError, CheckpointError) as err:
+        log.error("%s", err)
+        return 2
 
 
 if __name__ == "__main__":
