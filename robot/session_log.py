@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,7 +219,7 @@ class SessionLog:
                     offset = f.tell()
                 else:
                     self._mark_cut(offset, size, messages, "no footer")
-            except (McapError, EOFError, ValueError, OSError) as err:
+            except (McapError, EOFError, ValueError, OSError, struct.error) as err:
                 self._mark_cut(offset, size, messages, str(err) or type(err).__name__)
         self._messages = messages
 
