@@ -14,8 +14,12 @@ It also does what the real thing does when things go wrong (the ur_rtde pitfalls
 - constructing an interface against an address where no controller listens raises
   ``RuntimeError`` at once;
 - after the link drops (:meth:`FakeController.drop_link`) the receive getters keep
-  returning the last cached values without raising, ``getTimestamp`` stops advancing,
-  ``isConnected`` is False, and control calls raise ``RuntimeError``;
+  returning the last cached values without raising and ``getTimestamp`` stops advancing.
+  A pulled cable sends no FIN or RST, so, as ur_rtde 1.6 does (measured against
+  tests/rtde_server.py), ``isConnected`` stays True until its 2.5 s read deadline
+  (:data:`READ_DEADLINE`) and control calls "succeed" without effect until then; after a
+  reset (controller reboot, ``cable=False``) both fail at once (``isConnected`` False,
+  control calls raise ``RuntimeError``);
 - the arm keeps tracking the last speedj target when the client goes silent, until the
   RTDE watchdog (if armed) fires and the control script halts it;
 - a protective stop (a contact in the mirror, or :meth:`FakeController.protective_stop`)
@@ -42,6 +46,9 @@ from sim.mirror import Mirror
 #: Controllers "listening" per host name (what a network would route to).
 CONTROLLERS: dict[str, FakeController] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+#: ur_rtde's receive thread closes a silent connection after this long, s.
+READ_DEADLINE = 2.5
 
 #: Safety status bits (RTDE ``safety_status_bits``; ur_rtde's SafetyStatus).
 NORMAL_MODE_BIT = 0
@@ -80,6 +87,7 @@ class FakeController:
         self.lock = threading.RLock()
         self.link_up = True
         self.link_epoch = 0  # bumped on every drop: clients of an older epoch are cut off
+        self._silent_since: float | None = None  # a pulled cable: when it went silent
         self.timestamp = 0.0  # controller time, s
         self.program_running = False
         self.protective_stopped = False
@@ -141,11 +149,25 @@ class FakeController:
             return bits
 
     # ------------------------------------------------------------------ faults
-    def drop_link(self) -> None:
-        """Cut every connection (cable pulled); the controller itself runs on."""
+    def drop_link(self, cable: bool = True) -> None:
+        """Cut every connection; the controller itself runs on.
+
+        Args:
+            cable: True: a pulled cable (silence: clients notice only after
+                :data:`READ_DEADLINE`); False: connections reset (noticed at once).
+        """
         with self.lock:
             self.link_up = False
             self.link_epoch += 1
+            self._silent_since = time.monotonic() if cable else None
+
+    def noticed(self, epoch: int) -> bool:
+        """Whether a client of ``epoch`` has noticed that its connection is gone."""
+        if self.link_up and epoch == self.link_epoch:
+            return False
+        if epoch != self.link_epoch - 1 or self._silent_since is None:
+            return True
+        return time.monotonic() - self._silent_since > READ_DEADLINE
 
     def restore_link(self) -> None:
         """Plug the cable back in; clients must reconnect."""
@@ -218,9 +240,33 @@ class FakeController:
         self._move_goal = None
         self._last_kick = time.monotonic()
 
-    def require_link(self, epoch: int) -> None:
-        if not self.link_up or epoch != self.link_epoch:
+    def require_link(self, epoch: int) -> bool:
+        """True if a command of a client of ``epoch`` reaches the controller.
+
+        Raises:
+            RuntimeError: If the client has noticed that its connection is gone.
+        """
+        if self.link_up and epoch == self.link_epoch:
+            return True
+        if self.noticed(epoch):
             raise RuntimeError("RTDEControlInterface: not connected to the robot")
+        return False  # written into a dead socket: no error yet, no effect
+
+
+class _Void:
+    """Where a command written into a silently dead socket goes: accepted, no effect."""
+
+    def __init__(self, c: FakeController):
+        self.lock = threading.RLock()
+        self.step_time = c.step_time
+        self.program_running = True
+        self.protective_stopped = self.emergency_stopped = False
+        self.speedj_calls = self.speed_stop_calls = self.stop_script_calls = 0
+        self._move_goal = None
+        self._target = np.zeros(6)
+
+    def start_script(self) -> None:
+        pass
 
 
 class RTDEReceiveInterface:
@@ -249,7 +295,7 @@ class RTDEReceiveInterface:
         return self._cache
 
     def isConnected(self) -> bool:  # noqa: N802 (ur_rtde's names)
-        return self._live()
+        return self._connected and not self._c.noticed(self._epoch)
 
     def reconnect(self) -> bool:
         c = self._c
@@ -309,13 +355,12 @@ class RTDEControlInterface:
         with c.lock:
             c.start_script()
 
-    def _call(self) -> FakeController:
-        self._c.require_link(self._epoch)
-        return self._c
+    def _call(self) -> FakeController | _Void:
+        c = self._c
+        return c if c.require_link(self._epoch) else _Void(c)
 
     def isConnected(self) -> bool:  # noqa: N802
-        c = self._c
-        return c.link_up and self._epoch == c.link_epoch
+        return not self._c.noticed(self._epoch)
 
     def isProgramRunning(self) -> bool:  # noqa: N802
         return self._call().program_running

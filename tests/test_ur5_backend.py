@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import fake_ur_rtde
 import numpy as np
@@ -109,23 +110,33 @@ def test_eseries_upload_needs_remote_control_urcap_does_not():
         urcap.disconnect()
 
 
-def test_link_drop_refuses_cached_state_and_the_watchdog_halts_the_arm(arm, controller):
+def test_pulled_cable_is_caught_by_the_stale_timestamp_and_the_watchdog_halts_the_arm(
+        arm, controller, cfg):
     arm.set_watchdog(10.0)
     arm.speedj(np.array([0.1, 0, 0, 0, 0, 0]), 1.4)
-    controller.drop_link()
-    with pytest.raises(ArmLinkLostError, match="link .* is down"):
-        arm.read_state()
-    with pytest.raises(ArmLinkLostError):
-        arm.speedj(np.zeros(6), 1.4)
-    # The script runs on with the last target (the ur_rtde pitfall) ...
-    assert controller.target[0] == pytest.approx(0.1)
-    # ... until the watchdog sees no input for 1/10 s and halts it.
+    controller.drop_link(cable=True)
+    arm.read_state()  # within state_timeout the cached sample still passes ...
+    arm.speedj(np.array([0.1, 0, 0, 0, 0, 0]), 1.4)  # ... and commands vanish silently
+    time.sleep(cfg.arm.state_timeout + 0.05)
+    assert arm._rx.isConnected()  # ur_rtde has not noticed (its deadline is 2.5 s) ...
+    with pytest.raises(ArmLinkLostError, match="no new joint state"):
+        arm.read_state()  # ... but the frozen timestamp gives it away
+    # The script runs on with the last target (the ur_rtde pitfall) until the watchdog
+    # sees no input for 1/10 s and halts it.
     assert wait_for(lambda: controller.watchdog_fired, 1.0)
     np.testing.assert_array_equal(controller.target, 0.0)
     controller.restore_link()
     arm.disconnect()
     arm.connect()  # a reconnect after the link is back works
     assert arm.read_state().q.shape == (6,)
+
+
+def test_reset_connection_is_refused_at_once(arm, controller):
+    controller.drop_link(cable=False)
+    with pytest.raises(ArmLinkLostError, match="link .* is down"):
+        arm.read_state()
+    with pytest.raises(ArmLinkLostError):
+        arm.speedj(np.zeros(6), 1.4)
 
 
 def test_watchdog_keeper_feeds_an_idle_connected_arm(arm, controller):
@@ -180,3 +191,46 @@ def test_emergency_stop_needs_a_person(arm, controller, cfg):
     assert arm.read_state().emergency_stopped
     with pytest.raises(ProtectiveStopError, match="emergency stop is pressed"):
         arm.move_home(np.asarray(cfg.arm.q_home), 0.2)
+
+
+def test_the_real_receive_interface_stale_and_dropped_streams_are_refused(make_server):
+    """UR5Arm with ur_rtde's real RTDEReceiveInterface, against an RTDE server on loopback."""
+    import rtde_receive
+
+    server = make_server()
+    cfg = ur5_config(host=server.host)
+    rtde = SimpleNamespace(RTDEReceiveInterface=rtde_receive.RTDEReceiveInterface,
+                           RTDEControlInterface=fake_ur_rtde.RTDEControlInterface,
+                           DashboardClient=fake_ur_rtde.DashboardClient)
+    q = [1.5, -2.0, 2.1, -3.0, -1.5, 3.1]
+    server.set_state(q=q, qd=[0.1] * 6)
+    with running_controller(cfg, server.host):  # behind the control interface
+        arm = UR5Arm(cfg.arm, rtde=rtde)
+        arm.connect()
+        try:
+            assert wait_for(lambda: np.allclose(arm.read_state().q, q))
+            assert arm.read_state().qd == pytest.approx([0.1] * 6)
+            server.set_state(safety_status_bits=1 | 1 << 2)
+            assert wait_for(lambda: arm.read_state().protective_stopped)
+            server.set_state(safety_status_bits=1)
+            server.pause_stream()  # connected, but nothing new: ur_rtde serves its cache
+            time.sleep(cfg.arm.state_timeout + 0.1)
+            assert arm._rx.isConnected()
+            with pytest.raises(ArmLinkLostError, match="no new joint state"):
+                arm.read_state()
+            server.resume_stream()
+            assert wait_for(lambda: _reads(arm))
+            server.drop_clients()
+            assert wait_for(lambda: not arm._rx.isConnected())
+            with pytest.raises(ArmLinkLostError, match="link .* is down"):
+                arm.read_state()
+        finally:
+            arm.disconnect()
+
+
+def _reads(arm) -> bool:
+    try:
+        arm.read_state()
+        return True
+    except ArmLinkLostError:
+        return False
