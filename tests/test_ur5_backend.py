@@ -234,3 +234,18 @@ def _reads(arm) -> bool:
         return True
     except ArmLinkLostError:
         return False
+
+
+def test_a_controller_that_sends_no_state_fails_connect(make_server):
+    import rtde_receive
+
+    server = make_server()
+    server.pause_stream()
+    cfg = ur5_config(host=server.host)
+    rtde = SimpleNamespace(RTDEReceiveInterface=rtde_receive.RTDEReceiveInterface,
+                           RTDEControlInterface=fake_ur_rtde.RTDEControlInterface,
+                           DashboardClient=fake_ur_rtde.DashboardClient)
+    arm = UR5Arm(cfg.arm, rtde=rtde)
+    with pytest.raises(DeviceError, match="sends no state"):
+        arm.connect()  # ur_rtde's constructor gives up after 2.5 s
+    assert not arm.is_connected

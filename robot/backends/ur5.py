@@ -33,6 +33,13 @@ unlocks it through the dashboard server once UR's 5 s wait has passed. An emerge
 always needs a person. Then it re-uploads the script and moves home with moveJ at no more
 than ``arm.home_speed``.
 
+Measured against ur_rtde 1.6.5 with tests/rtde_server.py: a stalled stream keeps
+``isConnected()`` True for up to 2.5 s (its read deadline) while the getters serve the
+cache, so the timestamp check is what notices a pulled cable; ``reconnect()`` called
+before ``isConnected()`` turns False can hang or crash, so a reconnect here builds new
+interfaces; dropping an ``RTDEReceiveInterface`` sleeps 0.5 s holding the GIL, which is
+why interfaces are only replaced between control loops.
+
 Facts: ur_rtde 1.6 API and pitfalls (``../shared/reference/realtime-robots.md``); safety
 status bits 2 = protective stopped, 7 = emergency stopped (RTDE guide).
 """
@@ -157,6 +164,12 @@ class UR5Arm(Arm):
                 "Check the Ethernet cable and the PC's static IP, that the controller is on "
                 "and that arm.host is its address (pendant: Settings > System > Network)"
             ) from None
+        if not self._rx.isConnected() or len(self._rx.getActualQ()) != N_JOINTS:
+            # ur_rtde returns from its constructor after 2.5 s when no data comes.
+            self._close_receive()
+            raise DeviceError(f"the controller at {cfg.host} accepted the RTDE connection but "
+                              "sends no state: reboot the controller (or another client holds "
+                              "its RTDE output)")
         flags = (rtde.RTDEControlInterface.FLAG_USE_EXT_UR_CAP if cfg.control_mode == "urcap"
                  else rtde.RTDEControlInterface.FLAG_UPLOAD_SCRIPT)
         try:
