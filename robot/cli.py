@@ -9,6 +9,7 @@ Subcommands:
                   ``madi robot check --host IP [--move]``: preflight of the real rig
     madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
     madi sessions ``ls DIR``: one line per recorded session
+    madi calibrate ``camera|hand-eye|monitor|colour|latency``: measure the rig
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -434,6 +435,69 @@ def _reenact(session, recorded: dict, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``madi calibrate STEP``: measure one section of the calibration file."""
+    from calibration import measure
+    from calibration.board import ScreenBoard
+    from calibration.file import save_section
+    from robot.backends import make_rig
+
+    config_path = args.config or SIM_CONFIG
+    first = _load(args, config_path)
+    path = Path(args.file or first.calibration or "calibration.yaml").resolve()
+    if path.exists():  # measure on top of what is known (intrinsics for hand-eye, ...)
+        args.overrides.append(f"calibration={path}")
+    views_step = args.step in ("camera", "hand-eye", "monitor")
+    if views_step:
+        args.overrides.append("camera.subsample=1")  # full-resolution frames
+    if first.backend == "sim":
+        args.overrides.append("sim.pace=fast")
+    cfg = _load(args, config_path)
+    method = f"madi calibrate {args.step} ({cfg.backend}, {config_path.name})"
+    rig = None if (views_step and args.images) else make_rig(cfg)
+    try:
+        if rig is not None:
+            rig.connect()
+        if views_step:
+            board = ScreenBoard(rig.display.size_px if rig else _screen_px(cfg),
+                                tuple(cfg.monitor.size_m))
+            if args.images:
+                views = measure.load_views(args.images)
+                method += f", views from {args.images}"
+            else:
+                poses = measure.view_poses(cfg, args.views, seed=cfg.seed)
+                views = measure.collect_views(rig, cfg, poses, board.image())
+                folder = measure.save_views(views, path.parent / f"views-{args.step}")
+                log.info("views saved to %s (reuse them with --images)", folder)
+            name, section = {
+                "camera": ("camera", lambda: measure.camera_intrinsics(views, board, method)),
+                "hand-eye": ("hand_eye", lambda: measure.hand_eye(views, board, cfg, method)),
+                "monitor": ("monitor", lambda: measure.monitor_pose(views, board, cfg, method)),
+            }[args.step]
+            section = section()
+        elif args.step == "colour":
+            name = "colour"
+            section = measure.colour(rig, cfg, measure.view_poses(cfg, 3, seed=cfg.seed),
+                                     method)
+        else:
+            name = "latency"
+            section = measure.latency(rig, cfg, args.trials, method)
+    finally:
+        if rig is not None:
+            rig.disconnect()
+    save_section(path, name, section)
+    print(yaml.safe_dump({name: section.model_dump(mode="json")}, sort_keys=False), end="")
+    print(f"written to {path}" + ("" if first.calibration else
+                                  f"; use it with `calibration: {path}` in your config"))
+    return 0
+
+
+def _screen_px(cfg) -> tuple[int, int]:
+    """Size of the image the display shows: the sim's texture or the real resolution."""
+    size = cfg.sim.texture_px if cfg.backend == "sim" else cfg.monitor.resolution_px
+    return int(size[0]), int(size[1])
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     """``madi sessions ls DIR``: one line per session log found under DIR."""
     from robot.replay import format_sessions, list_sessions
@@ -597,6 +661,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("calibrate", help="measure the rig: camera, hand-eye, monitor, "
+                       "colour, latency (into the calibration file)")
+    p.add_argument("step", choices=["camera", "hand-eye", "monitor", "colour", "latency"])
+    _add_config_args(p, None)
+    p.add_argument("--file", type=Path, default=None,
+                   help="calibration file to update (default: the config's calibration, "
+                   "else ./calibration.yaml)")
+    p.add_argument("--images", type=Path, default=None, metavar="DIR",
+                   help="camera/hand-eye/monitor: solve from saved views (frame_NNN.png + "
+                   "views.json) instead of moving the arm")
+    p.add_argument("--views", type=int, default=15, help="poses to visit (default 15)")
+    p.add_argument("--trials", type=int, default=10, help="latency: trials (default 10)")
+    p.set_defaults(func=cmd_calibrate)
+
     p = sub.add_parser("sessions", help="list recorded sessions")
     p.add_argument("action", choices=["ls"])
     p.add_argument("dir", type=Path, nargs="?", default=Path("runs"),
@@ -610,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from calibration.file import CalibrationError
     from learner.checkpoint import CheckpointError
     from learner.link import LinkError
     from robot.backends.base import DeviceError
@@ -623,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as err:  # the arm was stopped before this propagated
         log.error("robot stopped: %s", err)
         return 1
-    except (SessionLogError, CheckpointError) as err:
+    except (SessionLogError, CheckpointError, CalibrationError) as err:
         log.error("%s", err)
         return 2
 

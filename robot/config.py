@@ -430,6 +430,11 @@ class Config(_Section):
     """Everything a run needs; see ``configs/*.yaml`` for annotated examples."""
 
     backend: Literal["sim", "ur5"] = Field("sim", description="Which rig drives the task.")
+    calibration: str | None = Field(
+        None, description="Calibration file (calibration/file.py; relative to this config's "
+        "folder): its camera, hand-eye, monitor, colour and latency values replace the "
+        "config's. null: none."
+    )
     seed: int = Field(0, ge=0, description="Seed of targets, policy and learner.")
     arm: ArmConfig = Field(default_factory=ArmConfig)
     camera: CameraConfig = Field(default_factory=CameraConfig)
@@ -500,13 +505,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = ()) -> Config:
-    """Validate a config mapping, applying ``dotted.key=value`` overrides first.
-
-    Raises:
-        ConfigError: If any field is missing, unknown or out of range.
-    """
-    data = json.loads(json.dumps(data))  # deep copy; YAML configs are JSON-compatible
+def _apply_overrides(data: dict, overrides: list[str]) -> None:
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -515,6 +514,41 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
             if not isinstance(node, dict):
                 raise ConfigError(f"override {text!r}: {part!r} is not a section")
         node[path[-1]] = value
+
+
+def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = (),
+                     base_dir: str | Path | None = None) -> Config:
+    """Validate a config mapping, applying the calibration file and overrides.
+
+    Precedence, lowest first: the mapping, the calibration file it names (``calibration``,
+    relative to ``base_dir``; see :mod:`calibration.file`), the ``dotted.key=value``
+    overrides. The validated config holds the calibration's absolute path.
+
+    Raises:
+        ConfigError: If any field is missing, unknown or out of range, or the calibration
+            file is missing or invalid.
+    """
+    data = json.loads(json.dumps(data))  # deep copy; YAML configs are JSON-compatible
+    merged = json.loads(json.dumps(data))
+    _apply_overrides(merged, overrides)
+    if merged.get("calibration"):
+        from calibration.file import CalibrationError, config_overrides, load_calibration
+
+        path = Path(merged["calibration"])
+        if not path.is_absolute():
+            path = Path(base_dir or ".") / path
+        try:
+            calib = load_calibration(path)
+        except CalibrationError as err:
+            raise ConfigError(f"config {source}: {err}") from None
+        for section, values in config_overrides(calib).items():
+            node = data.setdefault(section, {})
+            if isinstance(node, dict):
+                node.update(values)
+        data["calibration"] = str(path.resolve())
+        _apply_overrides(data, [o for o in overrides if not o.startswith("calibration=")])
+    else:
+        data = merged
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -547,4 +581,4 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of sections, got {type(data).__name__}")
-    return config_from_dict(data, str(path), overrides)
+    return config_from_dict(data, str(path), overrides, base_dir=path.parent)

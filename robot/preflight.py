@@ -17,6 +17,7 @@ joint state        The joint positions (deg); are they inside the safety joint l
 control script     Does ur_rtde's control script start (upload or URCap) and does the
                    controller's step time match ``arm.control_period``? The script is
                    stopped again at once; the arm does not move.
+calibration        The calibration file's age per section, and what is not measured.
 target display     Does the full-screen target window open on the monitor?
 camera             Does the webcam open at the configured size; measured frame rate;
                    one frame saved; does the camera see the red target the display shows?
@@ -53,6 +54,8 @@ from robot.task import RedTargetReward, draw_target
 
 logger = logging.getLogger(__name__)
 
+#: A calibration section older than this is flagged, days.
+CALIBRATION_MAX_AGE_DAYS = 30
 #: Joint jog of ``--move``: amplitude, rad (3 deg), and speed, rad/s.
 JOG_ANGLE = np.deg2rad(3.0)
 JOG_SPEED = 0.1
@@ -129,6 +132,7 @@ class Preflight:
             for name in ("RTDE stream", "joint state", "control script"):
                 if not any(c.name == name for c in self.checks):
                     self.add(name, "skip", "the controller checks failed")
+        self._calibration()
         display = self._display()
         self._camera(display)
         if self.move:
@@ -291,6 +295,29 @@ class Preflight:
         distance = float(np.max(np.abs(q - arm.read_state().q)))
         arm.move_home(q, distance / JOG_SPEED)
         return arm.read_state().q
+
+    def _calibration(self) -> None:
+        from calibration.file import SECTIONS, CalibrationError, load_calibration
+
+        path = self.cfg.calibration
+        if not path:
+            self.add("calibration", "warn", "no calibration file (config key calibration): "
+                     "nominal camera/monitor values; run `madi calibrate camera` etc.")
+            return
+        try:
+            ages = load_calibration(path).age()
+        except CalibrationError as err:
+            self.add("calibration", "fail", str(err))
+            return
+        missing = [s for s in SECTIONS if s not in ages]
+        detail = ", ".join(f"{name} {days:.0f} d old" for name, days in ages.items())
+        if missing:
+            detail += f"; not measured: {', '.join(missing)}"
+        stale = [name for name, days in ages.items() if days > CALIBRATION_MAX_AGE_DAYS]
+        if stale:
+            detail += (f"; older than {CALIBRATION_MAX_AGE_DAYS} days: re-measure "
+                       f"{', '.join(stale)} if the rig was touched")
+        self.add("calibration", "warn" if missing or stale else "pass", f"{path}: {detail}")
 
     # ------------------------------------------------------------------ display, camera
     def _display(self) -> WindowDisplay | None:

@@ -14,6 +14,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np
 import pytest
+from polling import wait_for
 
 from robot.backends.base import Arm, ArmState, DeviceError, ProtectiveStopError
 from robot.config import Config
@@ -83,14 +84,6 @@ class FakeArm(Arm):
         with self.lock:
             return [c[0] for c in self.calls]
 
-
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture

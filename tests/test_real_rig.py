@@ -18,6 +18,7 @@ import fake_ur_rtde
 import numpy as np
 import pytest
 from fake_ur_rtde import running_controller
+from polling import wait_for
 from test_robot_runner import LINK, FakeLearner
 
 from learner.link import LinkAddresses, RobotLink
@@ -59,14 +60,6 @@ def episodes(run_dir):
     with open(run_dir / "episodes.csv") as f:
         return list(csv.DictReader(f))
 
-
-def wait_for(predicate, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def start(runner):

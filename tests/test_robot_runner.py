@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from polling import wait_for
 
 from learner.link import LearnerLink, LinkAddresses, RobotLink
 from learner.messages import HelloAck, Weights, encode, encode_packed
@@ -68,14 +69,6 @@ def run_in_thread(runner):
     thread.start()
     return thread, result
 
-
-def wait_for(predicate, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_lockstep_episodes_without_a_learner(tmp_path):
@@ -196,7 +189,9 @@ def test_garbage_and_a_wrong_hash_from_the_learner_side_leave_the_loop_running(t
 
 
 def test_fast_pace_is_refused_on_a_real_arm(tmp_path):
+    from robot.backends.real import RealRig
+
     cfg = small_config()
     cfg.backend = "ur5"
-    with pytest.raises(ValueError, match="fast pace"):
-        RobotRunner(cfg, SimRig(small_config()), tmp_path, None, realtime=False)
+    with pytest.raises(ValueError, match="fast pace .* RealRig"):
+        RobotRunner(cfg, RealRig(cfg), tmp_path, None, realtime=False)

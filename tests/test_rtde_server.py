@@ -32,19 +32,12 @@ import time
 
 import pytest
 import rtde_receive
+from polling import wait_for
 from rtde_server import RTDE_PORT, FakeRTDEServer, random_loopback
 
 CB3 = (3, 15, 7, 0)
 E_SERIES = (5, 11, 2, 0)
 STALL_TIMEOUT_S = 2.5  # ur_rtde's read deadline in the receive thread
-
-def wait_for(predicate, timeout_s: float = 2.0, interval_s: float = 0.002) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 @pytest.fixture
@@ -200,7 +193,7 @@ def test_stall_longer_than_read_deadline_disconnects(make_server, connect):
 
     server.pause_stream()
     t0 = time.monotonic()
-    assert wait_for(lambda: not client.isConnected(), timeout_s=STALL_TIMEOUT_S + 1.5)
+    assert wait_for(lambda: not client.isConnected(), timeout=STALL_TIMEOUT_S + 1.5)
     assert STALL_TIMEOUT_S - 0.5 < time.monotonic() - t0 < STALL_TIMEOUT_S + 1.5
     assert client.getActualQ() == [0.3] * 6  # stale, no exception
     assert wait_for(lambda: server.client_count == 0)  # the client closed its socket
@@ -214,7 +207,7 @@ def test_dropped_connection_then_reconnect(make_server, connect, graceful):
     ts = client.getTimestamp()
 
     server.drop_clients(graceful=graceful)
-    assert wait_for(lambda: not client.isConnected(), timeout_s=1.0)
+    assert wait_for(lambda: not client.isConnected(), timeout=1.0)
     assert client.getActualQ() == [1.0] * 6  # stale values, no exception
     stale_ts = client.getTimestamp()
     assert stale_ts >= ts
@@ -229,7 +222,7 @@ def test_dropped_connection_then_reconnect(make_server, connect, graceful):
     assert server.client_count == 1
 
     server.close()
-    assert wait_for(lambda: not client.isConnected(), timeout_s=1.0)
+    assert wait_for(lambda: not client.isConnected(), timeout=1.0)
     with pytest.raises(RuntimeError, match="Could not connect"):
         client.reconnect()
 

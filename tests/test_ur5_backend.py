@@ -14,6 +14,7 @@ import fake_ur_rtde
 import numpy as np
 import pytest
 from fake_ur_rtde import running_controller
+from polling import wait_for
 
 from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError
 from robot.backends.ur5 import UR5Arm
@@ -27,14 +28,6 @@ def ur5_config(**arm):
         "camera": {"subsample": 8},
     })
 
-
-def wait_for(predicate, timeout=3.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 @pytest.fixture

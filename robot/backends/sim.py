@@ -39,6 +39,7 @@ import math
 import os
 import threading
 import time
+from collections import deque
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -93,6 +94,7 @@ class _SimCore:
         self.contacts: list[tuple[str, str]] = []
         self.watchdog_hz: float | None = None
         self.seq = 0  # frames rendered
+        self.screens: deque[tuple[float, np.ndarray]] = deque()  # (sim time, image) to show
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self) -> None:
@@ -127,6 +129,7 @@ class _SimCore:
             self.qd_target[:] = 0.0
             self.protective_stopped = False
             self.seq = 0
+            self.screens.clear()
 
     def _stop(self) -> None:
         renderer, self._renderer = self._renderer, None
@@ -190,21 +193,32 @@ class _SimCore:
 
     # ------------------------------------------------------------- camera, display
     def render_frame(self, timeout: float) -> Frame:
-        """Render the wrist camera as of ``time - camera_latency`` (in the child)."""
+        """Render the wrist camera as of ``time - camera_latency`` (in the child).
+
+        The screen it shows is the newest one set at or before that time too: the camera
+        delay covers everything the camera sees (a display flash shows up ``camera_latency``
+        after it happened, as on the real rig).
+        """
         renderer = self._render_process()
         with self.lock:
             q, t = self._mirror().camera_snapshot()
             seq = self.seq
             self.seq += 1
+            screen = None
+            while self.screens and self.screens[0][0] <= t + 1e-9:
+                screen = self.screens.popleft()[1]
+        if screen is not None:
+            renderer.set_screen(screen, timeout)
         image = renderer.render(q, timeout)
         return Frame(image=image, t_ns=round(t * 1e9), seq=seq)
 
-    def set_screen(self, image: np.ndarray, timeout: float) -> None:
-        """Put ``image`` on the virtual monitor (in the child)."""
+    def set_screen(self, image: np.ndarray) -> None:
+        """Show ``image`` on the virtual monitor; the camera sees it ``camera_latency`` later."""
         tw, th = self.cfg.sim.texture_px
         if image.shape[:2] != (th, tw):
             image = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-        self._render_process().set_screen(image, timeout)
+        with self.lock:
+            self.screens.append((self._mirror().time, np.ascontiguousarray(image)))
 
 
 class SimArm(Arm):
@@ -326,9 +340,6 @@ class SimDisplay(TargetDisplay):
 
     name = "sim display"
 
-    #: Longest wait for the render process to take the image, s.
-    timeout = 5.0
-
     def __init__(self, core: _SimCore):
         super().__init__()
         self._core = core
@@ -346,7 +357,7 @@ class SimDisplay(TargetDisplay):
         self._core.release()
 
     def _show(self, image: np.ndarray) -> None:
-        self._core.set_screen(np.ascontiguousarray(image), self.timeout)
+        self._core.set_screen(image)
 
 
 class SimRig(Rig):
