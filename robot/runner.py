@@ -202,6 +202,8 @@ class RobotRunner:
         self._safety_writer: Any = None
         self._safety_file: Any = None
         self.arm_reconnects = 0
+        #: True while the arm is held because the learner is lost (``on_learner_lost: stop``).
+        self.waiting_for_learner = False
         self._timing_json = self.run_dir / "timing.json"
         self._t_start = time.monotonic()
         # The loops time with perf_counter; messages carry time.monotonic_ns (one offset,
@@ -299,10 +301,14 @@ class RobotRunner:
         """``on_learner_lost: stop``: the arm is at rest; wait here, servicing the link."""
         logger.warning("robot: learner lost; arm stopped, waiting for a learner at %s",
                        self.link.addresses)
-        while not self.stopping and not self.link.learner_alive():
-            self._service_link()
-            self._report_progress()
-            time.sleep(0.02)
+        self.waiting_for_learner = True
+        try:
+            while not self.stopping and not self.link.learner_alive():
+                self._service_link()
+                self._report_progress()
+                time.sleep(0.02)
+        finally:
+            self.waiting_for_learner = False
         if not self.stopping:
             logger.info("robot: learner back (session %s); resuming", self.link.peer_session_id)
 
