@@ -1,5 +1,6 @@
-"""Calibration of the rig (camera intrinsics, hand-eye, monitor pose, colour, latency).
+"""Calibration of the rig: camera intrinsics, hand-eye, monitor pose, colour, latency.
 
-Planned in the issue tracker; the config's camera and monitor sections hold the values
-that calibration will measure.
+``madi calibrate STEP`` (robot/cli.py) runs :mod:`calibration.measure` on the rig a config
+names (real or sim) and writes one section of the calibration file
+(:mod:`calibration.file`), which the config then applies. See docs/calibration.md.
 """
