@@ -37,13 +37,24 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
     return steps, values
 
 
+def _eval_means(path: Path) -> tuple[list[int], list[float]]:
+    """Mean return per evaluation round of an ``eval.csv`` (env_steps, return columns)."""
+    by_step: dict[int, list[float]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            by_step.setdefault(int(row["env_steps"]), []).append(float(row["return"]))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[s]) / len(by_step[s]) for s in steps]
+
+
 def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
                          title: str = "Learning curves",
                          references: dict[str, float] | None = None) -> Path:
     """Plot training episode returns and evaluation returns against env steps.
 
     Args:
-        runs: Label to run directory (holding ``metrics.csv``) or to the CSV itself.
+        runs: Label to run directory (holding ``metrics.csv``, and ``eval.csv`` when the
+            robot process evaluated) or to the CSV itself.
         out_png: Output image path.
         title: Figure title.
         references: Optional label to return, drawn as horizontal lines (e.g. a random
@@ -59,6 +70,9 @@ def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
         steps, rets = read_metric(csv_path, "charts/episode_return")
         ax_train.plot(steps, rets, alpha=0.8, label=label)
         steps, rets = read_metric(csv_path, "charts/eval_return")
+        eval_csv = csv_path.parent / "eval.csv"  # the robot process's periodic evaluations
+        if not steps and eval_csv.exists():
+            steps, rets = _eval_means(eval_csv)
         ax_eval.plot(steps, rets, marker="o", label=label)
     for i, (label, value) in enumerate((references or {}).items()):
         for ax in (ax_train, ax_eval):

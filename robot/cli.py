@@ -10,6 +10,7 @@ Subcommands:
     madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
     madi sessions ``ls DIR``: one line per recorded session
     madi calibrate ``camera|hand-eye|monitor|colour|latency``: measure the rig
+    madi eval     a policy under distraction sets (none, easy, hard, a folder)
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -199,17 +200,26 @@ def _train_sync(cfg, run_dir: Path, progress: bool) -> str:
     from sim.env import VisualReacherEnv
 
     env = VisualReacherEnv(cfg)
+    eval_env = None
+    if cfg.train.eval_distractions != "none" and cfg.train.eval_episodes > 0:
+        from robot.distractions import make_distractions
+
+        eval_env = VisualReacherEnv(cfg, make_distractions(
+            cfg.train.eval_distractions, tuple(cfg.sim.texture_px), cfg.task))
     try:
         summary = train_sync(
             env, cfg.agent, run_dir,
             total_steps=cfg.train.total_steps,
             eval_every=cfg.train.eval_every,
             eval_episodes=cfg.train.eval_episodes,
+            eval_env=eval_env,
             checkpoint_every=cfg.train.checkpoint_every,
             progress=progress,
         )
     finally:
         env.close()
+        if eval_env is not None:
+            eval_env.close()
     evals = summary["eval_returns"]
     last = f"{evals[-1][1]:.1f}" if evals else "-"
     return (f"{summary['env_steps']} env steps, {summary['updates']} updates in "
@@ -498,6 +508,38 @@ def _screen_px(cfg) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``madi eval``: deterministic-policy return and success under distraction sets."""
+    from learner.policy import MadiPolicy
+    from robot.evaluate import evaluate, format_table, write_results
+
+    config_path = args.config
+    if config_path is None:  # the run the checkpoint came from
+        config_path = args.checkpoint.resolve().parent.parent / "config.yaml"
+        if not config_path.exists():
+            log.error("no config.yaml next to %s's run: pass --config", args.checkpoint)
+            return 2
+    cfg = _load(args, config_path)
+    policy = MadiPolicy.from_checkpoint(args.checkpoint)
+    eval_seed = 0 if args.seed is None else args.seed  # same targets for every policy
+    results = []
+    for spec in args.distractions:
+        video = None
+        if args.video is not None:
+            video = (args.video if len(args.distractions) == 1 else
+                     args.video.with_name(f"{args.video.stem}_{Path(spec).name}.mp4"))
+        results.append(evaluate(cfg, policy, spec, args.episodes, eval_seed, video))
+        log.info("eval %s: return %.1f ± %.1f, success %.0f%%", spec, results[-1].mean_return,
+                 results[-1].std_return, 100 * results[-1].success_rate)
+    print(format_table(results))
+    out = args.out or args.checkpoint.resolve().parent.parent / "eval.json"
+    write_results(results, out, {"checkpoint": str(args.checkpoint),
+                                 "config": str(config_path), "episodes": args.episodes,
+                                 "seed": eval_seed, "variant": cfg.agent.variant})
+    print(f"results: {out}")
+    return 0
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     """``madi sessions ls DIR``: one line per session log found under DIR."""
     from robot.replay import format_sessions, list_sessions
@@ -661,6 +703,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_replay)
 
+    p = sub.add_parser("eval", help="evaluate a policy (deterministic) under distraction "
+                       "sets in the sim")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a policy.pt")
+    _add_config_args(p, None)
+    p.add_argument("--distractions", nargs="+", default=["none", "easy", "hard"],
+                   metavar="SET", help="none | easy | hard | a folder of videos/images "
+                   "(default: none easy hard)")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per set (default 10)")
+    p.add_argument("--video", type=Path, default=None, metavar="OUT.mp4",
+                   help="camera frames with the Masker's mask beside them")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results JSON (default: eval.json in the checkpoint's run)")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("calibrate", help="measure the rig: camera, hand-eye, monitor, "
                        "colour, latency (into the calibration file)")
     p.add_argument("step", choices=["camera", "hand-eye", "monitor", "colour", "latency"])
@@ -692,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.checkpoint import CheckpointError
     from learner.link import LinkError
     from robot.backends.base import DeviceError
+    from robot.distractions import DistractionError
     from robot.session_log import SessionLogError
 
     try:
@@ -702,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as err:  # the arm was stopped before this propagated
         log.error("robot stopped: %s", err)
         return 1
-    except (SessionLogError, CheckpointError, CalibrationError) as err:
+    except (SessionLogError, CheckpointError, CalibrationError, DistractionError) as err:
         log.error("%s", err)
         return 2
 

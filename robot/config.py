@@ -412,6 +412,10 @@ class TrainConfig(_Section):
     total_steps: int = Field(100_000, ge=1, description="Env steps to train (paper: ~100k).")
     eval_every: int = Field(5_000, ge=1, description="Env steps between evaluations.")
     eval_episodes: int = Field(5, ge=0, description="Episodes per evaluation (0: none).")
+    eval_distractions: str = Field(
+        "none", description="What the monitor shows behind the target during evaluations: "
+        "none | easy | hard | a folder of videos or images (robot/distractions.py)."
+    )
     checkpoint_every: int | None = Field(
         10_000, ge=1, description="Env steps between checkpoints (null: only at the end)."
     )

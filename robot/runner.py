@@ -56,6 +56,7 @@ from learner.policy import MadiPolicy
 from robot.backends.base import ArmLinkLostError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
+from robot.distractions import Distractions, make_distractions, screen
 from robot.observation import FrameStack, action_to_qd, proprio
 from robot.recorder import SessionRecorder
 from robot.safety import SafetyLimits
@@ -69,6 +70,10 @@ EPISODE_FIELDS = ("episode", "env_steps", "steps", "return", "success", "end",
                   "policy_version_first", "policy_version_last", "random_steps",
                   "safety_ticks", "stale_stops", "overruns", "wall_s")
 
+
+#: Columns of ``eval.csv`` (one row per evaluation episode).
+EVAL_FIELDS = ("env_steps", "distractions", "episode", "return", "success",
+               "policy_version")
 
 #: Columns of ``safety.csv`` (one row per control tick on which the limits intervened).
 SAFETY_FIELDS = ("episode", "tick", "t_ns", "kinds", "details", "requested", "applied")
@@ -202,6 +207,12 @@ class RobotRunner:
         self._safety_writer: Any = None
         self._safety_file: Any = None
         self.arm_reconnects = 0
+        self._eval_csv = self.run_dir / "eval.csv"
+        self._eval_source: Distractions | None = None
+        self._next_eval = (self.env_steps // cfg.train.eval_every + 1) * cfg.train.eval_every
+        self._target_center = np.full(2, 0.5)
+        #: ``(env_steps, mean return)`` of each periodic evaluation.
+        self.eval_returns: list[tuple[int, float]] = []
         #: True while the arm is held because the learner is lost (``on_learner_lost: stop``).
         self.waiting_for_learner = False
         self._timing_json = self.run_dir / "timing.json"
@@ -259,6 +270,8 @@ class RobotRunner:
                     f.flush()
                     if record.end == "arm_link_lost":
                         self._reconnect_arm()
+                    elif self._eval_due():
+                        self._evaluate()
                     self._write_timing()
                     self._report_progress(force=True)
                 if not self.stopping:
@@ -313,21 +326,25 @@ class RobotRunner:
             logger.info("robot: learner back (session %s); resuming", self.link.peer_session_id)
 
     # ------------------------------------------------------------------ one episode
-    def _reset(self) -> None:
-        """New target, arm home; the link is serviced meanwhile (heartbeats, weights).
+    def _reset(self, rng: np.random.Generator, distractions: Distractions | None) -> None:
+        """New target (drawn from ``rng``, over ``distractions``), arm home.
 
-        ``move_home`` blocks for the move (seconds), so it runs on a helper thread while
-        this thread keeps the link alive; its error, if any, is raised here.
+        The link is serviced meanwhile (heartbeats, weights): ``move_home`` blocks for the
+        move (seconds), so it runs on a helper thread; its error, if any, is raised here.
         """
         cfg = self.cfg
         display = self.rig.display
         w, h = display.size_px
-        center = sample_target_center(self._target_rng, cfg.target.radius, w / h)
+        center = sample_target_center(rng, cfg.target.radius, w / h)
+        self._target_center = center
+        if distractions is not None:
+            distractions.reset(rng)
         errors: list[BaseException] = []
 
         def move() -> None:
             try:
-                display.show(draw_target((w, h), center, cfg.target))
+                display.show(draw_target((w, h), center, cfg.target) if distractions is None
+                             else screen(distractions, 0, (w, h), center, cfg.target))
                 self.rig.arm.move_home(np.asarray(cfg.arm.q_home), cfg.arm.reset_duration)
             except BaseException as err:  # re-raised on the agent thread below
                 errors.append(err)
@@ -344,41 +361,51 @@ class RobotRunner:
             raise errors[0]
         self._record("reset_done", episode=self.episode)
 
-    def _episode(self) -> EpisodeRecord:
+    def _episode(self, evaluation: Distractions | None = None,
+                 eval_rng: np.random.Generator | None = None) -> EpisodeRecord:
+        """Run one episode; ``evaluation`` (a distraction set) makes it an evaluation.
+
+        An evaluation episode acts with the deterministic policy, sends and records no
+        transition, and counts no env step.
+        """
         cfg = self.cfg
         link = self.link
         if link is not None:
             link.pause("reset")
-        self._reset()
+        self._reset(self._target_rng if evaluation is None else eval_rng, evaluation)
         if link is not None:
             link.resume("reset done")
         control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
                               deadline=cfg.robot.deadline(cfg.task.agent_period),
                               timer=self.control_timer, watchdog_hz=cfg.arm.watchdog_hz,
                               realtime_priority=cfg.robot.control_priority(),
-                              on_tick=self._tick_recorder(self.episode))
+                              on_tick=None if evaluation else self._tick_recorder(self.episode))
         if self.realtime:
             control.start()
         record = EpisodeRecord(self.episode)
         try:
-            self._run_episode(control, record)
+            self._run_episode(control, record, evaluation)
         finally:
             control.stop()
             self._log_safety(record.episode, control)
-            self._record("episode_end", episode=record.episode, end=record.end,
-                         steps=record.steps, return_=record.return_)
+            self._record("eval_episode_end" if evaluation else "episode_end",
+                         episode=record.episode, end=record.end, steps=record.steps,
+                         return_=record.return_)
             self.safety_ticks += control.intervention_ticks
             self.stale_stops += control.stale_stops
             record.safety_ticks = control.intervention_ticks
             record.stale_stops = control.stale_stops
-        self.returns.append(record.return_)
         record.env_steps = self.env_steps
+        if evaluation is not None:
+            return record
+        self.returns.append(record.return_)
         self.episode += 1
         logger.debug("episode %d: return %.2f, %d steps, end %s", record.episode,
                      record.return_, record.steps, record.end)
         return record
 
-    def _run_episode(self, control: ControlLoop, record: EpisodeRecord) -> None:
+    def _run_episode(self, control: ControlLoop, record: EpisodeRecord,
+                     evaluation: Distractions | None = None) -> None:
         cfg = self.cfg
         camera, arm = self.rig.camera, self.rig.arm
         frames = FrameStack(cfg.task.frame_stack)
@@ -433,13 +460,21 @@ class RobotRunner:
                     end = "success"
             if not end and t == horizon:
                 end = "time_limit"
-            if not end and self.env_steps + (t > 0) >= self.total_steps:
+            if not end and not evaluation and self.env_steps + (t > 0) >= self.total_steps:
                 end = "steps_done"  # the run's last transition, cut like a time limit
             if not end and self.stopping:
                 end = "stop_requested"
             if not end and not self._learner_usable():
                 end = "learner_lost"
-            if not end:  # act on obs_t
+            if not end and evaluation is not None:
+                action = self.policy.act(next_obs, deterministic=True)
+                control.set_command(action_to_qd(action, cfg.arm))
+                now, version_now = time.perf_counter_ns(), self.policy_version
+                if evaluation.dynamic:  # what the camera sees at the next step
+                    w, h = self.rig.display.size_px
+                    self.rig.display.show(screen(evaluation, t + 1, (w, h),
+                                                 self._target_center, cfg.target))
+            elif not end:  # act on obs_t
                 if self.policy_version > 0:
                     action = self.policy.act(next_obs, deterministic=False)
                 else:
@@ -451,7 +486,9 @@ class RobotRunner:
                 version_now = self.policy_version
                 if record.policy_version_first < 0:
                     record.policy_version_first = version_now
-            if t > 0:
+            if t > 0 and evaluation is not None:
+                record.steps += 1
+            elif t > 0:
                 self._send(record.episode, t - 1, obs, prev_action, result.reward, next_obs,
                            terminated, bool(end) and not terminated, frame_time_ns,
                            action_time_ns, version_of_action)
@@ -483,6 +520,39 @@ class RobotRunner:
             self.protective_stops += 1
             logger.warning("episode %d: protective stop (%s); the reset clears it",
                            record.episode, control.error)
+
+    def _eval_due(self) -> bool:
+        train = self.cfg.train
+        return (train.eval_episodes > 0 and not self.stopping
+                and self.env_steps >= self._next_eval and self.env_steps < self.total_steps)
+
+    def _evaluate(self) -> None:
+        """``train.eval_episodes`` deterministic episodes under ``train.eval_distractions``.
+
+        Every evaluation sees the same targets and distractions (a fixed seed), so the
+        curve in ``eval.csv`` compares policies, not luck. Nothing is sent to the learner.
+        """
+        cfg = self.cfg
+        if self._eval_source is None:
+            self._eval_source = make_distractions(cfg.train.eval_distractions,
+                                                  self.rig.display.size_px, cfg.task)
+        rng = np.random.default_rng([cfg.seed, 1_000_003])
+        records = [self._episode(self._eval_source, rng)
+                   for _ in range(cfg.train.eval_episodes)]
+        new = not self._eval_csv.exists()
+        with open(self._eval_csv, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(EVAL_FIELDS)
+            for i, r in enumerate(records):
+                writer.writerow((self.env_steps, cfg.train.eval_distractions, i,
+                                 f"{r.return_:.4f}", int(r.success), self.policy_version))
+        returns = [r.return_ for r in records]
+        self.eval_returns.append((self.env_steps, float(np.mean(returns))))
+        logger.info("robot: eval at %d env steps (%s): return %.1f ± %.1f, success %d/%d",
+                    self.env_steps, cfg.train.eval_distractions, np.mean(returns),
+                    np.std(returns), sum(r.success for r in records), len(records))
+        self._next_eval = (self.env_steps // cfg.train.eval_every + 1) * cfg.train.eval_every
 
     def _record(self, kind: str, **details: Any) -> None:
         """Put an event in the session log (if recording)."""

@@ -19,9 +19,10 @@ import gymnasium as gym
 import numpy as np
 
 from robot.config import Config
+from robot.distractions import Distractions, Plain, screen
 from robot.observation import FrameStack, action_to_qd, proprio
 from robot.safety import SafetyLimits
-from robot.task import RedTargetReward, draw_target, sample_target_center
+from robot.task import RedTargetReward, sample_target_center
 from sim.mirror import Mirror
 
 
@@ -31,6 +32,9 @@ class VisualReacherEnv(gym.Env):
     Args:
         cfg: Validated config; uses the ``arm``, ``camera``, ``monitor``, ``target``,
             ``task``, ``safety`` and ``sim`` sections.
+        distractions: What the monitor shows behind the target
+            (:func:`robot.distractions.make_distractions`); default: the plain screen.
+            Dynamic ones are redrawn every step.
 
     The ``info`` dict of each step carries ``red_fraction``, ``success``,
     ``applied_qd`` (rad/s, after safety), ``interventions`` (list of str) and
@@ -40,8 +44,9 @@ class VisualReacherEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, distractions: Distractions | None = None):
         self.cfg = cfg
+        self.distractions = distractions or Plain(tuple(cfg.sim.texture_px))
         self.mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
         self.safety = SafetyLimits(cfg.safety, cfg.arm,
                                    cfg.task.agent_period + cfg.sim.command_latency)
@@ -80,7 +85,8 @@ class VisualReacherEnv(gym.Env):
         w, h = self.screen_size
         radius = self.cfg.target.radius
         self.target_center = sample_target_center(self.np_random, radius, w / h)
-        self.mirror.set_screen(draw_target((w, h), self.target_center, self.cfg.target))
+        self.distractions.reset(self.np_random)
+        self._show(0)
         self.mirror.reset(self.q_home)
         if self.cfg.sim.pace == "realtime":
             time.sleep(self.cfg.arm.reset_duration)
@@ -110,6 +116,8 @@ class VisualReacherEnv(gym.Env):
         action = np.clip(action, -1.0, 1.0)
         qd = action_to_qd(action, self.cfg.arm)
         safe = self.safety.apply(self.mirror.q, self.mirror.qd, qd)
+        if self.distractions.dynamic:
+            self._show(self._steps + 1)  # what the camera sees at the end of this step
         self.mirror.command(safe.qd)
         self.mirror.advance(self.cfg.task.agent_period)
         frame = self.mirror.render()
@@ -142,6 +150,11 @@ class VisualReacherEnv(gym.Env):
     def close(self) -> None:
         """Release the renderer."""
         self.mirror.close()
+
+    def _show(self, step: int) -> None:
+        """Put the target over the distraction of agent step ``step`` on the monitor."""
+        self.mirror.set_screen(screen(self.distractions, step, self.screen_size,
+                                      self.target_center, self.cfg.target))
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"image": self._frames.image(),
