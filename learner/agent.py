@@ -541,6 +541,20 @@ class MadiSacAgent:
             "aug_generator": self.aug_generator.get_state(),
         }
 
+    def load_networks(self, state: dict[str, Any]) -> None:
+        """Load only the networks and the temperature of a :meth:`state_dict` (in place).
+
+        For fine-tuning from another run (e.g. sim -> real): the optimizers start fresh
+        with this agent's learning rates, and the update count and augmentation RNG stay.
+
+        Raises:
+            KeyError: If a network is missing from ``state``.
+        """
+        for name, module in self.modules().items():
+            module.load_state_dict(state["modules"][name])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"].to(self.device))
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (in place).
 

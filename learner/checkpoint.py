@@ -261,6 +261,100 @@ def load_checkpoint(
     return dict(data["counters"])
 
 
+#: Learning fields that shape the networks: a checkpoint that differs in one of them (or
+#: in the spaces) cannot initialise an agent.
+NETWORK_FIELDS = ("variant", "masker_filters", "encoder_filters", "encoder_strides",
+                  "mlp_hidden")
+
+
+def _init_source(path: str | Path, cfg: AgentConfig,
+                 spaces: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Load a full checkpoint for ``--init-from`` and check it fits ``cfg`` and ``spaces``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "learner.pt"
+    data = _load(path, _KIND_FULL)
+    saved = AgentConfig.model_validate(json.loads(data["config_json"]))
+    diffs = {f"agent.{k}": (getattr(saved, k), getattr(cfg, k)) for k in NETWORK_FIELDS
+             if getattr(saved, k) != getattr(cfg, k)}
+    for key in sorted(set(data["spaces"]) | set(spaces)):
+        a, b = data["spaces"].get(key), spaces.get(key)
+        if a != b:
+            diffs[f"spaces.{key}"] = (a, b)
+    if diffs:
+        raise CheckpointMismatchError(path, diffs)
+    return path, data
+
+
+def check_init_source(path: str | Path, cfg: AgentConfig, image_shape: tuple[int, ...],
+                      proprio_dim: int, action_dim: int) -> Path:
+    """Check, before any process starts, that ``path`` can initialise an agent of ``cfg``.
+
+    Returns:
+        The checkpoint file.
+
+    Raises:
+        CheckpointError, CheckpointMismatchError: As :func:`init_from_checkpoint`.
+    """
+    spaces = {"image_shape": list(image_shape), "proprio_dim": int(proprio_dim),
+              "action_dim": int(action_dim)}
+    return _init_source(path, cfg, spaces)[0]
+
+
+def init_from_checkpoint(path: str | Path, agent: MadiSacAgent,
+                         prior_replay: Any | None = None) -> dict[str, Any]:
+    """Start ``agent`` from another run's trained networks (``--init-from``).
+
+    Loads every network (Masker, encoder, actor, critics, their targets) and the
+    temperature; the optimizers start fresh with ``agent``'s learning rates. Unlike
+    :func:`load_checkpoint` only the spaces and :data:`NETWORK_FIELDS` must match: the
+    new run may learn with other rates, batch size or replay settings.
+
+    Args:
+        path: A full learner checkpoint (``learner.pt``), or a run directory holding
+            ``checkpoints/learner.pt``.
+        agent: The new agent.
+        prior_replay: If given, filled with the checkpoint's replay buffer (when it holds
+            one), to be mixed with the new run's data.
+
+    Returns:
+        ``{"path", "num_updates", "counters", "replay_loaded"}``.
+
+    Raises:
+        CheckpointError: If there is no full learner checkpoint at ``path`` (a policy-only
+            file lacks the critics).
+        CheckpointMismatchError: If the spaces or network sizes differ (each listed).
+    """
+    path, data = _init_source(path, agent.cfg, _spaces(agent))
+    agent.load_networks(data["agent"])
+    agent.num_updates = int(data["agent"]["num_updates"])
+    loaded = False
+    if prior_replay is not None and data.get("replay") is not None:
+        prior_replay.load_state_dict(torch_to_numpy(data["replay"]))
+        loaded = True
+    logger.info("initialised from %s (update %d%s)", path, agent.num_updates,
+                ", with its replay buffer" if loaded else "")
+    return {"path": str(path), "num_updates": agent.num_updates,
+            "counters": dict(data["counters"]), "replay_loaded": loaded}
+
+
+def policy_state_from_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The acting networks of a learner checkpoint, for the robot's local policy.
+
+    Returns:
+        ``{"masker": sd or None, "encoder": sd, "actor": sd, "version": num_updates}``.
+
+    Raises:
+        CheckpointError: If there is no full learner checkpoint at ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "learner.pt"
+    modules = _load(path, _KIND_FULL)["agent"]
+    return {"masker": modules["modules"].get("masker"), "encoder": modules["modules"]["encoder"],
+            "actor": modules["modules"]["actor"], "version": int(modules["num_updates"])}
+
+
 def save_policy(path: str | Path, agent: MadiSacAgent, version: int | None = None) -> Path:
     """Write the small policy-only file (Masker + encoder + actor, spaces, sizes).
 

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from learner.agent import MadiSacAgent
-from learner.checkpoint import load_checkpoint, save_run_checkpoints
+from learner.checkpoint import init_from_checkpoint, load_checkpoint, save_run_checkpoints
 from learner.config import AgentConfig
 from learner.link import LearnerLink
 from learner.messages import Shutdown, Transition, TransitionAssembler, Weights
 from learner.metrics import MetricsWriter
-from learner.replay import ReplayBuffer
+from learner.replay import Batch, ReplayBuffer
 
 __all__ = ["LearnerProcess", "read_progress"]
 
@@ -105,6 +105,13 @@ class LearnerProcess:
         resume: A run directory whose ``checkpoints/learner.pt`` to continue from.
         exit_on_robot_shutdown: Leave the loop when the robot says it shuts down (``madi
             train``); otherwise keep serving until :meth:`request_stop` (``madi learner``).
+        init_from: Another run (directory or ``learner.pt``) whose trained networks and
+            temperature this run starts from (sim -> real fine-tuning; see
+            :func:`learner.checkpoint.init_from_checkpoint`). Ignored with ``resume``.
+        prior_mix: With ``init_from``: share of every batch drawn from that run's replay
+            buffer (when its checkpoint holds one), in [0, 1); 0: start with an empty one.
+        skip_random: Update from the first env step instead of after
+            ``init_random_steps`` (the robot acts with the loaded policy from the start).
 
     Raises:
         learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint.
@@ -113,7 +120,9 @@ class LearnerProcess:
     def __init__(self, cfg: AgentConfig, link: LearnerLink, run_dir: str | Path, *,
                  publish_every: int = 10, checkpoint_every: int | None = None,
                  log_every: int = 1000, save_replay: bool = False,
-                 resume: str | Path | None = None, exit_on_robot_shutdown: bool = False):
+                 resume: str | Path | None = None, exit_on_robot_shutdown: bool = False,
+                 init_from: str | Path | None = None, prior_mix: float = 0.0,
+                 skip_random: bool = False):
         spaces = link.spaces
         self.cfg = cfg
         self.link = link
@@ -131,8 +140,17 @@ class LearnerProcess:
         self.assembler = TransitionAssembler(spaces)
         self.env_steps = 0
         self.episodes = 0
+        if not 0.0 <= prior_mix < 1.0:
+            raise ValueError(f"prior_mix must be in [0, 1), got {prior_mix}")
+        self.prior_mix = float(prior_mix)
+        self.prior: ReplayBuffer | None = None
+        self.random_steps = 0 if skip_random else cfg.init_random_steps
+        # Serve weights from the start: a resumed run, or a loaded policy that acts at once.
+        self._publish_at_start = resume is not None or (init_from is not None and skip_random)
         if resume is not None:
             self._resume(Path(resume))
+        elif init_from is not None:
+            self._init_from(Path(init_from))
         self._stop = threading.Event()
         self.stop_reason = ""
         self._episode_returns: dict[int, float] = defaultdict(float)
@@ -161,6 +179,34 @@ class LearnerProcess:
         logger.info("learner: resumed from %s at env step %d, update %d", path, self.env_steps,
                     self.agent.num_updates)
 
+    def _init_from(self, path: Path) -> None:
+        spaces = self.link.spaces
+        prior = None
+        if self.prior_mix > 0:
+            prior = ReplayBuffer(self.cfg.replay_capacity, spaces.frame_shape,
+                                 spaces.frame_stack, spaces.proprio_dim, spaces.action_dim,
+                                 seed=self.cfg.seed + 1,
+                                 frame_codec=self.cfg.replay_frame_codec)
+        info = init_from_checkpoint(path, self.agent, prior)
+        if prior is not None and not info["replay_loaded"]:
+            logger.warning("learner: %s holds no replay buffer (train.save_replay was false "
+                           "there); starting with an empty one", info["path"])
+            prior = None
+        self.prior = prior
+        logger.info("learner: starting from %s (update %d)%s", info["path"],
+                    info["num_updates"], f", {100 * self.prior_mix:.0f}% of each batch from "
+                    f"its {len(prior)} transitions" if prior is not None else "")
+
+    def _sample(self) -> Batch:
+        """A batch: ``prior_mix`` of it from the init-from run's replay, the rest new data."""
+        b = self.cfg.batch_size
+        if self.prior is None or len(self.prior) == 0:
+            return self.replay.sample(b)
+        n_prior = round(b * self.prior_mix)
+        if len(self.replay) == 0:
+            return self.prior.sample(b)
+        return Batch.concatenate([self.prior.sample(n_prior), self.replay.sample(b - n_prior)])
+
     def pretrain(self, transitions: Iterable[Transition], updates: int | None = None) -> dict:
         """Load recorded transitions into the replay buffer, then update on them.
 
@@ -188,7 +234,7 @@ class LearnerProcess:
         for _ in range(n):
             if self._stop.is_set():
                 break
-            self.agent.update(self.replay.sample(self.cfg.batch_size))
+            self.agent.update(self._sample())
         report = {"loaded": loaded, "gaps": assembler.counters["gaps"],
                   "bad_shape": assembler.counters["bad_shape"], "updates": n}
         logger.info("learner: pretrained on %d recorded transitions (%d updates, %d gaps, "
@@ -215,14 +261,13 @@ class LearnerProcess:
         Raises:
             RuntimeError: If the link thread failed (the error is chained).
         """
-        cfg = self.cfg
         agent, link, replay = self.agent, self.link, self.replay
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsWriter(self.run_dir / "metrics.csv")
         t_start = time.perf_counter()
         deadline = None if max_seconds is None else t_start + max_seconds
-        if agent.num_updates > 0:
-            self._publish()  # a resumed learner serves its weights from the start
+        if agent.num_updates > 0 and self._publish_at_start:
+            self._publish()
         io = threading.Thread(target=self._io_loop, name="learner-link", daemon=True)
         io.start()
         window = _Window(t_start, self.env_steps, agent.num_updates)
@@ -244,7 +289,7 @@ class LearnerProcess:
                     self.save()
                 if self._update_allowed():
                     t0 = time.perf_counter()
-                    out = agent.update(replay.sample(cfg.batch_size))
+                    out = agent.update(self._sample())
                     window.update_time += time.perf_counter() - t0
                     for key, value in out.items():
                         window.loss_sums[key] += value
@@ -346,9 +391,11 @@ class LearnerProcess:
 
     def _update_allowed(self) -> bool:
         cfg = self.cfg
-        if self.link.robot_paused or len(self.replay) < max(1, cfg.batch_size):
+        prior = len(self.prior) if self.prior is not None else 0
+        if (self.link.robot_paused or len(self.replay) < 1
+                or len(self.replay) + prior < max(1, cfg.batch_size)):
             return False
-        learning_steps = self.env_steps - cfg.init_random_steps
+        learning_steps = self.env_steps - self.random_steps
         if learning_steps <= 0:
             return False
         return self.agent.num_updates < math.floor(learning_steps * cfg.updates_per_step)

@@ -34,7 +34,7 @@ PNGs are true RGB images (viewable as is) and decode bit-exactly.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,12 @@ class Batch:
     action: np.ndarray
     reward: np.ndarray
     discount_mask: np.ndarray
+
+    @staticmethod
+    def concatenate(batches: list[Batch]) -> Batch:
+        """One batch of the transitions of ``batches``, in order (e.g. prior + new data)."""
+        return Batch(**{f.name: np.concatenate([getattr(b, f.name) for b in batches])
+                        for f in fields(Batch)})
 
 
 def frame_capacity_for(capacity: int, frame_stack: int) -> int:

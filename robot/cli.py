@@ -38,6 +38,18 @@ UR5_CONFIG = CONFIGS / "ur5_visual_reacher.yaml"
 QUICK_CONFIG = CONFIGS / "sim_quick.yaml"
 
 
+def _add_init_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init-from", type=Path, default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="start from another run's trained networks (e.g. the sim run, for "
+                   "the real arm): a run directory or its checkpoints/learner.pt")
+    p.add_argument("--init-replay-mix", type=float, default=0.0, metavar="F",
+                   help="with --init-from: share of each batch from that run's replay buffer "
+                   "(needs train.save_replay there); 0 (default): an empty buffer")
+    p.add_argument("--init-skip-random", action="store_true",
+                   help="with --init-from: no initial random steps; act with the loaded "
+                   "policy and update from the first step")
+
+
 def _add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrain", type=Path, nargs="+", default=None, metavar="SESSION",
                    help="load recorded sessions (session.mcap) into the replay buffer first")
@@ -164,12 +176,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sync:
         args.overrides.append("sim.pace=fast")
     config_path, cfg, run_dir = _train_config(args)
-    if args.sync and args.pretrain:
-        log.error("--pretrain loads sessions into the learner process: drop --sync")
+    if args.sync and (args.pretrain or args.init_from):
+        log.error("--pretrain and --init-from work on the learner process: drop --sync")
         return 2
     if args.pretrain:  # check the sessions now, not in the learner child
         for _ in _recorded_transitions(cfg, args.pretrain):
             break
+    if args.init_from is not None:
+        from learner.checkpoint import check_init_source
+        from robot.runner import spaces_of
+
+        sp = spaces_of(cfg)
+        source = check_init_source(args.init_from, cfg.agent, sp.image_shape, sp.proprio_dim,
+                                   sp.action_dim)
+        log.info("starting from %s", source)
     if cfg.backend != "sim" and args.sync:
         log.error("--sync runs the sim in lockstep; on the real arm (%s) the robot and the "
                   "learner always run as two processes: drop --sync", config_path)
@@ -245,6 +265,10 @@ def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) 
            "--exit-with-robot"]
     if args.resume is not None:
         cmd += ["--resume", str(args.resume)]
+    if args.init_from is not None:
+        cmd += ["--init-from", str(args.init_from), "--init-replay-mix",
+                str(args.init_replay_mix)] + (["--init-skip-random"] if args.init_skip_random
+                                              else [])
     if args.pretrain:
         cmd += ["--pretrain", *map(str, args.pretrain)]
         if args.pretrain_updates is not None:
@@ -324,6 +348,14 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
         runner = RobotRunner(cfg, rig, run_dir, link, realtime=realtime, start_step=start_step,
                              start_episode=start_episode, progress=progress,
                              recorder=recorder)
+        if getattr(args, "init_from", None) is not None and args.init_skip_random:
+            from learner.checkpoint import policy_state_from_checkpoint
+
+            state = policy_state_from_checkpoint(args.init_from)
+            runner.policy.load_weights(state)
+            runner.policy_version = state["version"]
+            log.info("robot: acting with %s's policy (version %d) from the first step",
+                     args.init_from, state["version"])
         _on_signals(runner.request_stop)
         if realtime:
             configure_process(cfg.robot.cpu_affinity)
@@ -582,7 +614,8 @@ def cmd_learner(args: argparse.Namespace) -> int:
             cfg.agent, link, run_dir, publish_every=cfg.train.publish_every,
             checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
             save_replay=cfg.train.save_replay, resume=args.resume,
-            exit_on_robot_shutdown=args.exit_with_robot)
+            exit_on_robot_shutdown=args.exit_with_robot, init_from=args.init_from,
+            prior_mix=args.init_replay_mix, skip_random=args.init_skip_random)
         _on_signals(learner.request_stop)
         if args.pretrain:
             learner.pretrain(_recorded_transitions(cfg, args.pretrain),
@@ -637,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", action="store_true",
                    help="one process: act, step the sim in fast pace, update (no link)")
     _add_pretrain_args(p)
+    _add_init_args(p)
     p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: train.run_dir/<time>_<config>_s<seed>)")
@@ -657,6 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue from RUN_DIR/checkpoints/learner.pt")
     _add_pretrain_args(p)
+    _add_init_args(p)
     p.add_argument("--exit-with-robot", action="store_true",
                    help="exit when the robot shuts down (used by madi train)")
     p.set_defaults(func=cmd_learner)
