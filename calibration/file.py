@@ -202,3 +202,23 @@ def config_overrides(calib: Calibration) -> dict[str, dict[str, Any]]:
         out["sim"] = {"command_latency": calib.latency.command_s,
                       "camera_latency": calib.latency.camera_s}
     return out
+
+
+def randomize_defaults(calib: Calibration) -> dict[str, Any]:
+    """Domain-randomization ranges (``sim.randomize``) from the measured uncertainty.
+
+    Three times the hand-eye and monitor residuals (m), and the latencies' measured
+    spread around their medians (s); sections not measured give nothing.
+    """
+    out: dict[str, Any] = {}
+    if calib.hand_eye is not None:
+        out["camera_xyz"] = min(0.1, 3 * calib.hand_eye.residual_mm / 1000)
+    if calib.monitor is not None:
+        out["monitor_xyz"] = min(0.2, 3 * calib.monitor.residual_mm / 1000)
+    if calib.latency is not None:
+        lat = calib.latency
+        out["command_latency"] = [max(0.0, lat.command_s - lat.command_spread_s),
+                                  min(0.5, lat.command_s + lat.command_spread_s)]
+        out["camera_latency"] = [max(0.0, lat.camera_s - lat.camera_spread_s),
+                                 min(0.5, lat.camera_s + lat.camera_spread_s)]
+    return out

@@ -310,6 +310,9 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     from robot.runner import RobotRunner, spaces_of
     from robot.timing import configure_process
 
+    if cfg.backend == "sim" and cfg.sim.randomize.enabled:
+        raise ConfigError("sim.randomize is applied by the sim env: use `madi train --sync` "
+                          "(the two-process sim rig does not randomize yet)")
     handler = _log_to_file(run_dir / "robot.log")
     torch.set_num_threads(cfg.robot.torch_threads)
     torch.manual_seed(cfg.seed)  # the policy's sampled actions

@@ -303,6 +303,50 @@ class SafetyConfig(_Section):
         return self
 
 
+Range = Annotated[list[Annotated[float, Field(ge=0, le=0.5)]],
+                  Field(min_length=2, max_length=2)]
+
+
+class RandomizeConfig(_Section):
+    """Domain randomization of the sim, drawn anew at every episode (sim -> real transfer).
+
+    Each value is the half-width of a uniform range around the (calibrated) nominal value,
+    or for latencies the range itself. With a calibration file, the ranges it can inform
+    default to its measured uncertainty (see :func:`config_from_dict`).
+    """
+
+    enabled: bool = Field(False, description="Randomize the sim at every episode.")
+    camera_xyz: float = Field(0.005, ge=0, le=0.1, description="Camera position on the "
+                              "flange, ± m per axis.")
+    camera_rpy: float = Field(0.02, ge=0, le=0.5, description="Camera orientation, ± rad.")
+    focal: float = Field(0.03, ge=0, le=0.5, description="fx, fy, ± fraction.")
+    principal: float = Field(4.0, ge=0, le=100, description="cx, cy, ± px (capture).")
+    monitor_xyz: float = Field(0.02, ge=0, le=0.2, description="Monitor position, ± m.")
+    monitor_rpy: float = Field(0.03, ge=0, le=0.5, description="Monitor orientation, ± rad.")
+    brightness: float = Field(0.15, ge=0, le=0.9, description="Image gain (lighting and "
+                              "exposure), ± fraction.")
+    white_balance: float = Field(0.08, ge=0, le=0.5, description="Per-channel gain, ± "
+                                 "fraction.")
+    noise: float = Field(3.0, ge=0, le=50, description="Sensor noise, Gaussian sigma up to "
+                         "this many levels.")
+    colour: int = Field(20, ge=0, le=100, description="Target and screen colours, ± levels "
+                        "per channel.")
+    command_latency: Range = Field(default_factory=lambda: [0.0, 0.016],
+                                   description="Command delay range, s.")
+    camera_latency: Range = Field(default_factory=lambda: [0.0, 0.04],
+                                  description="Camera delay range, s.")
+    acceleration: float = Field(0.15, ge=0, le=0.9, description="Arm acceleration, ± "
+                                "fraction.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomizeConfig:
+        for name in ("command_latency", "camera_latency"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: low {lo} > high {hi}")
+        return self
+
+
 class SimConfig(_Section):
     """The MuJoCo mirror."""
 
@@ -317,6 +361,7 @@ class SimConfig(_Section):
     physics_substeps: int = Field(
         4, ge=1, le=64, description="MuJoCo steps per controller tick."
     )
+    randomize: RandomizeConfig = Field(default_factory=RandomizeConfig)
 
 
 class RobotLoopConfig(_Section):
@@ -536,7 +581,12 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
     merged = json.loads(json.dumps(data))
     _apply_overrides(merged, overrides)
     if merged.get("calibration"):
-        from calibration.file import CalibrationError, config_overrides, load_calibration
+        from calibration.file import (
+            CalibrationError,
+            config_overrides,
+            load_calibration,
+            randomize_defaults,
+        )
 
         path = Path(merged["calibration"])
         if not path.is_absolute():
@@ -549,6 +599,9 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
             node = data.setdefault(section, {})
             if isinstance(node, dict):
                 node.update(values)
+        explicit = data.setdefault("sim", {}).setdefault("randomize", {})
+        for key, value in randomize_defaults(calib).items():
+            explicit.setdefault(key, value)  # the config's own ranges win
         data["calibration"] = str(path.resolve())
         _apply_overrides(data, [o for o in overrides if not o.startswith("calibration=")])
     else:

@@ -24,6 +24,7 @@ from robot.observation import FrameStack, action_to_qd, proprio
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, sample_target_center
 from sim.mirror import Mirror
+from sim.randomize import ImageEffects, sample
 
 
 class VisualReacherEnv(gym.Env):
@@ -36,6 +37,11 @@ class VisualReacherEnv(gym.Env):
             (:func:`robot.distractions.make_distractions`); default: the plain screen.
             Dynamic ones are redrawn every step.
 
+    With ``sim.randomize.enabled`` every reset draws a perturbed rig
+    (:mod:`sim.randomize`: camera, monitor, colours, latencies, acceleration, image
+    effects) and rebuilds the mirror from it; :attr:`cfg` is then that episode's config
+    and :attr:`base_cfg` the nominal one.
+
     The ``info`` dict of each step carries ``red_fraction``, ``success``,
     ``applied_qd`` (rad/s, after safety), ``interventions`` (list of str) and
     ``contacts`` (geom pairs touching; a contact ends the episode as a protective stop
@@ -46,6 +52,8 @@ class VisualReacherEnv(gym.Env):
 
     def __init__(self, cfg: Config, distractions: Distractions | None = None):
         self.cfg = cfg
+        self.base_cfg = cfg  # the nominal rig; ``cfg`` is this episode's when randomized
+        self._effects: ImageEffects | None = None
         self.distractions = distractions or Plain(tuple(cfg.sim.texture_px))
         self.mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
         self.safety = SafetyLimits(cfg.safety, cfg.arm,
@@ -82,6 +90,12 @@ class VisualReacherEnv(gym.Env):
             ``(obs, info)`` with ``info["target_center"]`` (fractions of the screen).
         """
         super().reset(seed=seed)
+        if self.base_cfg.sim.randomize.enabled:
+            rig = sample(self.base_cfg, self.np_random)
+            self.cfg, self._effects = rig.cfg, rig.effects
+            self.mirror.close()
+            c = rig.cfg
+            self.mirror = Mirror(c.arm, c.camera, c.monitor, c.sim)
         w, h = self.screen_size
         radius = self.cfg.target.radius
         self.target_center = sample_target_center(self.np_random, radius, w / h)
@@ -90,7 +104,7 @@ class VisualReacherEnv(gym.Env):
         self.mirror.reset(self.q_home)
         if self.cfg.sim.pace == "realtime":
             time.sleep(self.cfg.arm.reset_duration)
-        self._frames.reset(self.mirror.render())
+        self._frames.reset(self._render())
         self._prev_action[:] = 0.0
         self._steps = 0
         self._deadline = time.monotonic()
@@ -120,7 +134,7 @@ class VisualReacherEnv(gym.Env):
             self._show(self._steps + 1)  # what the camera sees at the end of this step
         self.mirror.command(safe.qd)
         self.mirror.advance(self.cfg.task.agent_period)
-        frame = self.mirror.render()
+        frame = self._render()
         self._frames.push(frame)
         self._prev_action[:] = action
         self._steps += 1
@@ -150,6 +164,11 @@ class VisualReacherEnv(gym.Env):
     def close(self) -> None:
         """Release the renderer."""
         self.mirror.close()
+
+    def _render(self) -> np.ndarray:
+        """The wrist camera frame, through this episode's image effects when randomized."""
+        frame = self.mirror.render()
+        return frame if self._effects is None else self._effects.apply(frame, self.np_random)
 
     def _show(self, step: int) -> None:
         """Put the target over the distraction of agent step ``step`` on the monitor."""
