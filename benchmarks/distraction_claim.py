@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 SETS = ("none", "easy", "hard")
 VARIANTS = {"madi": "MaDi", "sac_crop": "masker off (SAC+crop)",
-            "svea_overlay": "overlay only (SVEA-style)"}
+            "svea_overlay": "overlay only (SVEA-style)", "random": "random actions"}
 
 
 def evaluate_runs(runs: Path, episodes: int) -> dict:
@@ -54,6 +54,31 @@ def evaluate_runs(runs: Path, episodes: int) -> dict:
         print(f"{run.name}: " + ", ".join(f"{s} {r.mean_return:.1f}"
                                           for s, r in results.items()), flush=True)
     return out
+
+
+class RandomPolicy:
+    """Uniform random actions: the floor every learned policy is compared with."""
+
+    masker = None
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def act(self, obs: dict, deterministic: bool = True) -> np.ndarray:
+        return self.rng.uniform(-1, 1, 5).astype(np.float32)
+
+
+def evaluate_random(runs: Path, episodes: int) -> dict:
+    from robot.config import load_config
+    from robot.evaluate import evaluate
+
+    cfg = load_config(next(runs.glob("*/config.yaml")))
+    results = {s: evaluate(cfg, RandomPolicy(), s, episodes, seed=1000) for s in SETS}
+    return {"0": {s: {"mean_return": r.mean_return, "success_rate": r.success_rate,
+                      "returns": r.returns} for s, r in results.items()}}
 
 
 def table(data: dict) -> str:
@@ -137,6 +162,7 @@ def main() -> int:
     parser.add_argument("--masks-run", default="madi_s0")
     args = parser.parse_args()
     data = evaluate_runs(args.runs, args.episodes)
+    data["random"] = evaluate_random(args.runs, args.episodes)
     (args.runs / "claim.json").write_text(json.dumps(data, indent=1))
     print(table(data))
     if args.plot:
