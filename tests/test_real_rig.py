@@ -8,6 +8,7 @@ read through OpenCV, the monitor by the off-screen target display.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import threading
@@ -62,7 +63,15 @@ def episodes(run_dir):
 
 
 
-def start(runner):
+def real_runner(cfg, tmp_path, link=None, total_steps=40):
+    """The robot loop on the real rig's backends (ur_rtde double, video camera)."""
+    return RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", link,
+                       total_steps=total_steps)
+
+
+@contextlib.contextmanager
+def running(runner):
+    """Run ``runner`` in a thread; stop and join it at exit; its run must not fail."""
     out = {}
 
     def run():
@@ -73,16 +82,19 @@ def start(runner):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, out
+    try:
+        yield thread
+    finally:
+        runner.request_stop()
+        thread.join(15)
+    assert "error" not in out, out.get("error")
 
 
 def test_rtde_drop_mid_episode_stops_ends_the_episode_and_reconnects(tmp_path, caplog):
     cfg = rig_config(write_video(tmp_path / "cam.avi", 30))
     with running_controller(cfg, "ur-fake") as controller:
-        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
-                             total_steps=40)
-        thread, out = start(runner)
-        try:
+        runner = real_runner(cfg, tmp_path)
+        with running(runner) as thread:
             assert wait_for(lambda: runner.env_steps >= 15)
             controller.drop_link()
             # The script runs on with the last target until the watchdog halts it.
@@ -91,10 +103,6 @@ def test_rtde_drop_mid_episode_stops_ends_the_episode_and_reconnects(tmp_path, c
             time.sleep(0.5)  # a few reconnect attempts fail meanwhile
             controller.restore_link()
             thread.join(30)
-        finally:
-            runner.request_stop()
-            thread.join(10)
-        assert "error" not in out, out.get("error")
         ends = [r["end"] for r in episodes(tmp_path / "run")]
         assert "arm_link_lost" in ends
         assert runner.env_steps == 40 and runner.arm_reconnects == 1
@@ -105,17 +113,11 @@ def test_rtde_drop_mid_episode_stops_ends_the_episode_and_reconnects(tmp_path, c
 def test_protective_stop_aborts_the_episode_and_the_dashboard_recovers(tmp_path):
     cfg = rig_config(write_video(tmp_path / "cam.avi", 30))
     with running_controller(cfg, "ur-fake", unlock_delay=0.3) as controller:
-        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
-                             total_steps=40)
-        thread, out = start(runner)
-        try:
+        runner = real_runner(cfg, tmp_path)
+        with running(runner) as thread:
             assert wait_for(lambda: runner.env_steps >= 15)
             controller.protective_stop("test")
             thread.join(30)
-        finally:
-            runner.request_stop()
-            thread.join(10)
-        assert "error" not in out, out.get("error")
         rows = episodes(tmp_path / "run")
         assert [r["end"] for r in rows].count("protective_stop") == 1
         assert runner.protective_stops == 1 and runner.env_steps == 40
@@ -125,8 +127,7 @@ def test_protective_stop_aborts_the_episode_and_the_dashboard_recovers(tmp_path)
 def test_camera_unplugged_stops_the_arm_with_a_clear_message(tmp_path):
     cfg = rig_config(write_video(tmp_path / "cam.avi", 2.0))
     with running_controller(cfg, "ur-fake") as controller:
-        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", None,
-                             total_steps=1000)
+        runner = real_runner(cfg, tmp_path, total_steps=1000)
         with pytest.raises(DeviceError, match="unplugged or stalled"):
             runner.run()
         assert controller.speed_stop_calls >= 1 and controller.stop_script_calls == 1
@@ -169,21 +170,17 @@ def test_learner_lost_in_stop_mode_holds_the_real_arm(tmp_path):
     learner = FakeLearner(addrs, cfg)
     link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
     with running_controller(cfg, "ur-fake") as controller:
-        runner = RobotRunner(cfg, RealRig(cfg, rtde=fake_ur_rtde), tmp_path / "run", link,
-                             total_steps=1000)
-        thread, out = start(runner)
+        runner = real_runner(cfg, tmp_path, link, total_steps=1000)
         try:
-            assert wait_for(lambda: runner.env_steps >= 15)
-            learner.close()
-            # Mid-episode (end = learner_lost) or at an episode boundary: the arm is held.
-            assert wait_for(lambda: runner.waiting_for_learner, 10)
-            steps = runner.env_steps
-            time.sleep(0.5)
-            assert runner.env_steps == steps  # no acting without a learner
-            assert np.max(np.abs(controller.qd)) < 1e-2  # the arm is held at rest
-            assert controller.program_running and not controller.watchdog_fired
+            with running(runner):
+                assert wait_for(lambda: runner.env_steps >= 15)
+                learner.close()
+                # Mid-episode (end = learner_lost) or between episodes: the arm is held.
+                assert wait_for(lambda: runner.waiting_for_learner, 10)
+                steps = runner.env_steps
+                time.sleep(0.5)
+                assert runner.env_steps == steps  # no acting without a learner
+                assert np.max(np.abs(controller.qd)) < 1e-2  # the arm is held at rest
+                assert controller.program_running and not controller.watchdog_fired
         finally:
-            runner.request_stop()
-            thread.join(15)
             link.close()
-    assert "error" not in out, out.get("error")
