@@ -131,6 +131,7 @@ def masks(run: Path, out: Path, scale: int = 4) -> None:
     from learner.policy import MadiPolicy
     from robot.config import load_config
     from robot.distractions import make_distractions
+    from robot.evaluate import frame_with_mask
     from sim.env import VisualReacherEnv
 
     cfg = load_config(run / "config.yaml", ["sim.pace=fast"])
@@ -144,10 +145,7 @@ def masks(run: Path, out: Path, scale: int = 4) -> None:
             obs, *_ = env.step(policy.act(obs, deterministic=True))
         frame = env.render()
         env.close()
-        mask = (policy.mask(frame) * 255).astype(np.uint8)
-        row = np.concatenate([frame, np.repeat(mask[:, :, None], 3, axis=2)], axis=1)
-        row = cv2.resize(row, (row.shape[1] * scale, row.shape[0] * scale),
-                         interpolation=cv2.INTER_NEAREST)
+        row = frame_with_mask(frame, policy, scale)
         cv2.putText(row, s, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2)
         rows.append(row)
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))

@@ -98,7 +98,7 @@ def evaluate(cfg: Config, policy: Any, distractions: str, episodes: int, seed: i
             total, success, done = 0.0, False, False
             while not done:
                 if writer is not None:
-                    writer.append_data(_video_frame(env.render(), policy, scale))
+                    writer.append_data(frame_with_mask(env.render(), policy, scale))
                 obs, reward, terminated, truncated, info = env.step(
                     policy.act(obs, deterministic=True))
                 total += float(reward)
@@ -115,7 +115,18 @@ def evaluate(cfg: Config, policy: Any, distractions: str, episodes: int, seed: i
     return result.finish()
 
 
-def _video_frame(frame: np.ndarray, policy: Any, scale: int) -> np.ndarray:
+def frame_with_mask(frame: np.ndarray, policy: Any, scale: int) -> np.ndarray:
+    """A camera frame with the policy's Masker mask beside it (white = kept), upscaled.
+
+    Args:
+        frame: uint8 (H, W, 3) RGB observation frame.
+        policy: A :class:`learner.policy.MadiPolicy` (or None); without a Masker only
+            the frame is shown.
+        scale: Nearest-neighbour upscaling.
+
+    Returns:
+        uint8 (H * scale, W * scale * panels, 3) RGB, panels = 2 with a Masker, else 1.
+    """
     tiles = [frame]
     if getattr(policy, "masker", None) is not None:
         mask = (policy.mask(frame) * 255).astype(np.uint8)

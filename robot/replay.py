@@ -24,6 +24,7 @@ import numpy as np
 from robot.backends.base import ProtectiveStopError, Rig
 from robot.backends.replay import ReplayRig, load_episodes
 from robot.config import Config
+from robot.evaluate import frame_with_mask
 from robot.safety import SafetyLimits
 from robot.session_log import SessionInfo, SessionLog, SessionLogError
 from robot.timing import LoopTimer
@@ -175,25 +176,20 @@ def render_view(log: SessionLog, out: Path, policy: Any = None, scale: int = 4,
     q = np.stack([s.q for e in episodes for s in e.states])
     starts = np.cumsum([0] + [len(e.frames) for e in episodes])[:-1]
     h, w = frames.shape[1:3]
-    panels = 2 if policy is not None else 1
+    panels = 2 if getattr(policy, "masker", None) is not None else 1
     width = w * scale * panels
     plot = _plot_strip(rewards, q, starts, width, 240)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with imageio.get_writer(out, fps=fps or 1.0 / cfg_period, macro_block_size=1) as video:
         for i, frame in enumerate(frames):
-            tiles = [frame]
-            if policy is not None:
-                mask = (policy.mask(frame) * 255).astype(np.uint8)
-                tiles.append(np.repeat(mask[:, :, None], 3, axis=2))
-            top = cv2.resize(np.concatenate(tiles, axis=1), (width, h * scale),
-                             interpolation=cv2.INTER_NEAREST)
+            top = frame_with_mask(frame, policy, scale)
             bottom = plot.copy()
             x = round(i / max(len(frames) - 1, 1) * (width - 1))
             cv2.line(bottom, (x, 0), (x, bottom.shape[0] - 1), (0, 0, 0), 1)
             video.append_data(np.concatenate([top, bottom], axis=0))
     logger.info("wrote %s: %d frames, %s", out, len(frames),
-                "frames | masks" if policy is not None else "frames")
+                "frames | masks" if panels == 2 else "frames")
     return out
 
 

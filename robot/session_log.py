@@ -90,18 +90,6 @@ def struct_bytes(dtype: np.dtype, **values: Any) -> bytes:
     return rec.tobytes()
 
 
-def read_struct(dtype: np.dtype, data: bytes) -> np.void:
-    """Unpack one madi-struct record.
-
-    Raises:
-        SessionLogError: If ``data`` is not exactly one record of ``dtype``.
-    """
-    if len(data) != dtype.itemsize:
-        raise SessionLogError(f"a struct message of {len(data)} bytes, expected "
-                              f"{dtype.itemsize}: corrupt record")
-    return np.frombuffer(data, dtype)[0]
-
-
 @dataclass
 class SessionInfo:
     """What ``madi sessions ls`` shows of one session.
