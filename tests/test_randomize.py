@@ -85,3 +85,12 @@ def test_ranges_default_to_the_calibration_uncertainty(tmp_path):
     explicit.write_text(yaml.safe_dump({"calibration": str(path),
                                         "sim": {"randomize": {"camera_xyz": 0.001}}}))
     assert load_config(explicit).sim.randomize.camera_xyz == 0.001  # the config wins
+
+
+def test_two_process_train_refuses_randomize_before_starting(tmp_path, caplog):
+    from robot.cli import main
+
+    assert main(["train", "--steps", "5", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", "sim.randomize.enabled=true"]) == 2
+    assert "madi train --sync" in caplog.text
+    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing was started
