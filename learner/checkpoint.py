@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "load_policy_file",
     "save_checkpoint",
     "save_policy",
+    "start_from",
 ]
 
 logger = logging.getLogger(__name__)
@@ -336,6 +338,42 @@ def init_from_checkpoint(path: str | Path, agent: MadiSacAgent,
                 ", with its replay buffer" if loaded else "")
     return {"path": str(path), "num_updates": agent.num_updates,
             "counters": dict(data["counters"]), "replay_loaded": loaded}
+
+
+def start_from(path: str | Path, agent: MadiSacAgent, prior_mix: float,
+               new_replay: Callable[[], Any]) -> Any | None:
+    """``--init-from`` for a training loop (learner process or ``--sync``).
+
+    Loads ``path``'s networks into ``agent`` (:func:`init_from_checkpoint`) and, when
+    ``prior_mix`` > 0, its replay buffer into a new one, to be mixed into every batch
+    (:func:`learner.replay.sample_mixed`).
+
+    Args:
+        path: Run directory or ``learner.pt``.
+        agent: The new agent.
+        prior_mix: Share of each batch from the prior run's buffer, in [0, 1).
+        new_replay: Makes an empty buffer of the new run's spaces.
+
+    Returns:
+        The prior buffer, or None (``prior_mix`` 0, or the checkpoint holds no buffer:
+        logged as a warning, the run starts with an empty one).
+
+    Raises:
+        ValueError: If ``prior_mix`` is outside [0, 1).
+        CheckpointError, CheckpointMismatchError: As :func:`init_from_checkpoint`.
+    """
+    if not 0.0 <= prior_mix < 1.0:
+        raise ValueError(f"--init-replay-mix must be in [0, 1), got {prior_mix}")
+    prior = new_replay() if prior_mix > 0 else None
+    info = init_from_checkpoint(path, agent, prior)
+    if prior is not None and not info["replay_loaded"]:
+        logger.warning("%s holds no replay buffer (train.save_replay was false there); "
+                       "starting with an empty one", info["path"])
+        prior = None
+    if prior is not None:
+        logger.info("%.0f%% of each batch from its %d transitions", 100 * prior_mix,
+                    len(prior))
+    return prior
 
 
 def policy_state_from_checkpoint(path: str | Path) -> dict[str, Any]:

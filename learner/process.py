@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from learner.agent import MadiSacAgent
-from learner.checkpoint import init_from_checkpoint, load_checkpoint, save_run_checkpoints
+from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.link import LearnerLink
 from learner.messages import Shutdown, Transition, TransitionAssembler, Weights
 from learner.metrics import MetricsWriter
-from learner.replay import Batch, ReplayBuffer
+from learner.replay import Batch, ReplayBuffer, sample_mixed
 
 __all__ = ["LearnerProcess", "read_progress"]
 
@@ -140,8 +140,6 @@ class LearnerProcess:
         self.assembler = TransitionAssembler(spaces)
         self.env_steps = 0
         self.episodes = 0
-        if not 0.0 <= prior_mix < 1.0:
-            raise ValueError(f"prior_mix must be in [0, 1), got {prior_mix}")
         self.prior_mix = float(prior_mix)
         self.prior: ReplayBuffer | None = None
         self.random_steps = 0 if skip_random else cfg.init_random_steps
@@ -150,7 +148,10 @@ class LearnerProcess:
         if resume is not None:
             self._resume(Path(resume))
         elif init_from is not None:
-            self._init_from(Path(init_from))
+            self.prior = start_from(init_from, self.agent, prior_mix, lambda: ReplayBuffer(
+                cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack,
+                spaces.proprio_dim, spaces.action_dim, seed=cfg.seed + 1,
+                frame_codec=cfg.replay_frame_codec))
         self._stop = threading.Event()
         self.stop_reason = ""
         self._episode_returns: dict[int, float] = defaultdict(float)
@@ -179,33 +180,9 @@ class LearnerProcess:
         logger.info("learner: resumed from %s at env step %d, update %d", path, self.env_steps,
                     self.agent.num_updates)
 
-    def _init_from(self, path: Path) -> None:
-        spaces = self.link.spaces
-        prior = None
-        if self.prior_mix > 0:
-            prior = ReplayBuffer(self.cfg.replay_capacity, spaces.frame_shape,
-                                 spaces.frame_stack, spaces.proprio_dim, spaces.action_dim,
-                                 seed=self.cfg.seed + 1,
-                                 frame_codec=self.cfg.replay_frame_codec)
-        info = init_from_checkpoint(path, self.agent, prior)
-        if prior is not None and not info["replay_loaded"]:
-            logger.warning("learner: %s holds no replay buffer (train.save_replay was false "
-                           "there); starting with an empty one", info["path"])
-            prior = None
-        self.prior = prior
-        logger.info("learner: starting from %s (update %d)%s", info["path"],
-                    info["num_updates"], f", {100 * self.prior_mix:.0f}% of each batch from "
-                    f"its {len(prior)} transitions" if prior is not None else "")
-
     def _sample(self) -> Batch:
         """A batch: ``prior_mix`` of it from the init-from run's replay, the rest new data."""
-        b = self.cfg.batch_size
-        if self.prior is None or len(self.prior) == 0:
-            return self.replay.sample(b)
-        n_prior = round(b * self.prior_mix)
-        if len(self.replay) == 0:
-            return self.prior.sample(b)
-        return Batch.concatenate([self.prior.sample(n_prior), self.replay.sample(b - n_prior)])
+        return sample_mixed(self.replay, self.prior, self.prior_mix, self.cfg.batch_size)
 
     def pretrain(self, transitions: Iterable[Transition], updates: int | None = None) -> dict:
         """Load recorded transitions into the replay buffer, then update on them.

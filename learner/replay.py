@@ -49,6 +49,7 @@ __all__ = [
     "naive_nbytes",
     "png_max_nbytes",
     "replay_nbytes",
+    "sample_mixed",
 ]
 
 _FLOAT_KINDS = ("f",)
@@ -109,6 +110,27 @@ class Batch:
         """One batch of the transitions of ``batches``, in order (e.g. prior + new data)."""
         return Batch(**{f.name: np.concatenate([getattr(b, f.name) for b in batches])
                         for f in fields(Batch)})
+
+
+def sample_mixed(replay: Any, prior: Any | None, share: float, batch_size: int) -> Batch:
+    """A batch with ``share`` of it from ``prior`` and the rest from ``replay``.
+
+    Sim -> real fine-tuning (``--init-replay-mix``): ``prior`` is the init-from run's
+    replay buffer, ``replay`` the new run's. While ``replay`` is empty the whole batch
+    comes from ``prior``; without a prior (None or empty) from ``replay`` alone.
+
+    Args:
+        replay: The new run's buffer (``sample(n) -> Batch``, ``len``).
+        prior: The prior run's buffer, or None.
+        share: Fraction of each batch from ``prior``, in [0, 1).
+        batch_size: Transitions per batch.
+    """
+    if prior is None or len(prior) == 0:
+        return replay.sample(batch_size)
+    if len(replay) == 0:
+        return prior.sample(batch_size)
+    n_prior = round(batch_size * share)
+    return Batch.concatenate([prior.sample(n_prior), replay.sample(batch_size - n_prior)])
 
 
 def frame_capacity_for(capacity: int, frame_stack: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from learner.agent import MadiSacAgent
-from learner.checkpoint import save_run_checkpoints
+from learner.checkpoint import save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter
 
@@ -78,10 +78,14 @@ def train_sync(
     save_replay: bool = False,
     progress: bool = True,
     agent: MadiSacAgent | None = None,
+    init_from: str | Path | None = None,
+    prior_mix: float = 0.0,
+    skip_random: bool = False,
 ) -> dict[str, Any]:
     """Train MaDi-SAC synchronously on ``env``.
 
-    Loop per env step: act (uniformly random for ``init_random_steps``, then a sample
+    Loop per env step: act (uniformly random for ``init_random_steps`` unless
+    ``skip_random``, then a sample
     from the policy), step the env, store the transition, then run updates while the
     update credit (``updates_per_step`` per step after the random phase) allows.
     Evaluation (deterministic policy, ``eval_episodes`` episodes) happens after every
@@ -102,6 +106,13 @@ def train_sync(
         save_replay: Include the replay buffer in the full checkpoint.
         progress: Show a tqdm progress bar.
         agent: Optional pre-built agent (e.g. restored from a checkpoint).
+        init_from: Another run (directory or ``learner.pt``) to start from: its networks
+            and temperature (:func:`learner.checkpoint.start_from`), e.g. a sim run
+            fine-tuned on a second rig.
+        prior_mix: With ``init_from``: share of each batch from that run's replay buffer
+            (when its checkpoint holds one), in [0, 1); 0: an empty buffer.
+        skip_random: No uniformly random phase: act with the policy and update from the
+            first step (with ``init_from``, the loaded policy).
 
     Returns:
         Summary dict: ``agent``, ``env_steps``, ``updates``, ``episodes``,
@@ -110,8 +121,9 @@ def train_sync(
 
     Raises:
         ValueError: If the spaces are not as described or a count is out of range.
+        learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent.
     """
-    from learner.replay import ReplayBuffer
+    from learner.replay import ReplayBuffer, sample_mixed
 
     if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or log_every < 1:
         raise ValueError(
@@ -134,12 +146,18 @@ def train_sync(
     if agent is None:
         agent = MadiSacAgent(agent_cfg, image_shape, proprio_dim, action_dim)
     cfg = agent.cfg
-    policy = agent.make_policy()
     k = image_shape[0] // 3
-    replay = ReplayBuffer(
-        cfg.replay_capacity, (3, *image_shape[1:]), k, proprio_dim, action_dim, seed=cfg.seed,
-        frame_codec=cfg.replay_frame_codec,
-    )
+
+    def new_replay(seed: int) -> ReplayBuffer:
+        return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), k, proprio_dim,
+                            action_dim, seed=seed, frame_codec=cfg.replay_frame_codec)
+
+    replay = new_replay(cfg.seed)
+    prior = None
+    if init_from is not None:
+        prior = start_from(init_from, agent, prior_mix, lambda: new_replay(cfg.seed + 1))
+    policy = agent.make_policy()
+    random_steps = 0 if skip_random else cfg.init_random_steps
     action_space.seed(cfg.seed)
     metrics = MetricsWriter(run_dir / "metrics.csv")
     logger.info(
@@ -167,7 +185,7 @@ def train_sync(
     try:
         for step in range(1, total_steps + 1):
             t0 = time.perf_counter()
-            if step <= cfg.init_random_steps:
+            if step <= random_steps:
                 action = np.asarray(action_space.sample(), dtype=np.float32)
             else:
                 action = policy.act(obs, deterministic=False)
@@ -184,12 +202,13 @@ def train_sync(
             episode_len += 1
             obs = next_obs
 
-            if step > cfg.init_random_steps and len(replay) >= 1:
+            if step > random_steps and len(replay) >= 1:
                 credit = min(credit + cfg.updates_per_step, math.ceil(cfg.updates_per_step))
                 while credit >= 1.0:
                     credit -= 1.0
                     t_u = time.perf_counter()
-                    out = agent.update(replay.sample(cfg.batch_size))
+                    out = agent.update(sample_mixed(replay, prior, prior_mix,
+                                                    cfg.batch_size))
                     timers["timing/update_s"] += time.perf_counter() - t_u
                     for key, value in out.items():
                         loss_sums[key] += value

@@ -187,12 +187,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.sync:
         args.overrides.append("sim.pace=fast")
     config_path, cfg, run_dir = _train_config(args)
-    if args.sync and (args.pretrain or args.init_from):
-        log.error("--pretrain and --init-from work on the learner process: drop --sync")
+    if args.sync and args.pretrain:
+        log.error("--pretrain works on the learner process: drop --sync")
         return 2
     if args.pretrain:  # check the sessions now, not in the learner child
         for _ in _recorded_transitions(cfg, args.pretrain):
             break
+    if args.init_from is None and (args.init_replay_mix or args.init_skip_random):
+        log.error("--init-replay-mix and --init-skip-random go with --init-from RUN")
+        return 2
+    if not 0.0 <= args.init_replay_mix < 1.0:
+        log.error("--init-replay-mix must be in [0, 1), got %s", args.init_replay_mix)
+        return 2
     if args.init_from is not None:
         from learner.checkpoint import check_init_source
         from robot.runner import spaces_of
@@ -211,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("run dir %s (config %s, task hash %s, variant %s)", run_dir, config_path.name,
              cfg.task_hash(), cfg.agent.variant)
     if args.sync:
-        summary = _train_sync(cfg, run_dir, not args.no_progress)
+        summary = _train_sync(cfg, run_dir, args)
     else:
         summary = _train_async(cfg, run_dir, args)
     if summary is None:
@@ -228,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_sync(cfg, run_dir: Path, progress: bool) -> str:
+def _train_sync(cfg, run_dir: Path, args: argparse.Namespace) -> str:
     from learner.train_sync import train_sync
     from sim.env import VisualReacherEnv
 
@@ -247,7 +253,11 @@ def _train_sync(cfg, run_dir: Path, progress: bool) -> str:
             eval_episodes=cfg.train.eval_episodes,
             eval_env=eval_env,
             checkpoint_every=cfg.train.checkpoint_every,
-            progress=progress,
+            save_replay=cfg.train.save_replay,
+            progress=not args.no_progress,
+            init_from=args.init_from,
+            prior_mix=args.init_replay_mix,
+            skip_random=args.init_skip_random,
         )
     finally:
         env.close()

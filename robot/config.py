@@ -569,9 +569,11 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
                      base_dir: str | Path | None = None) -> Config:
     """Validate a config mapping, applying the calibration file and overrides.
 
-    Precedence, lowest first: the mapping, the calibration file it names (``calibration``,
-    relative to ``base_dir``; see :mod:`calibration.file`), the ``dotted.key=value``
-    overrides. The validated config holds the calibration's absolute path.
+    Precedence, lowest first: the mapping, the calibration file it names (``calibration``;
+    see :mod:`calibration.file`), the ``dotted.key=value`` overrides. A relative
+    calibration path is taken from ``base_dir`` when the mapping names it, and from the
+    working directory when an override does (``--set calibration=PATH`` on the command
+    line). The validated config holds the calibration's absolute path.
 
     Raises:
         ConfigError: If any field is missing, unknown or out of range, or the calibration
@@ -589,7 +591,7 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
         )
 
         path = Path(merged["calibration"])
-        if not path.is_absolute():
+        if not path.is_absolute() and merged["calibration"] == data.get("calibration"):
             path = Path(base_dir or ".") / path
         try:
             calib = load_calibration(path)

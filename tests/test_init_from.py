@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from learner.checkpoint import (
 )
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.replay import Batch, ReplayBuffer
+from learner.replay import ReplayBuffer, sample_mixed
 from robot.cli import CONFIGS, main
 
 IMAGE = (9, 24, 32)
@@ -95,8 +96,11 @@ def test_mismatched_checkpoints_are_refused_with_each_difference(tmp_path):
 
 def test_batches_mix_the_prior_replay_at_the_configured_ratio():
     prior, new = filled_replay(reward=1.0, seed=1), filled_replay(reward=0.0, seed=2)
-    batch = Batch.concatenate([prior.sample(6), new.sample(2)])
+    batch = sample_mixed(new, prior, 0.75, 8)
     assert batch.frames.shape[0] == 8 and batch.reward.tolist() == [1.0] * 6 + [0.0] * 2
+    empty = ReplayBuffer(100, (3, 24, 32), 3, 15, 5)
+    assert sample_mixed(empty, prior, 0.75, 8).reward.tolist() == [1.0] * 8
+    assert sample_mixed(new, None, 0.75, 8).reward.tolist() == [0.0] * 8
 
 
 def test_train_init_from_a_sim_run_acts_with_its_policy_from_the_first_step(tmp_path,
@@ -115,8 +119,34 @@ def test_train_init_from_a_sim_run_acts_with_its_policy_from_the_first_step(tmp_
         rows = list(csv.DictReader(f))
     assert int(rows[0]["random_steps"]) == 0 and int(rows[0]["policy_version_first"]) > 0
     log = (second / "learner.log").read_text()
-    assert "starting from" in log and "50% of each batch" in log
+    assert "initialised from" in log and "50% of each batch" in log
     bad = ["--set", "camera.subsample=4"]  # other image size: refused before starting
     assert main(["train", "--config", config, "--steps", "20", "--out", str(tmp_path / "x"),
                  "--init-from", str(first), *tiny, *bad]) == 2
     assert "spaces.image_shape" in caplog.text
+
+
+def test_sync_train_init_from_loads_the_run_and_updates_from_the_first_step(tmp_path,
+                                                                            caplog):
+    caplog.set_level(logging.INFO)
+    tiny = ["--sync", "--set", "task.episode_steps=10", "--set", "agent.batch_size=8",
+            "--set", "agent.init_random_steps=20", "--set", "train.eval_episodes=0",
+            "--no-progress"]
+    config = str(CONFIGS / "sim_quick.yaml")
+    first = tmp_path / "sim"
+    assert main(["train", "--config", config, "--steps", "30", "--out", str(first),
+                 "--set", "train.save_replay=true", *tiny]) == 0
+    saved = torch.load(first / "checkpoints" / "learner.pt", weights_only=True)
+    assert saved["replay"] is not None  # --sync honours train.save_replay
+    loaded_updates = int(saved["agent"]["num_updates"])
+    assert loaded_updates == 5  # 10 env steps after the random phase x 0.5
+    second = tmp_path / "second"
+    assert main(["train", "--config", config, "--steps", "20", "--out", str(second),
+                 "--init-from", str(first), "--init-replay-mix", "0.5",
+                 "--init-skip-random", *tiny]) == 0
+    after = torch.load(second / "checkpoints" / "learner.pt", weights_only=True)
+    assert int(after["agent"]["num_updates"]) == loaded_updates + 10  # no random phase
+    assert "initialised from" in caplog.text and "50% of each batch" in caplog.text
+    assert main(["train", "--config", config, "--steps", "20", "--out", str(tmp_path / "x"),
+                 "--init-skip-random", *tiny]) == 2  # without --init-from
+    assert "go with --init-from" in caplog.text
