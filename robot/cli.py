@@ -157,17 +157,6 @@ def _steps_and_pace(args: argparse.Namespace) -> None:
         args.overrides.append(f"sim.pace={args.pace}")
 
 
-def _refuse_sim_randomize(cfg) -> None:
-    """The robot process's sim rig does not randomize: say so before anything starts.
-
-    Raises:
-        ConfigError: If ``sim.randomize.enabled`` on the sim backend.
-    """
-    if cfg.backend == "sim" and cfg.sim.randomize.enabled:
-        raise ConfigError("sim.randomize is applied by the sim env: use `madi train --sync` "
-                          "(the two-process sim rig does not randomize yet)")
-
-
 def _train_config(args: argparse.Namespace):
     """Config and run dir of ``madi train`` (a new run, or the one given to --resume)."""
     _steps_and_pace(args)
@@ -211,8 +200,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.error("--sync runs the sim in lockstep; on the real arm (%s) the robot and the "
                   "learner always run as two processes: drop --sync", config_path)
         return 2
-    if not args.sync:
-        _refuse_sim_randomize(cfg)
     _write_config(cfg, run_dir)
     log.info("run dir %s (config %s, task hash %s, variant %s)", run_dir, config_path.name,
              cfg.task_hash(), cfg.agent.variant)
@@ -407,7 +394,6 @@ def cmd_robot(args: argparse.Namespace) -> int:
     config_path = args.config or SIM_CONFIG
     _steps_and_pace(args)
     cfg = _load(args, config_path)
-    _refuse_sim_randomize(cfg)
     address = args.learner or cfg.link.address
     if not address:
         log.error("no learner address: pass --learner tcp://HOST:PORT (or ipc:///dir) or set "

@@ -38,8 +38,8 @@ class VisualReacherEnv(gym.Env):
             Dynamic ones are redrawn every step.
 
     With ``sim.randomize.enabled`` every reset draws a perturbed rig
-    (:mod:`sim.randomize`: camera, monitor, colours, latencies, acceleration, image
-    effects) and rebuilds the mirror from it; :attr:`cfg` is then that episode's config
+    (:mod:`sim.randomize`: camera, monitor, latencies, acceleration, monitor colours and
+    camera effects) and rebuilds the mirror from it; :attr:`cfg` is then that episode's config
     and :attr:`base_cfg` the nominal one.
 
     The ``info`` dict of each step carries ``red_fraction``, ``success``,
@@ -168,12 +168,13 @@ class VisualReacherEnv(gym.Env):
     def _render(self) -> np.ndarray:
         """The wrist camera frame, through this episode's image effects when randomized."""
         frame = self.mirror.render()
-        return frame if self._effects is None else self._effects.apply(frame, self.np_random)
+        return frame if self._effects is None else self._effects.camera(frame, self.np_random)
 
     def _show(self, step: int) -> None:
         """Put the target over the distraction of agent step ``step`` on the monitor."""
-        self.mirror.set_screen(screen(self.distractions, step, self.screen_size,
-                                      self.target_center, self.cfg.target))
+        image = screen(self.distractions, step, self.screen_size, self.target_center,
+                       self.cfg.target)
+        self.mirror.set_screen(image if self._effects is None else self._effects.screen(image))
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {"image": self._frames.image(),

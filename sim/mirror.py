@@ -64,6 +64,8 @@ class Mirror:
         render: Build the camera renderer (an EGL context on this thread). False gives a
             physics-only mirror (the sim rig renders in a separate process) whose
             :meth:`render` raises.
+        start_time: Sim clock at construction, s (rounded to whole ticks): a mirror
+            rebuilt for a new episode's randomized rig carries on the old one's clock.
 
     Raises:
         ValueError: If the configuration gives an unknown arm model or bad sizes.
@@ -75,7 +77,7 @@ class Mirror:
     """
 
     def __init__(self, arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
-                 sim: SimConfig, render: bool = True):
+                 sim: SimConfig, render: bool = True, start_time: float = 0.0):
         self._arm_model = arm.model
         self.control_period = float(arm.control_period)
         self._camera_cfg = camera
@@ -101,7 +103,7 @@ class Mirror:
         self._ring_start = 0  # first tick with a valid snapshot (set by reset)
 
         # speedJ state: reference trajectory and pending (tick, target) commands.
-        self._tick = 0
+        self._tick = round(start_time / self.control_period)
         self._q_ref = np.zeros(N_JOINTS)
         self._qd_ref = np.zeros(N_JOINTS)
         self._qd_target = np.zeros(N_JOINTS)
@@ -135,7 +137,7 @@ class Mirror:
     # ------------------------------------------------------------------ state
     @property
     def time(self) -> float:
-        """Sim clock, s: whole controller ticks since construction (never reset)."""
+        """Sim clock, s: whole controller ticks since ``start_time`` (never reset)."""
         return self._tick * self.control_period
 
     @property

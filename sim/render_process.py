@@ -12,8 +12,9 @@ parent's ``__main__`` is re-imported, unlike multiprocessing's spawn). Wire form
 stdin/stdout: messages of a little-endian uint32 length and a body; no pickle. The first
 message is the config as JSON, answered by ``b"ready"``. Then one command byte and a raw
 payload: ``R`` + 6 float64 joint positions -> the RGB frame bytes (H x W x 3); ``S`` +
-uint32 height, width + the RGB image -> ``b"ok"``; ``Q`` -> the child exits. Errors
-come back as ``b"E"`` + a UTF-8 message.
+uint32 height, width + the RGB image -> ``b"ok"``; ``C`` + a config as JSON -> the mirror
+is rebuilt from it (a randomized episode's rig), ``b"ok"``; ``Q`` -> the child exits.
+Errors come back as ``b"E"`` + a UTF-8 message.
 """
 
 from __future__ import annotations
@@ -63,15 +64,19 @@ def serve(fd_in: int, out) -> None:  # pragma: no cover - runs in the child
     os.environ.setdefault("MUJOCO_GL", "egl")
     from sim.mirror import Mirror
 
+    def build(body: bytes) -> Mirror:
+        cfg = Config.model_validate_json(body)
+        return Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
+
     try:
-        cfg = Config.model_validate_json(_recv(fd_in))
-        mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
+        mirror = build(_recv(fd_in))
     except Exception as err:
         _send(out, b"E" + f"cannot build the mirror: {err}".encode())
         return
     _send(out, b"ready")
     q = np.zeros(_N_JOINTS)
-    with mirror:
+    screen = None  # re-shown on a rebuilt mirror
+    try:
         while True:
             try:
                 msg = _recv(fd_in)
@@ -84,8 +89,15 @@ def serve(fd_in: int, out) -> None:  # pragma: no cover - runs in the child
                     _send(out, mirror.render(q=q).tobytes())
                 elif cmd == b"S":
                     h, w = struct.unpack("<II", payload[:8])
-                    image = np.frombuffer(payload[8:], np.uint8).reshape(h, w, 3)
-                    mirror.set_screen(image)
+                    screen = np.frombuffer(payload[8:], np.uint8).reshape(h, w, 3).copy()
+                    mirror.set_screen(screen)
+                    _send(out, b"ok")
+                elif cmd == b"C":
+                    new = build(bytes(payload))
+                    mirror.close()
+                    mirror = new
+                    if screen is not None:
+                        mirror.set_screen(screen)
                     _send(out, b"ok")
                 elif cmd == b"Q":
                     return
@@ -93,6 +105,8 @@ def serve(fd_in: int, out) -> None:  # pragma: no cover - runs in the child
                     _send(out, b"E" + f"unknown command {bytes(cmd)!r}".encode())
             except Exception as err:  # reported to the parent, the child keeps serving
                 _send(out, b"E" + f"{type(err).__name__}: {err}".encode())
+    finally:
+        mirror.close()
 
 
 class RenderProcess:
@@ -204,6 +218,23 @@ class RenderProcess:
         with self._lock:
             self._send(header + image.tobytes())
             self._reply(timeout, "a screen update")
+
+    def rebuild(self, cfg: Config, timeout: float = 30.0) -> None:
+        """Rebuild the child's mirror from ``cfg`` (a randomized episode's rig).
+
+        The screen shown stays; the observation size must not change.
+
+        Raises:
+            ValueError: If ``cfg`` gives another observation size.
+            TimeoutError: If the child did not confirm in time.
+            RuntimeError: If the child died or could not build the mirror.
+        """
+        if tuple(cfg.camera.obs_size) != self.obs_size:
+            raise ValueError(f"a rebuilt mirror must keep the observation size {self.obs_size}, "
+                             f"got {tuple(cfg.camera.obs_size)}")
+        with self._lock:
+            self._send(b"C" + cfg.model_dump_json().encode())
+            self._reply(timeout, "a rebuild")
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the child (politely, then kill) and close the pipes."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import yaml
 
 from calibration.file import HandEyeCalibration, save_section
 from robot.cli import CONFIGS
+from robot.backends.sim import SimRig
 from robot.config import config_from_dict, load_config
 from sim.env import VisualReacherEnv
 from sim.randomize import sample
@@ -38,8 +41,11 @@ def test_each_randomization_stays_in_its_range_and_repeats_per_seed():
         assert np.all(np.abs(np.subtract(c.monitor.position, cfg.monitor.position))
                       <= r.monitor_xyz)
         assert np.all(np.abs(np.subtract(c.monitor.rpy, cfg.monitor.rpy)) <= r.monitor_rpy)
-        assert np.all(np.abs(np.subtract(c.target.color_rgb, cfg.target.color_rgb))
-                      <= r.colour)
+        drawn = np.array([[cfg.target.color_rgb, cfg.target.background_rgb]], np.uint8)
+        shown = e.screen(drawn)[0].astype(int)
+        assert np.all(np.abs(shown - drawn[0]) <= r.colour)
+        half = e.screen(np.rint(drawn.mean(axis=1, keepdims=True)).astype(np.uint8))
+        assert np.all(np.abs(half[0, 0] - shown.mean(axis=0)) <= 1.0)  # blends stay blends
         assert r.command_latency[0] <= c.sim.command_latency <= r.command_latency[1]
         assert r.camera_latency[0] <= c.sim.camera_latency <= r.camera_latency[1]
         assert abs(c.arm.acceleration / cfg.arm.acceleration - 1) <= r.acceleration
@@ -48,7 +54,8 @@ def test_each_randomization_stays_in_its_range_and_repeats_per_seed():
         assert np.all((e.gain >= lo - 1e-6) & (e.gain <= hi + 1e-6))
         assert 0 <= e.noise <= r.noise
     # Every quantity really varies across draws.
-    for get in (lambda d: d.cfg.camera.fx, lambda d: d.cfg.camera.mount_xyz[0],
+    red = np.array([[cfg.target.color_rgb]], np.uint8)
+    for get in (lambda d: d.cfg.camera.fx, lambda d: tuple(d.effects.screen(red)[0, 0]), lambda d: d.cfg.camera.mount_xyz[0],
                 lambda d: d.cfg.monitor.position[1], lambda d: d.cfg.sim.camera_latency,
                 lambda d: d.cfg.arm.acceleration, lambda d: d.effects.noise):
         assert len({get(d) for d in draws}) > 20
@@ -87,10 +94,40 @@ def test_ranges_default_to_the_calibration_uncertainty(tmp_path):
     assert load_config(explicit).sim.randomize.camera_xyz == 0.001  # the config wins
 
 
-def test_two_process_train_refuses_randomize_before_starting(tmp_path, caplog):
+def test_the_sim_rig_draws_a_new_rig_at_each_reset_reproducibly():
+    cfg = config()
+    home = np.asarray(cfg.arm.q_home)
+    screen_image = np.full((270, 480, 3), 255, np.uint8)
+    screen_image[100:170, 200:280] = (255, 0, 0)
+    frames, times = [], []
+    for _ in range(2):
+        with SimRig(cfg, realtime=False) as rig:
+            episode = []
+            for _ in range(2):
+                rig.display.show(screen_image)
+                rig.arm.move_home(home, 0.1)
+                times.append(rig.arm.read_state().t_ns)
+                episode.append(rig.camera.read().image)
+            frames.append(episode)
+    np.testing.assert_array_equal(frames[0][0], frames[1][0])  # same seed, same rigs
+    np.testing.assert_array_equal(frames[0][1], frames[1][1])
+    assert np.abs(frames[0][1].astype(int) - frames[0][0].astype(int)).mean() > 1
+    assert times[1] > times[0]  # the clock carries on over a rebuilt mirror
+    with SimRig(config(enabled=False), realtime=False) as plain:
+        plain.display.show(screen_image)
+        plain.arm.move_home(home, 0.1)
+        nominal = plain.camera.read().image
+    assert np.abs(nominal.astype(int) - frames[0][0].astype(int)).mean() > 1
+
+
+def test_two_process_train_runs_on_a_randomized_sim(tmp_path):
     from robot.cli import main
 
-    assert main(["train", "--steps", "5", "--out", str(tmp_path / "run"), "--no-progress",
-                 "--set", "sim.randomize.enabled=true"]) == 2
-    assert "madi train --sync" in caplog.text
-    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing was started
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "30", "--out", str(run), "--no-progress",
+                 "--pace", "fast", "--config", str(CONFIGS / "sim_quick.yaml"),
+                 "--set", "task.episode_steps=10", "--set", "agent.init_random_steps=20",
+                 "--set", "agent.batch_size=8", "--set", "sim.randomize.enabled=true"]) == 0
+    with open(run / "episodes.csv") as f:
+        assert sum(int(row["steps"]) for row in csv.DictReader(f)) == 30
+    assert load_config(run / "config.yaml").sim.randomize.enabled

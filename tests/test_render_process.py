@@ -58,3 +58,25 @@ def test_a_bad_screen_is_refused_and_the_child_keeps_serving(cfg):
         assert renderer.render(np.asarray(cfg.arm.q_home)).shape == (45, 80, 3)
     finally:
         renderer.close()
+
+
+def test_a_rebuilt_child_renders_the_new_rig_with_the_same_screen(cfg):
+    w, h = cfg.sim.texture_px
+    screen = draw_target((w, h), np.array([0.5, 0.5]), cfg.target)
+    q_home = np.asarray(cfg.arm.q_home)
+    moved = cfg.model_copy(update={"monitor": cfg.monitor.model_copy(
+        update={"position": [p + 0.05 for p in cfg.monitor.position]})})
+    renderer = RenderProcess(cfg)
+    try:
+        renderer.set_screen(screen)
+        before = renderer.render(q_home)
+        renderer.rebuild(moved)
+        after = renderer.render(q_home)
+        with pytest.raises(ValueError, match="observation size"):
+            renderer.rebuild(config_from_dict({"camera": {"subsample": 4}}))
+    finally:
+        renderer.close()
+    with Mirror(moved.arm, moved.camera, moved.monitor, moved.sim) as mirror:
+        mirror.set_screen(screen)
+        np.testing.assert_array_equal(after, mirror.render(q=q_home))
+    assert not np.array_equal(before, after)

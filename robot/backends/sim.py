@@ -30,6 +30,13 @@ itself; ``Mirror.contacts``) halts the arm at once (at rest where it is), sets
 
 speedJ acceleration: passed to :meth:`sim.mirror.Mirror.command`, which ramps at it and
 caps it at ``arm.acceleration`` (the modelled arm's bound).
+
+Domain randomization (``sim.randomize.enabled``, :mod:`sim.randomize`): every
+:meth:`SimArm.move_home` (the episode reset) first draws a new rig from a generator seeded
+with the config's seed, rebuilds the physics mirror (carrying on its clock) and the render
+child's mirror from it, and from then on shows every screen through the episode's
+monitor colour map and every frame through its camera effects. The same seed gives the
+same sequence of rigs.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from robot.backends.base import (  # noqa: E402
 )
 from robot.config import Config  # noqa: E402
 from sim.mirror import Mirror  # noqa: E402
+from sim.randomize import ImageEffects, sample  # noqa: E402
 from sim.render_process import RenderProcess  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -80,7 +88,8 @@ class _SimCore:
         self.realtime = realtime
         self.period = float(cfg.arm.control_period)
         self.period_ns = round(self.period * 1e9)
-        self.acceleration = float(cfg.arm.acceleration)
+        self.acceleration = float(cfg.arm.acceleration)  # the modelled arm's bound
+        self.accel_scale = 1.0  # a randomized arm ramps this much faster than asked
         self.lock = threading.Lock()
         self._lifecycle = threading.Lock()
         self._users = 0
@@ -95,6 +104,10 @@ class _SimCore:
         self.watchdog_hz: float | None = None
         self.seq = 0  # frames rendered
         self.screens: deque[tuple[float, np.ndarray]] = deque()  # (sim time, image) to show
+        # Domain randomization: this episode's effects, the draws' and the noise's RNGs.
+        self.effects: ImageEffects | None = None
+        self._rig_rng = np.random.default_rng([cfg.seed, 1])
+        self._noise_rng = np.random.default_rng([cfg.seed, 2])
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self) -> None:
@@ -143,6 +156,27 @@ class _SimCore:
             except Exception as err:  # closing must not raise past the devices' disconnect
                 logger.error("closing the sim render process failed: %s", err)
 
+    def new_episode(self) -> None:
+        """Draw the next randomized rig and rebuild both mirrors from it (see module doc).
+
+        Call between control loops only (the reset); takes the lock for the swap.
+        """
+        rig = sample(self.cfg, self._rig_rng)
+        c = rig.cfg
+        self._render_process().rebuild(c)
+        with self.lock:
+            old = self._mirror()
+            mirror = Mirror(c.arm, c.camera, c.monitor, c.sim, render=False,
+                            start_time=old.time)
+            old.close()
+            self.mirror = mirror
+            self.command_lag = math.ceil(c.sim.command_latency / self.period - 1e-9)
+            self.acceleration = float(c.arm.acceleration)
+            self.accel_scale = self.acceleration / self.cfg.arm.acceleration
+            self.effects = rig.effects
+        logger.debug("sim rig randomized: camera fx %.1f, latencies %.3f/%.3f s",
+                     c.camera.fx, c.sim.command_latency, c.sim.camera_latency)
+
     def _render_process(self) -> RenderProcess:
         renderer = self._renderer
         if renderer is None:
@@ -159,7 +193,7 @@ class _SimCore:
         """Command ``target`` (rad/s) at ``acceleration`` and advance one tick; hold lock."""
         mirror = self._mirror()
         self.qd_target[:] = target
-        mirror.command(target, acceleration)
+        mirror.command(target, acceleration * self.accel_scale)
         mirror.advance(self.period)
         self.tick += 1
         contacts = mirror.contacts()
@@ -207,9 +241,12 @@ class _SimCore:
             screen = None
             while self.screens and self.screens[0][0] <= t + 1e-9:
                 screen = self.screens.popleft()[1]
+        effects = self.effects
         if screen is not None:
-            renderer.set_screen(screen, timeout)
+            renderer.set_screen(screen if effects is None else effects.screen(screen), timeout)
         image = renderer.render(q, timeout)
+        if effects is not None:
+            image = effects.camera(image, self._noise_rng)
         return Frame(image=image, t_ns=round(t * 1e9), seq=seq)
 
     def set_screen(self, image: np.ndarray) -> None:
@@ -271,7 +308,7 @@ class SimArm(Arm):
                 return
             speed = max(float(np.max(np.abs(core.qd_target))),
                         float(np.max(np.abs(core._mirror().qd_reference))))
-            step = min(deceleration, core.acceleration) * core.period
+            step = min(deceleration * core.accel_scale, core.acceleration) * core.period
             ran = 0
             for _ in range(math.ceil(speed / step) + core.command_lag + 2):
                 if core.protective_stopped or (ran >= core.command_lag and core.at_rest()):
@@ -282,9 +319,14 @@ class SimArm(Arm):
             time.sleep(ran * core.period)
 
     def _move_home(self, q: np.ndarray, duration: float) -> None:
-        """Teleport to ``q`` at rest, then let ``duration`` of sim time pass there."""
+        """Teleport to ``q`` at rest, then let ``duration`` of sim time pass there.
+
+        With ``sim.randomize.enabled`` the next episode's rig is drawn first.
+        """
         core = self._core
         zero = np.zeros(N_JOINTS)
+        if core.cfg.sim.randomize.enabled:
+            core.new_episode()
         with core.lock:
             core.teleport(q)
             for _ in range(round(duration / core.period)):
