@@ -56,24 +56,9 @@ def evaluate_runs(runs: Path, episodes: int) -> dict:
     return out
 
 
-class RandomPolicy:
-    """Uniform random actions: the floor every learned policy is compared with."""
-
-    masker = None
-
-    def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self) -> None:
-        pass
-
-    def act(self, obs: dict, deterministic: bool = True) -> np.ndarray:
-        return self.rng.uniform(-1, 1, 5).astype(np.float32)
-
-
 def evaluate_random(runs: Path, episodes: int) -> dict:
     from robot.config import load_config
-    from robot.evaluate import evaluate
+    from robot.evaluate import RandomPolicy, evaluate
 
     cfg = load_config(next(runs.glob("*/config.yaml")))
     results = {s: evaluate(cfg, RandomPolicy(), s, episodes, seed=1000) for s in SETS}

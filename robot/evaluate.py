@@ -55,6 +55,30 @@ class EvalResult:
         return self
 
 
+class RandomPolicy:
+    """Uniform random actions in [-1, 1]: the floor a learned policy is compared with.
+
+    Has the :class:`learner.policy.MadiPolicy` interface :func:`evaluate` uses.
+
+    Args:
+        action_dim: Action size (5 for the UR5 reacher).
+        seed: Seed of the action sequence.
+    """
+
+    masker = None
+
+    def __init__(self, action_dim: int = 5, seed: int = 0):
+        self.action_dim = int(action_dim)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Nothing to reset (episodes continue the sequence)."""
+
+    def act(self, obs: dict, deterministic: bool = True) -> np.ndarray:
+        """A float32 (action_dim,) uniform in [-1, 1]; ``obs`` is ignored."""
+        return self.rng.uniform(-1, 1, self.action_dim).astype(np.float32)
+
+
 def evaluate(cfg: Config, policy: Any, distractions: str, episodes: int, seed: int = 0,
              video: Path | None = None, scale: int = 4) -> EvalResult:
     """Run ``episodes`` deterministic episodes under ``distractions``.
