@@ -503,7 +503,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if views_step:
         args.overrides.append("camera.subsample=1")  # full-resolution frames
     if first.backend == "sim":
-        args.overrides.append("sim.pace=fast")
+        # One rig for every view: a randomized sim would be a new rig at each pose.
+        args.overrides += ["sim.pace=fast", "sim.randomize.enabled=false"]
     cfg = _load(args, config_path)
     method = f"madi calibrate {args.step} ({cfg.backend}, {config_path.name})"
     rig = None if (views_step and args.images) else make_rig(cfg)
