@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,6 +57,9 @@ class CameraCalibration(_Measured):
     cy: float
     dist: Annotated[list[float], Field(min_length=5, max_length=5)]
     rms_px: float = Field(ge=0, description="RMS reprojection error, px.")
+    std_px: Annotated[list[float], Field(min_length=4, max_length=4)] | None = Field(
+        None, description="Standard deviations of fx, fy, cx, cy, px "
+        "(cv2.calibrateCameraExtended).")
     views: int = Field(ge=1)
 
 
@@ -65,6 +69,8 @@ class HandEyeCalibration(_Measured):
     mount_xyz: Vec3
     mount_rpy: Vec3
     residual_mm: float = Field(ge=0, description="Spread of the board position, mm.")
+    residual_deg: float | None = Field(None, ge=0, description="Spread of the board "
+                                       "orientation, deg.")
     views: int = Field(ge=1)
 
 
@@ -76,6 +82,8 @@ class MonitorCalibration(_Measured):
     size_m: Annotated[list[float], Field(min_length=2, max_length=2)]
     resolution_px: Annotated[list[int], Field(min_length=2, max_length=2)]
     residual_mm: float = Field(ge=0, description="Spread of the centre over views, mm.")
+    residual_deg: float | None = Field(None, ge=0, description="Spread of the orientation "
+                                       "over views, deg.")
     views: int = Field(ge=1)
 
 
@@ -207,14 +215,24 @@ def config_overrides(calib: Calibration) -> dict[str, dict[str, Any]]:
 def randomize_defaults(calib: Calibration) -> dict[str, Any]:
     """Domain-randomization ranges (``sim.randomize``) from the measured uncertainty.
 
-    Three times the hand-eye and monitor residuals (m), and the latencies' measured
-    spread around their medians (s); sections not measured give nothing.
+    Three times the intrinsics' standard deviations (focal length as a fraction), three
+    times the hand-eye and monitor residuals (position m, orientation rad), and the
+    latencies' measured spread around their medians (s); what was not measured gives
+    nothing (the config's ranges stay).
     """
     out: dict[str, Any] = {}
-    if calib.hand_eye is not None:
-        out["camera_xyz"] = min(0.1, 3 * calib.hand_eye.residual_mm / 1000)
-    if calib.monitor is not None:
-        out["monitor_xyz"] = min(0.2, 3 * calib.monitor.residual_mm / 1000)
+    if calib.camera is not None and calib.camera.std_px is not None:
+        c = calib.camera
+        sfx, sfy, scx, scy = c.std_px
+        out["focal"] = min(0.5, 3 * max(sfx / c.fx, sfy / c.fy))
+        out["principal"] = min(100.0, 3 * max(scx, scy))
+    for section, xyz, rpy, cap in (("hand_eye", "camera_xyz", "camera_rpy", 0.1),
+                                   ("monitor", "monitor_xyz", "monitor_rpy", 0.2)):
+        measured = getattr(calib, section)
+        if measured is not None:
+            out[xyz] = min(cap, 3 * measured.residual_mm / 1000)
+            if measured.residual_deg is not None:
+                out[rpy] = min(0.5, 3 * np.radians(measured.residual_deg))
     if calib.latency is not None:
         lat = calib.latency
         out["command_latency"] = [max(0.0, lat.command_s - lat.command_spread_s),

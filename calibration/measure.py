@@ -171,7 +171,9 @@ def _detections(views: list[View], board: ScreenBoard) -> list[tuple[View, np.nd
 
 
 def camera_intrinsics(views: list[View], board: ScreenBoard, method: str) -> CameraCalibration:
-    """Intrinsics and distortion from board views (``cv2.calibrateCamera``).
+    """Intrinsics, distortion and their standard deviations from board views.
+
+    ``cv2.calibrateCameraExtended``; the deviations set the randomization's defaults.
 
     Raises:
         CalibrationError: With fewer than :data:`MIN_VIEWS` usable views or an RMS
@@ -184,8 +186,8 @@ def camera_intrinsics(views: list[View], board: ScreenBoard, method: str) -> Cam
             f"corners; {MIN_VIEWS} are needed. Is the board on the monitor in view? Take "
             "more views, or views closer to the home pose")
     h, w = views[0].frame.shape[:2]
-    rms, k, dist, _, _ = cv2.calibrateCamera([f[2] for f in found], [f[1] for f in found],
-                                             (w, h), None, None)
+    rms, k, dist, _, _, std, _, _ = cv2.calibrateCameraExtended(
+        [f[2] for f in found], [f[1] for f in found], (w, h), None, None)
     if rms > MAX_RMS_PX:
         raise CalibrationError(
             f"RMS reprojection error {rms:.2f} px > {MAX_RMS_PX} px: blurred or "
@@ -193,7 +195,8 @@ def camera_intrinsics(views: list[View], board: ScreenBoard, method: str) -> Cam
     return CameraCalibration(width=w, height=h, fx=float(k[0, 0]), fy=float(k[1, 1]),
                              cx=float(k[0, 2]), cy=float(k[1, 2]),
                              dist=[float(x) for x in dist.ravel()[:5]], rms_px=float(rms),
-                             views=len(found), measured_at=now_iso(), method=method)
+                             std_px=[float(x) for x in std.ravel()[:4]], views=len(found),
+                             measured_at=now_iso(), method=method)
 
 
 def _board_poses(found, k: np.ndarray, dist: np.ndarray) -> list[np.ndarray]:
@@ -242,10 +245,19 @@ def hand_eye(views: list[View], board: ScreenBoard, cfg: Config,
     board_in_base = np.stack([(bf @ mount @ cb)[:3, 3] for bf, cb in zip(base_flange, cam_board,
                                                                         strict=True)])
     spread = float(np.max(np.linalg.norm(board_in_base - board_in_base.mean(0), axis=1)))
+    board_rot = [(bf @ mount @ cb)[:3, :3] for bf, cb in zip(base_flange, cam_board,
+                                                               strict=True)]
     return HandEyeCalibration(
         mount_xyz=[float(x) for x in mount[:3, 3]],
         mount_rpy=[float(x) for x in Rotation.from_matrix(r).as_euler("xyz")],
-        residual_mm=1000 * spread, views=len(found), measured_at=now_iso(), method=method)
+        residual_mm=1000 * spread, residual_deg=_angle_spread(board_rot), views=len(found),
+        measured_at=now_iso(), method=method)
+
+
+def _angle_spread(rotations: list[np.ndarray]) -> float:
+    """Largest angle of a rotation from their mean, deg."""
+    rot = Rotation.from_matrix(np.stack(rotations))
+    return float(np.degrees(np.max((rot.mean().inv() * rot).magnitude())))
 
 
 def monitor_pose(views: list[View], board: ScreenBoard, cfg: Config,
@@ -264,12 +276,14 @@ def monitor_pose(views: list[View], board: ScreenBoard, cfg: Config,
                for (v, _, _), cb in zip(found, _board_poses(found, k, dist), strict=True)]
     centres = np.stack([s[:3, 3] for s in screens])
     centre = centres.mean(0)
-    rot = Rotation.from_matrix(np.stack([s[:3, :3] for s in screens])).mean()
+    rotations = [s[:3, :3] for s in screens]
+    rot = Rotation.from_matrix(np.stack(rotations)).mean()
     return MonitorCalibration(
         position=[float(x) for x in centre], rpy=[float(x) for x in rot.as_euler("xyz")],
         size_m=list(cfg.monitor.size_m), resolution_px=list(cfg.monitor.resolution_px),
         residual_mm=1000 * float(np.max(np.linalg.norm(centres - centre, axis=1))),
-        views=len(found), measured_at=now_iso(), method=method)
+        residual_deg=_angle_spread(rotations), views=len(found), measured_at=now_iso(),
+        method=method)
 
 
 def colour(rig: Rig, cfg: Config, poses: list[np.ndarray], method: str,

@@ -56,6 +56,9 @@ def test_camera_hand_eye_and_monitor_recover_the_sims_ground_truth(calibrated):
     mon = calib.monitor
     assert np.abs(np.subtract(mon.position, truth.monitor.position)).max() < 0.005
     assert angle_deg(mon.rpy, truth.monitor.rpy) < 1.0
+    # The uncertainties are measured and small (fx, fy, cx, cy: 2.1, 2.0, 0.4, 0.6 px).
+    assert all(0 < sd < 5.0 for sd in cam.std_px)
+    assert 0 < he.residual_deg < 1.0 and 0 < mon.residual_deg < 1.0
     # Each step kept what the earlier ones measured, and says when and how.
     assert "views from" in mon.method and calib.camera.measured_at
 

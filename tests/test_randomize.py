@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
-from calibration.file import HandEyeCalibration, save_section
+from calibration.file import CameraCalibration, HandEyeCalibration, save_section
 from robot.cli import CONFIGS
 from robot.backends.sim import SimRig
-from robot.config import config_from_dict, load_config
+from robot.config import RandomizeConfig, config_from_dict, load_config
 from sim.env import VisualReacherEnv
 from sim.randomize import sample
 
@@ -83,11 +83,19 @@ def test_the_env_renders_each_episodes_rig_reproducibly():
 
 def test_ranges_default_to_the_calibration_uncertainty(tmp_path):
     path = tmp_path / "calibration.yaml"
+    when = {"measured_at": "2026-11-22T00:00:00+00:00", "method": "test"}
     save_section(path, "hand_eye", HandEyeCalibration(
         mount_xyz=[0.0, -0.05, 0.03], mount_rpy=[0.11, 0.0, 3.14159], residual_mm=2.0,
-        views=10, measured_at="2026-11-22T00:00:00+00:00", method="test"))
+        residual_deg=0.5, views=10, **when))
+    save_section(path, "camera", CameraCalibration(
+        width=640, height=360, fx=500.0, fy=450.0, cx=320.0, cy=180.0, dist=[0.0] * 5,
+        rms_px=0.3, std_px=[5.0, 9.0, 1.0, 2.0], views=10, **when))
     cfg = load_config(CONFIGS / "sim_quick.yaml", [f"calibration={path}"])
-    assert cfg.sim.randomize.camera_xyz == pytest.approx(0.006)
+    r = cfg.sim.randomize
+    assert r.camera_xyz == pytest.approx(0.006)
+    assert r.camera_rpy == pytest.approx(3 * np.radians(0.5))
+    assert r.focal == pytest.approx(3 * 9.0 / 450.0) and r.principal == pytest.approx(6.0)
+    assert r.monitor_xyz == RandomizeConfig().monitor_xyz  # not measured: the default
     explicit = tmp_path / "cfg.yaml"
     explicit.write_text(yaml.safe_dump({"calibration": str(path),
                                         "sim": {"randomize": {"camera_xyz": 0.001}}}))
