@@ -114,7 +114,9 @@ class LearnerProcess:
             ``init_random_steps`` (the robot acts with the loaded policy from the start).
 
     Raises:
-        learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint.
+        learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint, or
+            ``init_from`` cannot initialise this agent.
+        ValueError: If ``prior_mix`` is outside [0, 1).
     """
 
     def __init__(self, cfg: AgentConfig, link: LearnerLink, run_dir: str | Path, *,
