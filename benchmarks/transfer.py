@@ -93,25 +93,30 @@ def trailing_mean(steps: np.ndarray, returns: np.ndarray, window: int) -> np.nda
 
 
 def steps_to_reach(run: Path, target: float, window: int) -> int | None:
-    """First env step whose trailing mean training return reaches ``target`` (None: never)."""
+    """First env step (>= ``window``: a full window) whose trailing mean training return
+    reaches ``target`` (None: never)."""
     steps, returns = training_returns(run)
-    hit = np.nonzero(trailing_mean(steps, returns, window) >= target)[0]
+    hit = np.nonzero((trailing_mean(steps, returns, window) >= target) & (steps >= window))[0]
     return int(steps[hit[0]]) if len(hit) else None
 
 
 def finetune_table(runs: Path, window: int) -> dict:
     """Table 2's numbers, per seed of the scratch runs."""
+
+    def row(run: Path, target: float) -> dict:
+        steps, returns = training_returns(run)
+        return {"steps": int(steps[-1]), "reached_at": steps_to_reach(run, target, window),
+                "first_window": float(returns[steps <= window].mean()),
+                "last_window": float(returns[steps > steps[-1] - window].mean())}
+
     out: dict = {}
-    for scratch in sorted(runs.glob("second_scratch_s*")):
+    for scratch in sorted(p for p in runs.glob("second_scratch_s*") if p.is_dir()):
         seed = scratch.name.rsplit("_s", 1)[1]
         steps, returns = training_returns(scratch)
         target = float(returns[steps > steps[-1] - window].mean())
-        rows = {"second_scratch": {"steps": int(steps[-1]),
-                                   "reached_at": steps_to_reach(scratch, target, window)}}
-        for run in sorted(runs.glob(f"second_finetune_*_s{seed}")):
-            s, _ = training_returns(run)
-            rows[run.name.rsplit("_s", 1)[0]] = {
-                "steps": int(s[-1]), "reached_at": steps_to_reach(run, target, window)}
+        rows = {"second_scratch": row(scratch, target)}
+        for run in sorted(p for p in runs.glob(f"second_finetune_*_s{seed}") if p.is_dir()):
+            rows[run.name.rsplit("_s", 1)[0]] = row(run, target)
         out[seed] = {"target": target, "window": window, "runs": rows}
     return out
 
@@ -129,12 +134,14 @@ def markdown(transfer: dict, finetune: dict) -> str:
         above = (r["second"] - rnd["second"]) / (r["first"] - rnd["first"])
         lines.append(f"| {name} | {r['first']:.1f} | {r['second']:.1f} | "
                      f"{r['second'] / r['first']:.2f} | {above:.2f} |")
-    lines += ["", "| seed | target return (scratch, last window) | run | env steps on the "
-              "second rig to reach it | env steps run |", "|---|---|---|---|---|"]
+    lines += ["", "| seed | run | return, first window | return, last window | env steps "
+              "to reach the target | env steps run |", "|---|---|---|---|---|---|"]
     for seed, t in finetune.items():
         for name, r in t["runs"].items():
             reached = r["reached_at"] if r["reached_at"] is not None else "not reached"
-            lines.append(f"| {seed} | {t['target']:.1f} | {name} | {reached} | {r['steps']} |")
+            lines.append(f"| {seed} | {name} | {r['first_window']:.1f} | "
+                         f"{r['last_window']:.1f} | {reached} | {r['steps']} |")
+        lines.append(f"| {seed} | target: scratch's last window | | {t['target']:.1f} | | |")
     return "\n".join(lines)
 
 
@@ -146,7 +153,7 @@ def plot(runs: Path, window: int, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for run in sorted(runs.glob("second_*_s*")):
+    for run in sorted(p for p in runs.glob("second_*_s*") if p.is_dir()):
         steps, returns = training_returns(run)
         ax.plot(steps, trailing_mean(steps, returns, window), label=run.name)
     ax.set_xlabel("env steps on the second rig")
