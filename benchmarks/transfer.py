@@ -60,19 +60,20 @@ def evaluate_transfer(runs: Path, episodes: int) -> dict:
     from robot.evaluate import RandomPolicy, evaluate
 
     rigs = rig_configs()
-    out: dict = {"random": {rig: evaluate(cfg, RandomPolicy(), "none", episodes,
-                                          EVAL_SEED).mean_return
-                            for rig, cfg in rigs.items()}}
-    print(f"random actions: {out['random']}", flush=True)
+
+    def returns(make_policy) -> dict:  # a fresh policy per rig: the same random actions
+        return {rig: evaluate(cfg, make_policy(), "none", episodes, EVAL_SEED).returns
+                for rig, cfg in rigs.items()}
+
+    out: dict = {"random": returns(RandomPolicy)}
     for run in sorted(runs.iterdir()):
         name = run.name.rsplit("_s", 1)[0]
         policy_file = run / "checkpoints" / "policy.pt"
         if name not in ("nominal", "randomized") or not policy_file.exists():
             continue
-        policy = MadiPolicy.from_checkpoint(policy_file)
-        out[run.name] = {rig: evaluate(cfg, policy, "none", episodes, EVAL_SEED).mean_return
-                         for rig, cfg in rigs.items()}
-        print(f"{run.name}: {out[run.name]}", flush=True)
+        out[run.name] = returns(lambda f=policy_file: MadiPolicy.from_checkpoint(f))
+        print(f"{run.name}: mean " + ", ".join(f"{rig} {np.mean(r):.1f}" for rig, r
+                                                in out[run.name].items()), flush=True)
     return out
 
 
@@ -122,18 +123,22 @@ def finetune_table(runs: Path, window: int) -> dict:
 
 
 def markdown(transfer: dict, finetune: dict) -> str:
-    """The two tables."""
-    rnd = transfer["random"]
+    """The two tables (returns: mean ± standard error over the episodes)."""
+
+    def cell(r: list[float]) -> str:
+        return f"{np.mean(r):.1f} ± {np.std(r) / np.sqrt(len(r)):.1f}"
+
+    mean = {name: {rig: float(np.mean(r)) for rig, r in runs.items()}
+            for name, runs in transfer.items()}
+    rnd = mean["random"]
     lines = ["| run | return, first rig | return, second rig | kept | kept above random |",
-             "|---|---|---|---|---|",
-             f"| random actions | {rnd['first']:.1f} | {rnd['second']:.1f} | "
-             f"{rnd['second'] / rnd['first']:.2f} | - |"]
+             "|---|---|---|---|---|"]
     for name, r in transfer.items():
-        if name == "random":
-            continue
-        above = (r["second"] - rnd["second"]) / (r["first"] - rnd["first"])
-        lines.append(f"| {name} | {r['first']:.1f} | {r['second']:.1f} | "
-                     f"{r['second'] / r['first']:.2f} | {above:.2f} |")
+        m = mean[name]
+        above = ("-" if name == "random" else
+                 f"{(m['second'] - rnd['second']) / (m['first'] - rnd['first']):.2f}")
+        lines.append(f"| {'random actions' if name == 'random' else name} | {cell(r['first'])} "
+                     f"| {cell(r['second'])} | {m['second'] / m['first']:.2f} | {above} |")
     lines += ["", "| seed | run | return, first window | return, last window | env steps "
               "to reach the target | env steps run |", "|---|---|---|---|---|---|"]
     for seed, t in finetune.items():
@@ -155,7 +160,11 @@ def plot(runs: Path, window: int, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in sorted(p for p in runs.glob("second_*_s*") if p.is_dir()):
         steps, returns = training_returns(run)
-        ax.plot(steps, trailing_mean(steps, returns, window), label=run.name)
+        full = steps >= window  # from the first full window on, as steps_to_reach counts
+        ax.plot(steps[full], trailing_mean(steps, returns, window)[full], label=run.name)
+    for seed, t in finetune_table(runs, window).items():
+        ax.axhline(t["target"], color="grey", linestyle="--", linewidth=1,
+                   label=f"target: scratch's last {window} steps, seed {seed}")
     ax.set_xlabel("env steps on the second rig")
     ax.set_ylabel(f"training return, mean over {window} steps")
     ax.set_title("second rig: fine-tuned from the sim checkpoint vs from scratch")
