@@ -63,28 +63,33 @@ class CameraCalibration(_Measured):
     views: int = Field(ge=1)
 
 
-class HandEyeCalibration(_Measured):
+class _PoseMeasured(_Measured):
+    """A pose solved from several views, with the spread of what the views say.
+
+    Hand-eye: the board in the base frame; monitor: the screen. The residuals set the
+    randomization's default ranges (:func:`randomize_defaults`).
+    """
+
+    residual_mm: float = Field(ge=0, description="Largest position offset from the mean, mm.")
+    residual_deg: float | None = Field(None, ge=0, description="Largest orientation offset "
+                                       "from the mean, deg.")
+    views: int = Field(ge=1)
+
+
+class HandEyeCalibration(_PoseMeasured):
     """The camera's pose on the flange (cv2.calibrateHandEye)."""
 
     mount_xyz: Vec3
     mount_rpy: Vec3
-    residual_mm: float = Field(ge=0, description="Spread of the board position, mm.")
-    residual_deg: float | None = Field(None, ge=0, description="Spread of the board "
-                                       "orientation, deg.")
-    views: int = Field(ge=1)
 
 
-class MonitorCalibration(_Measured):
+class MonitorCalibration(_PoseMeasured):
     """The screen's pose in the robot base frame (solvePnP, chained with hand-eye and FK)."""
 
     position: Vec3
     rpy: Vec3
     size_m: Annotated[list[float], Field(min_length=2, max_length=2)]
     resolution_px: Annotated[list[int], Field(min_length=2, max_length=2)]
-    residual_mm: float = Field(ge=0, description="Spread of the centre over views, mm.")
-    residual_deg: float | None = Field(None, ge=0, description="Spread of the orientation "
-                                       "over views, deg.")
-    views: int = Field(ge=1)
 
 
 class ColourCalibration(_Measured):

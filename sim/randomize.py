@@ -71,8 +71,9 @@ def _colour(rng: np.random.Generator, rgb, half_width: int) -> list[int]:
 
 
 def colour_map(nominal: list, shown: list) -> np.ndarray:
-    """The affine RGB map closest to the identity that takes each ``nominal`` colour to
-    the ``shown`` one (least-norm solution).
+    """The affine RGB map closest to the identity that shows each ``nominal`` colour as ``shown``.
+
+    The least-norm change of the identity: a blend of the colours maps to the same blend.
 
     Args:
         nominal: Colours drawn, e.g. ``[target_rgb, background_rgb]`` (levels).

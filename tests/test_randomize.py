@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from calibration.file import CameraCalibration, HandEyeCalibration, save_section
-from robot.cli import CONFIGS
 from robot.backends.sim import SimRig
+from robot.cli import CONFIGS
 from robot.config import RandomizeConfig, config_from_dict, load_config
 from sim.env import VisualReacherEnv
 from sim.randomize import sample
@@ -55,9 +55,10 @@ def test_each_randomization_stays_in_its_range_and_repeats_per_seed():
         assert 0 <= e.noise <= r.noise
     # Every quantity really varies across draws.
     red = np.array([[cfg.target.color_rgb]], np.uint8)
-    for get in (lambda d: d.cfg.camera.fx, lambda d: tuple(d.effects.screen(red)[0, 0]), lambda d: d.cfg.camera.mount_xyz[0],
-                lambda d: d.cfg.monitor.position[1], lambda d: d.cfg.sim.camera_latency,
-                lambda d: d.cfg.arm.acceleration, lambda d: d.effects.noise):
+    for get in (lambda d: d.cfg.camera.fx, lambda d: tuple(d.effects.screen(red)[0, 0]),
+                lambda d: d.cfg.camera.mount_xyz[0], lambda d: d.cfg.monitor.position[1],
+                lambda d: d.cfg.sim.camera_latency, lambda d: d.cfg.arm.acceleration,
+                lambda d: d.effects.noise):
         assert len({get(d) for d in draws}) > 20
 
 
