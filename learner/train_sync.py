@@ -85,9 +85,8 @@ def train_sync(
     """Train MaDi-SAC synchronously on ``env``.
 
     Loop per env step: act (uniformly random for ``init_random_steps`` unless
-    ``skip_random``, then a sample
-    from the policy), step the env, store the transition, then run updates while the
-    update credit (``updates_per_step`` per step after the random phase) allows.
+    ``skip_random``, then a sample from the policy), step the env, store the transition,
+    then run updates while the update credit (``updates_per_step`` per step after the random phase) allows.
     Evaluation (deterministic policy, ``eval_episodes`` episodes) happens after every
     ``eval_every`` steps at the next episode boundary, on ``eval_env`` when given, else on
     ``env`` itself.
