@@ -86,10 +86,10 @@ def train_sync(
 
     Loop per env step: act (uniformly random for ``init_random_steps`` unless
     ``skip_random``, then a sample from the policy), step the env, store the transition,
-    then run updates while the update credit (``updates_per_step`` per step after the random phase) allows.
-    Evaluation (deterministic policy, ``eval_episodes`` episodes) happens after every
-    ``eval_every`` steps at the next episode boundary, on ``eval_env`` when given, else on
-    ``env`` itself.
+    then run updates while the update credit (``updates_per_step`` per step after the
+    random phase) allows. Evaluation (deterministic policy, ``eval_episodes`` episodes)
+    happens after every ``eval_every`` steps at the next episode boundary, on ``eval_env``
+    when given, else on ``env`` itself.
 
     Args:
         env: Gymnasium env with observation ``{"image": uint8 (3k, H, W), "proprio":
