@@ -183,8 +183,15 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=2000,
                         help="env steps of the trailing mean training return")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--skip-eval", action="store_true",
+                        help="reuse RUNS/transfer.json's evaluations (table 1); recompute "
+                        "table 2 from the runs' metrics")
     args = parser.parse_args()
-    transfer = evaluate_transfer(args.runs, args.episodes)
+    if args.skip_eval:
+        saved = json.loads((args.runs / "transfer.json").read_text())
+        transfer, args.episodes = saved["transfer"], saved["episodes"]
+    else:
+        transfer = evaluate_transfer(args.runs, args.episodes)
     finetune = finetune_table(args.runs, args.window)
     (args.runs / "transfer.json").write_text(json.dumps(
         {"transfer": transfer, "finetune": finetune, "episodes": args.episodes,
