@@ -136,9 +136,13 @@ class LearnerProcess:
         self.save_replay = bool(save_replay)
         self.exit_on_robot_shutdown = bool(exit_on_robot_shutdown)
         self.agent = MadiSacAgent(cfg, spaces.image_shape, spaces.proprio_dim, spaces.action_dim)
-        self.replay = ReplayBuffer(
-            cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack, spaces.proprio_dim,
-            spaces.action_dim, seed=cfg.seed, frame_codec=cfg.replay_frame_codec)
+
+        def new_replay(seed: int) -> ReplayBuffer:
+            return ReplayBuffer(cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack,
+                                spaces.proprio_dim, spaces.action_dim, seed=seed,
+                                frame_codec=cfg.replay_frame_codec)
+
+        self.replay = new_replay(cfg.seed)
         self.assembler = TransitionAssembler(spaces)
         self.env_steps = 0
         self.episodes = 0
@@ -150,10 +154,8 @@ class LearnerProcess:
         if resume is not None:
             self._resume(Path(resume))
         elif init_from is not None:
-            self.prior = start_from(init_from, self.agent, prior_mix, lambda: ReplayBuffer(
-                cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack,
-                spaces.proprio_dim, spaces.action_dim, seed=cfg.seed + 1,
-                frame_codec=cfg.replay_frame_codec))
+            self.prior = start_from(init_from, self.agent, prior_mix,
+                                    lambda: new_replay(cfg.seed + 1))
         self._stop = threading.Event()
         self.stop_reason = ""
         self._episode_returns: dict[int, float] = defaultdict(float)

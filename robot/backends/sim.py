@@ -165,11 +165,13 @@ class _SimCore:
         c = rig.cfg
         self._render_process().rebuild(c)
         with self.lock:
-            old = self._mirror()
-            mirror = Mirror(c.arm, c.camera, c.monitor, c.sim, render=False,
-                            start_time=old.time)
+            now = self._mirror().time
+        # Built outside the lock (MJCF compile, ~0.1 s); the clock cannot move meanwhile:
+        # only speedj advances it, and no control loop runs during a reset.
+        mirror = Mirror(c.arm, c.camera, c.monitor, c.sim, render=False, start_time=now)
+        with self.lock:
+            old, self.mirror = self._mirror(), mirror
             old.close()
-            self.mirror = mirror
             self.command_lag = math.ceil(c.sim.command_latency / self.period - 1e-9)
             self.acceleration = float(c.arm.acceleration)
             self.accel_scale = self.acceleration / self.cfg.arm.acceleration
