@@ -174,7 +174,8 @@ class MadiSacAgent:
 
         torch.manual_seed(cfg.seed)
         k = self.frame_stack
-        self.masker = Masker(cfg.masker_filters) if cfg.use_masker else None
+        self.masker = (Masker(cfg.masker_filters, cfg.masker_init_bias) if cfg.use_masker
+                       else None)
         self.encoder = SpatialSoftmaxEncoder(
             3 * k, proprio_dim, cfg.encoder_filters, list(cfg.encoder_strides)
         )

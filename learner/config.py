@@ -53,6 +53,11 @@ class AgentConfig(BaseModel):
     masker_filters: int = Field(
         32, ge=1, le=256, description="Channels of the Masker's two hidden 3x3 convs (paper: 32)."
     )
+    masker_init_bias: float = Field(
+        0.0, ge=-10.0, le=10.0,
+        description="Initial bias of the Masker's output conv (paper: 0); 3 starts every "
+        "seed's masks near 1 (sigmoid(3) = 0.95).",
+    )
     encoder_filters: int = Field(
         32, ge=1, le=512, description="Channels of every encoder conv (UR5 paper: 32)."
     )

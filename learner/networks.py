@@ -75,15 +75,19 @@ class Masker(nn.Module):
 
     Args:
         filters: Hidden channels ``F`` (paper: 32).
+        init_bias: Initial bias of the output conv (paper: 0). A positive value starts the
+            masks near 1 (``sigmoid(3) = 0.95``), whatever the random weights, so that no
+            seed starts by blacking out the frame.
     """
 
-    def __init__(self, filters: int = 32):
+    def __init__(self, filters: int = 32, init_bias: float = 0.0):
         super().__init__()
         self.filters = int(filters)
         self.conv1 = nn.Conv2d(3, filters, 3, stride=1, padding=1)
         self.conv2 = nn.Conv2d(filters, filters, 3, stride=1, padding=1)
         self.conv3 = nn.Conv2d(filters, 1, 3, stride=1, padding=1)
         self.apply(weight_init)
+        nn.init.constant_(self.conv3.bias, float(init_bias))
 
     def forward(self, x01: torch.Tensor) -> torch.Tensor:
         """Compute the soft masks of a batch of frames.

@@ -11,6 +11,7 @@ Outputs in ``run_dir``: ``metrics.csv`` (one row per log event, namespaced keys)
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -22,13 +23,16 @@ import numpy as np
 from tqdm import tqdm
 
 from learner.agent import MadiSacAgent
-from learner.checkpoint import save_run_checkpoints, start_from
+from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter
 
 __all__ = ["evaluate", "train_sync"]
 
 logger = logging.getLogger(__name__)
+
+#: Intervention kinds (``info["interventions"]`` prefixes) that count toward the safety share.
+SAFETY_KINDS = ("box", "joint_limit")
 
 def _obs(obs: Any) -> dict[str, np.ndarray]:
     if not isinstance(obs, dict) or "image" not in obs or "proprio" not in obs:
@@ -39,21 +43,25 @@ def _obs(obs: Any) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate(env: Any, policy: Any, episodes: int, seed: int | None = None) -> list[float]:
+def evaluate(env: Any, policy: Any, episodes: int, seed: int = 0) -> list[float]:
     """Run deterministic episodes and return their undiscounted returns.
+
+    Episode ``i`` is reset with seed ``seed + i`` (the convention of ``madi eval``), so every
+    evaluation with the same seed shows the same targets: the returns compare policies,
+    not draws.
 
     Args:
         env: A gymnasium env (dict observation, Box action in [-1, 1]).
         policy: Object with ``reset()`` and ``act(obs, deterministic=True) -> (A,)``.
         episodes: Number of episodes.
-        seed: Seed of the first reset (the next ones continue the env's RNG).
+        seed: Seed of episode 0.
 
     Returns:
         One return per episode.
     """
     returns = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed if i == 0 else None)
+        obs, _ = env.reset(seed=seed + i)
         policy.reset()
         total, done = 0.0, False
         while not done:
@@ -81,15 +89,23 @@ def train_sync(
     init_from: str | Path | None = None,
     prior_mix: float = 0.0,
     skip_random: bool = False,
+    eval_seed: int = 0,
+    final_eval_episodes: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train MaDi-SAC synchronously on ``env``.
 
     Loop per env step: act (uniformly random for ``init_random_steps`` unless
     ``skip_random``, then a sample from the policy), step the env, store the transition,
     then run updates while the update credit (``updates_per_step`` per step after the
-    random phase) allows. Evaluation (deterministic policy, ``eval_episodes`` episodes)
-    happens after every ``eval_every`` steps at the next episode boundary, on ``eval_env``
-    when given, else on ``env`` itself.
+    random phase) allows. Evaluation (deterministic policy, ``eval_episodes`` fixed
+    episodes from ``eval_seed``, :func:`evaluate`) happens after every ``eval_every`` steps
+    at the next episode boundary, on ``eval_env`` when given, else on ``env`` itself (whose
+    next training episode is then reseeded from the step, so training targets do not
+    repeat the evaluation's). Each episode's row holds ``charts/safety_share``, the share
+    of its steps on which the safety limits changed the command (``info["interventions"]``
+    of kind box or joint). After the last step, ``final_eval_episodes`` fixed episodes
+    give ``charts/final_eval_return`` and ``final_eval.json`` (one return per episode).
 
     Args:
         env: Gymnasium env with observation ``{"image": uint8 (3k, H, W), "proprio":
@@ -112,15 +128,21 @@ def train_sync(
             (when its checkpoint holds one), in [0, 1); 0: an empty buffer.
         skip_random: No uniformly random phase: act with the policy and update from the
             first step (with ``init_from``, the loaded policy).
+        eval_seed: Seed of evaluation episode 0 (episode i: ``eval_seed + i``).
+        final_eval_episodes: Fixed episodes evaluated after the last step (0: none).
+        resume: Continue the run in ``run_dir`` from ``checkpoints/learner.pt`` (networks,
+            optimizers, counters, and the replay buffer when the checkpoint holds one):
+            env steps go on from the checkpoint's, metrics are appended.
 
     Returns:
         Summary dict: ``agent``, ``env_steps``, ``updates``, ``episodes``,
         ``episode_returns`` (training), ``eval_returns`` (list of (step, mean return)),
-        ``wall_s``.
+        ``final_eval_returns`` (one per final episode), ``wall_s``.
 
     Raises:
         ValueError: If the spaces are not as described or a count is out of range.
-        learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent.
+        learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent,
+            or ``resume`` finds no usable checkpoint in ``run_dir``.
     """
     from learner.replay import ReplayBuffer, sample_mixed
 
@@ -153,7 +175,14 @@ def train_sync(
 
     replay = new_replay(cfg.seed)
     prior = None
-    if init_from is not None:
+    first_step, episodes = 1, 0
+    if resume:
+        counters = load_checkpoint(ckpt_dir / "learner.pt", agent, replay, require_replay=False)
+        first_step = int(counters.get("env_steps", 0)) + 1
+        episodes = int(counters.get("episodes", 0))
+        logger.info("train_sync: resumed at env step %d, update %d, replay %d transitions",
+                    first_step - 1, agent.num_updates, len(replay))
+    elif init_from is not None:
         prior = start_from(init_from, agent, prior_mix, lambda: new_replay(cfg.seed + 1))
     policy = agent.make_policy()
     random_steps = 0 if skip_random else cfg.init_random_steps
@@ -173,23 +202,24 @@ def train_sync(
     credit = 0.0
     episode_returns: list[float] = []
     eval_returns: list[tuple[int, float]] = []
-    episode_return, episode_len, episodes = 0.0, 0, 0
+    episode_return, episode_len, safety_steps = 0.0, 0, 0
     eval_due = False
-    next_eval = eval_every
+    next_eval = (first_step - 1) // eval_every * eval_every + eval_every
 
-    obs, _ = env.reset(seed=cfg.seed)
+    obs, _ = env.reset(seed=_train_seed(cfg.seed, first_step - 1))
     obs = _obs(obs)
     policy.reset()
-    bar = tqdm(total=total_steps, disable=not progress, desc="train", unit="step")
+    bar = tqdm(total=total_steps, initial=first_step - 1, disable=not progress, desc="train",
+               unit="step")
     try:
-        for step in range(1, total_steps + 1):
+        for step in range(first_step, total_steps + 1):
             t0 = time.perf_counter()
             if step <= random_steps:
                 action = np.asarray(action_space.sample(), dtype=np.float32)
             else:
                 action = policy.act(obs, deterministic=False)
             t1 = time.perf_counter()
-            next_obs, reward, terminated, truncated, _ = env.step(action)
+            next_obs, reward, terminated, truncated, info = env.step(action)
             next_obs = _obs(next_obs)
             t2 = time.perf_counter()
             replay.add(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
@@ -199,6 +229,7 @@ def train_sync(
             timers["timing/replay_s"] += t3 - t2
             episode_return += float(reward)
             episode_len += 1
+            safety_steps += any(i.startswith(SAFETY_KINDS) for i in info.get("interventions", ()))
             obs = next_obs
 
             if step > random_steps and len(replay) >= 1:
@@ -228,12 +259,15 @@ def train_sync(
                         "time_s": round(time.perf_counter() - t_start, 3),
                         "charts/episode_return": episode_return,
                         "charts/episode_length": episode_len,
+                        "charts/safety_share": safety_steps / episode_len,
                     }
                 )
                 bar.set_postfix(ret=f"{episode_return:.2f}", upd=agent.num_updates)
-                if eval_due and eval_episodes > 0:
+                evaluated = eval_due and eval_episodes > 0
+                if evaluated:
                     eval_due = False
-                    rets = evaluate(eval_env or env, agent.make_policy(), eval_episodes)
+                    rets = evaluate(eval_env or env, agent.make_policy(), eval_episodes,
+                                    eval_seed)
                     eval_returns.append((step, float(np.mean(rets))))
                     metrics.write(
                         {
@@ -247,10 +281,11 @@ def train_sync(
                         "step %d: eval return %.3f +- %.3f over %d episodes",
                         step, np.mean(rets), np.std(rets), eval_episodes,
                     )  # fmt: skip
-                obs, _ = env.reset()
+                reseed = evaluated and eval_env is None
+                obs, _ = env.reset(seed=_train_seed(cfg.seed, step) if reseed else None)
                 obs = _obs(obs)
                 policy.reset()
-                episode_return, episode_len = 0.0, 0
+                episode_return, episode_len, safety_steps = 0.0, 0, 0
 
             if step % log_every == 0 or step == total_steps:
                 now = time.perf_counter()
@@ -279,10 +314,13 @@ def train_sync(
             if checkpoint_every and step % checkpoint_every == 0:
                 _save(ckpt_dir, agent, step, episodes, replay if save_replay else None)
             bar.update(1)
+        if first_step <= total_steps:
+            _save(ckpt_dir, agent, total_steps, episodes, replay if save_replay else None)
+        final = _final_eval(eval_env or env, agent, final_eval_episodes, eval_seed, run_dir,
+                            metrics, total_steps, time.perf_counter() - t_start)
     finally:
         bar.close()
         metrics.close()
-    _save(ckpt_dir, agent, total_steps, episodes, replay if save_replay else None)
     wall = time.perf_counter() - t_start
     logger.info(
         "train_sync done: %d steps, %d updates, %d episodes in %.1f s",
@@ -295,8 +333,34 @@ def train_sync(
         "episodes": episodes,
         "episode_returns": episode_returns,
         "eval_returns": eval_returns,
+        "final_eval_returns": final,
         "wall_s": wall,
     }
+
+
+def _train_seed(seed: int, step: int) -> int:
+    """Seed of the training episode that starts after ``step`` env steps.
+
+    A fresh draw sequence after a resume or an evaluation on the training env.
+    """
+    return seed if step == 0 else int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def _final_eval(env: Any, agent: MadiSacAgent, episodes: int, seed: int, run_dir: Path,
+                metrics: MetricsWriter, step: int, elapsed: float) -> list[float]:
+    """The fixed final evaluation: a metrics row and ``final_eval.json`` (or nothing)."""
+    if episodes <= 0:
+        return []
+    returns = evaluate(env, agent.make_policy(), episodes, seed)
+    metrics.write({"global_step": step, "time_s": round(elapsed, 3),
+                   "charts/final_eval_return": float(np.mean(returns)),
+                   "charts/final_eval_return_std": float(np.std(returns))})
+    (run_dir / "final_eval.json").write_text(json.dumps(
+        {"env_steps": step, "seed": seed, "episodes": episodes, "returns": returns,
+         "mean": float(np.mean(returns))}, indent=1))
+    logger.info("final eval: %.1f +- %.1f over %d fixed episodes (seed %d)",
+                np.mean(returns), np.std(returns), episodes, seed)
+    return returns
 
 
 def _save(ckpt_dir: Path, agent: MadiSacAgent, step: int, episodes: int, replay: Any) -> None:

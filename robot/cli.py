@@ -223,15 +223,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_sync(cfg, run_dir: Path, args: argparse.Namespace) -> str:
     from learner.train_sync import train_sync
+    from robot.distractions import make_distractions
     from sim.env import VisualReacherEnv
 
     env = VisualReacherEnv(cfg)
-    eval_env = None
-    if cfg.train.eval_distractions != "none" and cfg.train.eval_episodes > 0:
-        from robot.distractions import make_distractions
-
-        eval_env = VisualReacherEnv(cfg, make_distractions(
-            cfg.train.eval_distractions, tuple(cfg.sim.texture_px), cfg.task))
+    eval_env = VisualReacherEnv(cfg, make_distractions(
+        cfg.train.eval_distractions, tuple(cfg.sim.texture_px), cfg.task))
     try:
         summary = train_sync(
             env, cfg.agent, run_dir,
@@ -245,11 +242,13 @@ def _train_sync(cfg, run_dir: Path, args: argparse.Namespace) -> str:
             init_from=args.init_from,
             prior_mix=args.init_replay_mix,
             skip_random=args.init_skip_random,
+            eval_seed=cfg.train.eval_seed,
+            final_eval_episodes=cfg.train.final_eval_episodes,
+            resume=args.resume is not None,
         )
     finally:
         env.close()
-        if eval_env is not None:
-            eval_env.close()
+        eval_env.close()
     evals = summary["eval_returns"]
     last = f"{evals[-1][1]:.1f}" if evals else "-"
     return (f"{summary['env_steps']} env steps, {summary['updates']} updates in "
@@ -564,7 +563,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             return 2
     cfg = _load(args, config_path)
     policy = MadiPolicy.from_checkpoint(args.checkpoint)
-    eval_seed = 0 if args.seed is None else args.seed  # same targets for every policy
+    eval_seed = cfg.train.eval_seed if args.seed is None else args.seed  # fixed episodes
     results = []
     for spec in args.distractions:
         video = None

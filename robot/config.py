@@ -274,8 +274,9 @@ class SafetyConfig(_Section):
         default_factory=lambda: [0.15, 0.7, 0.63], description="Flange box high, base frame, m."
     )
     joint_low_deg: Vec6 = Field(
-        default_factory=lambda: [55.0, -120.0, 0.0, -215.0, -135.0, 50.0],
-        description="Joint position low limits, deg.",
+        default_factory=lambda: [55.0, -120.0, 0.0, -215.0, -130.0, 50.0],
+        description="Joint position low limits, deg (MaDi setup, but wrist 2 at -130 instead "
+        "of -135: from -133 on, the wrist camera's housing touches the link-4 housing).",
     )
     joint_high_deg: Vec6 = Field(
         default_factory=lambda: [125.0, -30.0, 135.0, -135.0, -45.0, 190.0],
@@ -289,6 +290,17 @@ class SafetyConfig(_Section):
     )
     return_gain: float = Field(
         2.0, gt=0, le=20, description="Gain of the drive back to home, 1/s."
+    )
+    on_limit: Literal["slide", "brake"] = Field(
+        "slide",
+        description="A command that would end outside: slide = remove only what pushes "
+        "through the limit (scaled down if still needed); brake = stop every joint (the "
+        "earlier rule, kept for comparison).",
+    )
+    slide_inward_speed: float = Field(
+        0.02, ge=0, le=0.2,
+        description="When a command would carry the flange through a box face, its outward "
+        "component is replaced by this inward speed, m/s (robot/safety.py).",
     )
 
     @model_validator(mode="after")
@@ -457,6 +469,14 @@ class TrainConfig(_Section):
     total_steps: int = Field(100_000, ge=1, description="Env steps to train (paper: ~100k).")
     eval_every: int = Field(5_000, ge=1, description="Env steps between evaluations.")
     eval_episodes: int = Field(5, ge=0, description="Episodes per evaluation (0: none).")
+    eval_seed: int = Field(
+        1000, ge=0, description="Seed of the fixed evaluation episodes: every evaluation of "
+        "every run (and `madi eval` by default) shows the same targets and start states."
+    )
+    final_eval_episodes: int = Field(
+        20, ge=0, description="Fixed episodes evaluated after the last env step (--sync: "
+        "final_eval.json; 0: none)."
+    )
     eval_distractions: str = Field(
         "none", description="What the monitor shows behind the target during evaluations: "
         "none | easy | hard | a folder of videos or images (robot/distractions.py)."

@@ -126,6 +126,25 @@ def flange_pose(q: np.ndarray, model: str = "ur5") -> np.ndarray:
     return link_transforms(q, model)[-1]
 
 
+def flange_jacobian(q: np.ndarray, model: str = "ur5") -> np.ndarray:
+    """Linear-velocity Jacobian of the flange origin in the base frame.
+
+    Geometric Jacobian of revolute joints (Siciliano et al., "Robotics: Modelling,
+    Planning and Control", eq. 3.30): column i is ``z_{i-1} x (p_flange - p_{i-1})``, with
+    ``z_{i-1}`` and ``p_{i-1}`` the axis and origin of DH frame i-1.
+
+    Args:
+        q: Joint positions, shape (6,), rad.
+        model: ``"ur5"`` (CB3) or ``"ur5e"``.
+
+    Returns:
+        float64 (3, 6): flange velocity (m/s) per joint velocity (rad/s).
+    """
+    frames = [BASE_FROM_DH0, *link_transforms(q, model)]
+    p_flange = frames[-1][:3, 3]
+    return np.stack([np.cross(f[:3, 2], p_flange - f[:3, 3]) for f in frames[:-1]], axis=1)
+
+
 def dh_parameters(model: str) -> DHParameters:
     """Look up the DH table of an arm model.
 

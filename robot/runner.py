@@ -536,7 +536,7 @@ class RobotRunner:
         if self._eval_source is None:
             self._eval_source = make_distractions(cfg.train.eval_distractions,
                                                   self.rig.display.size_px, cfg.task)
-        rng = np.random.default_rng([cfg.seed, 1_000_003])
+        rng = np.random.default_rng(cfg.train.eval_seed)
         records = [self._episode(self._eval_source, rng)
                    for _ in range(cfg.train.eval_episodes)]
         new = not self._eval_csv.exists()

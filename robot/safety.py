@@ -7,17 +7,33 @@ setup's (flange box in the base frame, joint position limits; see
 
 speedJ tracks a commanded velocity with a bounded acceleration, so an arm moving at
 2 rad/s with 1.4 rad/s^2 needs 1.4 rad to stop: a check of "where does this command take
-the arm in the next 40 ms" is not enough. :meth:`SafetyLimits.apply` predicts where the
-arm would come to rest if it followed the command for one horizon and then braked
-(the UR leading-axis profile: the velocity vector ramps linearly, its largest component
-at the acceleration bound). A command whose rest position is outside the joint limits or
-the flange box is replaced by a full brake (zero velocity on every joint: braking only
-the offending joint would slow it at less than the bound, since speedJ scales all joints
-to the leading axis). Because the previous step's command passed this check, braking
-from the current state always stays inside, up to model error. An arm that is outside
-nonetheless (start-up, model error, latency) is driven back toward the home pose
-(``on_box_exit: return``) or held (``stop``). The MaDi code reversed offending joints;
-with a bounded acceleration a reversal is a brake that overshoots, so we brake.
+the arm in the next 40 ms" is not enough. :meth:`SafetyLimits.rest_position` predicts
+where the arm would come to rest if it followed the command for one horizon and then
+braked (the UR leading-axis profile: the velocity vector ramps linearly, its largest
+component at the acceleration bound). A command whose rest position stays inside the
+joint limits and the flange box passes unchanged.
+
+A command whose rest position would be outside is changed as little as the limits need,
+so the arm slides along a boundary instead of freezing against it (a learning agent
+pressed against a limit must still be able to centre the target):
+
+1. each joint that would pass its limit keeps no velocity toward that limit (it may still
+   move away from it);
+2. for each box face the flange would cross, the component of the command that moves the
+   flange outward through that face is removed (the minimum-norm joint-space change,
+   through the flange Jacobian), leaving a small inward speed (``slide_inward_speed``) so
+   that the path's curvature does not carry the flange out;
+3. if the rest position of that command is still outside (the arm is still braking from
+   an earlier, faster command), the command is scaled down (bisection) to the largest
+   fraction that passes, and to a full brake (zero velocity on every joint) if none does.
+
+``on_limit: brake`` skips steps 1-3 and brakes at once (the earlier rule, kept to compare
+with). The command sent always passes the rest-position check, or is a full brake. Because the
+previous command passed it, braking from the current state stays inside, up to model
+error. An arm that is outside nonetheless (start-up, model error, latency) is driven
+back toward the home pose (``on_box_exit: return``) or held (``stop``). The MaDi code
+reversed offending joints; with a bounded acceleration a reversal is a brake that
+overshoots, so we brake or slide.
 Every intervention is reported so that the caller can log and record it.
 """
 
@@ -28,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot.config import ArmConfig, SafetyConfig
-from robot.kinematics import flange_pose
+from robot.kinematics import flange_jacobian, flange_pose
 
 
 @dataclass(frozen=True)
@@ -171,18 +187,72 @@ class SafetyLimits:
 
         rest = self.rest_position(q, qd, command)
         joints_rest, box_rest = self.joint_violation(rest), self.box_violation(rest)
+        if not (np.any(joints_rest != 0.0) or np.any(box_rest != 0.0)):
+            return SafetyResult(command, out)
+        safe = self._slide(q, command, joints_rest, box_rest)
+        scale = 0.0 if self.safety.on_limit == "brake" else self._largest_safe_scale(q, qd, safe)
+        safe = scale * safe
+        kept = float(np.dot(safe, command) / max(np.dot(command, command), 1e-12))
+        action = f"braking (kept {kept:.0%} of the command)" if scale == 0.0 else \
+            f"sliding (kept {kept:.0%} of the command)"
         if np.any(joints_rest != 0.0):
             bad = np.flatnonzero(joints_rest).tolist()
             out.append(Intervention(
                 "joint_limit", f"joints {bad} would come to rest "
-                f"{np.round(np.rad2deg(joints_rest[bad]), 2).tolist()} deg outside; braking"))
-            return SafetyResult(np.zeros(6), out)
+                f"{np.round(np.rad2deg(joints_rest[bad]), 2).tolist()} deg outside; {action}"))
         if np.any(box_rest != 0.0):
             out.append(Intervention(
                 "box", f"flange would come to rest {np.round(box_rest, 4).tolist()} m outside "
-                "the box; braking"))
-            return SafetyResult(np.zeros(6), out)
-        return SafetyResult(command, out)
+                f"the box; {action}"))
+        return SafetyResult(safe, out)
+
+    def passes(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> bool:
+        """Whether ``command``'s rest position (:meth:`rest_position`) is inside all limits.
+
+        Args:
+            q: float (6,) joint positions, rad.
+            qd: float (6,) joint velocities, rad/s.
+            command: float (6,) joint velocities, rad/s.
+        """
+        rest = self.rest_position(q, qd, command)
+        return not (np.any(self.joint_violation(rest) != 0.0)
+                    or np.any(self.box_violation(rest) != 0.0))
+
+    def _slide(self, q: np.ndarray, command: np.ndarray, joints_rest: np.ndarray,
+               box_rest: np.ndarray) -> np.ndarray:
+        """Remove the parts of ``command`` that push through the violated limits (steps 1-2)."""
+        slid = command.copy()
+        toward = np.sign(slid) == np.sign(joints_rest)
+        frozen = (joints_rest != 0.0) & toward
+        slid[frozen] = 0.0
+        free = self.active & ~frozen
+        jac = flange_jacobian(q, self.arm.model)
+        faces = [(axis, np.sign(box_rest[axis])) for axis in np.flatnonzero(box_rest)]
+        for _ in range(3):  # cyclic projections: a corner has up to three faces
+            for axis, side in faces:
+                row = np.where(free, side * jac[axis], 0.0)
+                norm2 = float(row @ row)
+                excess = float(row @ slid) + self.safety.slide_inward_speed
+                if norm2 > 1e-12 and excess > 0.0:
+                    slid -= row * (excess / norm2)
+        return slid
+
+    def _largest_safe_scale(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray,
+                            iterations: int = 8) -> float:
+        """The largest s in [0, 1] (to 1/2^iterations) with ``s * command`` passing (step 3).
+
+        Returns 0.0 (a full brake) when no tried fraction passes.
+        """
+        if self.passes(q, qd, command):
+            return 1.0
+        low, high = 0.0, 1.0
+        for _ in range(iterations):
+            mid = 0.5 * (low + high)
+            if self.passes(q, qd, mid * command):
+                low = mid
+            else:
+                high = mid
+        return low
 
     def _toward_home(self, q: np.ndarray) -> np.ndarray:
         qd = self.safety.return_gain * (self.q_home - q)

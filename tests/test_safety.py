@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from robot.config import ArmConfig, Config, SafetyConfig
+from robot.kinematics import flange_jacobian
 from robot.safety import SafetyLimits
 from sim.env import VisualReacherEnv
 
@@ -45,28 +46,59 @@ def test_rest_position_follows_the_leading_axis_profile():
     assert rest[0] - HOME[0] == pytest.approx(want, rel=1e-12)
 
 
-def test_command_that_would_overrun_a_joint_limit_brakes():
+def test_joint_pushing_into_its_limit_stops_while_the_others_keep_moving():
     lim = limits()
     q = HOME.copy()
-    q[0] = np.deg2rad(120.0)  # 5 deg below the base's high limit
-    qd = np.array([0.5, 0, 0, 0, 0, 0])  # rest 0.09 rad = 5.1 deg further: too far
+    q[0] = np.deg2rad(119.5)  # 5.5 deg below the base's high limit
+    # braking from 0.5 rad/s stops 5.1 deg further; 40 ms more first, 6.3 deg: too far
+    qd = np.array([0.5, 0, 0, 0, 0, 0])
     res = lim.apply(q, qd, qd)
     np.testing.assert_array_equal(res.qd, np.zeros(6))
     assert [i.kind for i in res.interventions] == ["joint_limit"]
+    # the base is held back, wrist 2 keeps its command
+    res = lim.apply(q, qd, np.array([0.5, 0, 0, 0, 0.3, 0]))
+    assert res.qd[0] == 0.0 and res.qd[4] > 0.0
+    assert lim.passes(q, qd, res.qd)
+    assert "sliding" in res.interventions[0].detail
     # moving away from the limit is fine
     away = lim.apply(q, -qd, -qd)
     np.testing.assert_array_equal(away.qd, -qd)
 
 
-def test_command_that_would_leave_the_box_brakes():
-    lim = limits()
+def near_box_face(lim, gap_rad=0.002):
     q = HOME.copy()
-    while np.all(lim.box_violation(q + np.array([0, 0.002, 0, 0, 0, 0])) == 0):
-        q[1] += 0.0002  # shoulder up until the flange is 0.002 rad from the box's top
-    # from rest, 1 rad/s for 40 ms then braking moves the shoulder 0.00224 rad
-    res = lim.apply(q, STILL, np.array([0, 1.0, 0, 0, 0, 0]))
+    while np.all(lim.box_violation(q + np.array([0, gap_rad, 0, 0, 0, 0])) == 0):
+        q[1] += 0.0002  # shoulder until the flange is gap_rad from a face of the box
+    return q
+
+
+def test_command_that_would_leave_the_box_slides_along_the_face():
+    lim = limits()
+    q = near_box_face(lim)
+    command = np.array([0.5, 1.0, 0, 0, 0, 0])  # base turns, shoulder drives out
+    res = lim.apply(q, STILL, command)
     assert [i.kind for i in res.interventions] == ["box"]
-    np.testing.assert_array_equal(res.qd, np.zeros(6))
+    assert "sliding" in res.interventions[0].detail
+    assert lim.passes(q, STILL, res.qd)
+    outside = lim.box_violation(lim.rest_position(q, STILL, command))
+    axis = int(np.flatnonzero(outside)[0])  # the face the shoulder drives the flange through
+    outward = np.sign(outside[axis]) * flange_jacobian(q)[axis]
+    assert outward @ res.qd == pytest.approx(-lim.safety.slide_inward_speed)
+    assert res.qd[0] == pytest.approx(0.5, rel=0.05)  # the sideways part is kept
+    # the smallest change: what is removed is along the face's normal in joint space
+    row = outward * lim.active
+    removed = command - res.qd
+    np.testing.assert_allclose(removed / np.linalg.norm(removed), row / np.linalg.norm(row),
+                               atol=1e-9)
+
+
+def test_fast_approach_scales_down_or_brakes():
+    lim = limits()
+    q = near_box_face(lim, gap_rad=0.02)
+    qd = np.array([0, 0.6, 0, 0, 0, 0])  # fast toward the face: braking barely stays inside
+    res = lim.apply(q, qd, np.array([0, 2.0, 0, 0, 0, 0]))
+    assert res.interventions and res.interventions[0].kind == "box"
+    assert lim.passes(q, qd, res.qd) or not np.any(res.qd)
 
 
 def test_outside_returns_toward_home_or_holds():
@@ -86,7 +118,7 @@ def test_random_actions_in_the_mirror_never_leave_box_or_joint_limits():
     """The real speedJ physics of the mirror, full-speed random and constant actions."""
     env = VisualReacherEnv(Config())
     rng = np.random.default_rng(1)
-    worst_box, worst_joint, braked = 0.0, 0.0, 0
+    worst_box, worst_joint, intervened = 0.0, 0.0, 0
     try:
         for episode in range(8):
             env.reset(seed=episode)
@@ -97,11 +129,11 @@ def test_random_actions_in_the_mirror_never_leave_box_or_joint_limits():
                 q = env.mirror.q
                 worst_box = max(worst_box, np.abs(env.safety.box_violation(q)).max())
                 worst_joint = max(worst_joint, np.abs(env.safety.joint_violation(q)).max())
-                braked += any("braking" in i for i in info["interventions"])
+                intervened += any(i.startswith(("box", "joint")) for i in info["interventions"])
                 assert not info["contacts"], (episode, step, info["contacts"])
     finally:
         env.close()
-    assert braked > 0  # the limits were actually approached
+    assert intervened > 0  # the limits were actually approached
     assert worst_box < 1e-3 and worst_joint < 1e-3
 
 
