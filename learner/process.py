@@ -169,7 +169,7 @@ class LearnerProcess:
         # Written by the main thread, read by the link thread: every key exists from the
         # start, so the link thread's copy never sees the dict change size.
         self._status: dict[str, int] = {"updates": 0, "replay_size": 0,
-                                        "updates_per_s_x100": 0}
+                                        "updates_per_s_x100": 0, "updates_due": 0}
         self._io_stop = threading.Event()
         self._io_error: BaseException | None = None
 
@@ -280,6 +280,7 @@ class LearnerProcess:
                 now = time.perf_counter()
                 self._status["updates"] = agent.num_updates
                 self._status["replay_size"] = len(replay)
+                self._status["updates_due"] = self._updates_due()
                 if now - window.start >= 1.0:
                     rate = (agent.num_updates - window.updates) / (now - window.start)
                     self._status["updates_per_s_x100"] = round(100 * rate)
@@ -376,10 +377,16 @@ class LearnerProcess:
         if (self.link.robot_paused or len(self.replay) < 1
                 or len(self.replay) + prior < max(1, cfg.batch_size)):
             return False
-        learning_steps = self.env_steps - self.random_steps
-        if learning_steps <= 0:
-            return False
-        return self.agent.num_updates < math.floor(learning_steps * cfg.updates_per_step)
+        return self.agent.num_updates < self._updates_due()
+
+    def _updates_due(self) -> int:
+        """Updates the cap allows for the env steps received.
+
+        ``updates_per_step`` per step after the random phase: what a robot holding for the
+        learner (``robot.hold_for_learner``) waits for.
+        """
+        learning_steps = max(0, self.env_steps - self.random_steps)
+        return math.floor(learning_steps * self.cfg.updates_per_step)
 
     def _track_episode(self, t: Any, step: dict, metrics: MetricsWriter, t_start: float) -> None:
         ep = t.episode_id

@@ -407,6 +407,18 @@ class RobotLoopConfig(_Section):
         description="At start, wait this long for the learner's handshake before acting, s "
         "(the robot acts either way afterwards; it never blocks on the learner mid-run).",
     )
+    hold_for_learner: bool = Field(
+        True,
+        description="Sim backend only: between episodes, wait (arm at rest) until the "
+        "learner has made agent.updates_per_step updates per env step after the random "
+        "phase, so `madi train` learns as much per env step as --sync on any machine. The "
+        "real arm never waits; timing.json reports the ratio reached either way.",
+    )
+    hold_max: float = Field(
+        300.0, gt=0, le=3600,
+        description="Longest wait for the learner at one episode boundary, s (then the robot "
+        "goes on and logs a warning).",
+    )
     cpu_affinity: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="CPUs to pin the robot process to (null: all)."
     )

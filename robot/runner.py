@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 #: Columns of ``episodes.csv``.
 EPISODE_FIELDS = ("episode", "env_steps", "steps", "return", "success", "end",
                   "policy_version_first", "policy_version_last", "random_steps",
-                  "safety_ticks", "stale_stops", "overruns", "wall_s")
+                  "safety_ticks", "safety_share", "stale_stops", "overruns", "wall_s")
 
 
 #: Columns of ``eval.csv`` (one row per evaluation episode).
@@ -107,6 +107,7 @@ class EpisodeRecord:
             action (0: random).
         random_steps: Actions chosen at random (no weights yet).
         safety_ticks: Control ticks on which the safety limits changed the command.
+        safety_share: ``safety_ticks`` over the episode's control ticks.
         stale_stops: Times the control thread stopped the arm for a stale command.
         overruns: Agent steps that started late by more than the overrun threshold.
         wall_s: Wall time of the episode without its reset, s.
@@ -122,6 +123,7 @@ class EpisodeRecord:
     policy_version_last: int = 0
     random_steps: int = 0
     safety_ticks: int = 0
+    safety_share: float = 0.0
     stale_stops: int = 0
     overruns: int = 0
     wall_s: float = 0.0
@@ -131,6 +133,7 @@ class EpisodeRecord:
         d = asdict(self)
         d["return"] = round(d.pop("return_"), 6)
         d["wall_s"] = round(self.wall_s, 3)
+        d["safety_share"] = round(self.safety_share, 4)
         d["policy_version_first"] = max(self.policy_version_first, 0)
         return d
 
@@ -198,6 +201,7 @@ class RobotRunner:
         self.protective_stops = 0
         self.safety_ticks = 0
         self.stale_stops = 0
+        self.held_for_learner_s = 0.0  #: Wall time waited for the learner between episodes.
         self._stop = threading.Event()
         self.stop_reason = ""
         self._progress = progress
@@ -265,6 +269,7 @@ class RobotRunner:
                     if not self._learner_usable():
                         self._hold_until_learner()
                         continue
+                    self._keep_update_ratio()
                     record = self._episode()
                     writer.writerow(record.row())
                     f.flush()
@@ -324,6 +329,33 @@ class RobotRunner:
             self.waiting_for_learner = False
         if not self.stopping:
             logger.info("robot: learner back (session %s); resuming", self.link.peer_session_id)
+
+    def _keep_update_ratio(self) -> None:
+        """Sim only (``robot.hold_for_learner``): between episodes, wait for the learner.
+
+        The arm is at rest and no command is streaming. Waits until the learner's reported
+        update count reaches what its cap allows for the transitions it has received
+        (``updates_due``, less one publication interval of slack, as both arrive with the
+        learner's status), the learner goes silent, the run stops, or ``robot.hold_max``
+        s pass.
+        """
+        cfg = self.cfg
+        if self.link is None or cfg.backend != "sim" or not cfg.robot.hold_for_learner:
+            return
+        t0 = time.monotonic()
+        while not self.stopping and self.link.learner_alive():
+            peer = self.link.peer_counters
+            behind = peer.get("updates_due", 0) - cfg.train.publish_every - peer.get("updates", 0)
+            if "updates" in peer and behind <= 0:
+                break
+            if time.monotonic() - t0 > cfg.robot.hold_max:
+                logger.warning("robot: the learner is %d updates behind after %.0f s; going on",
+                               behind, cfg.robot.hold_max)
+                break
+            self._service_link()
+            self._report_progress()
+            time.sleep(0.01)
+        self.held_for_learner_s += time.monotonic() - t0
 
     # ------------------------------------------------------------------ one episode
     def _reset(self, rng: np.random.Generator, distractions: Distractions | None) -> None:
@@ -394,6 +426,8 @@ class RobotRunner:
             self.safety_ticks += control.intervention_ticks
             self.stale_stops += control.stale_stops
             record.safety_ticks = control.intervention_ticks
+            record.safety_share = control.intervention_ticks / max(
+                1, record.steps * self.ticks_per_step)
             record.stale_stops = control.stale_stops
         record.env_steps = self.env_steps
         if evaluation is not None:
@@ -688,9 +722,17 @@ class RobotRunner:
             "arm_reconnects": self.arm_reconnects,
             "safety_ticks": self.safety_ticks,
             "stale_stops": self.stale_stops,
+            "held_for_learner_s": round(self.held_for_learner_s, 3),
         }
         if self.link is not None:
             out["link"] = self.link.counters()
+            peer = self.link.peer_counters
+            learning_steps = self.env_steps - self.cfg.agent.init_random_steps
+            out["learner_updates"] = peer.get("updates")
+            out["updates_per_env_step"] = {
+                "configured": self.cfg.agent.updates_per_step,
+                "reached": (round(peer["updates"] / learning_steps, 4)
+                            if "updates" in peer and learning_steps > 0 else None)}
         return out
 
     def _write_timing(self) -> None:

@@ -101,6 +101,12 @@ def test_train_600_steps_learns_and_acts_with_received_weights(tmp_path):
     assert t["obs_to_action"]["samples"] == 600
     progress = json.loads((out / "checkpoints" / "progress.json").read_text())
     assert progress["env_steps"] == 600 and progress["updates"] == updates
+    # robot.hold_for_learner (sim): before the last 150-step episode the robot waited until
+    # the learner had made 0.5 updates per env step after the 100 random ones (less one
+    # publication interval of slack), as --sync would have
+    assert t["updates_per_env_step"]["configured"] == 0.5
+    assert t["learner_updates"] >= (600 - 150 - 100) * 0.5 - 10
+    assert int(episodes[-1]["safety_ticks"]) >= 0 and "safety_share" in episodes[-1]
 
 
 def test_learner_killed_robot_keeps_acting_and_reconnects(tmp_path):

@@ -157,3 +157,21 @@ def test_bad_batch_shape_raises():
         agent.prepare(make_batch(8, 2, (16, 20), 4, 3))
     with pytest.raises(ValueError, match="image_shape"):
         MadiSacAgent(AgentConfig(**SMALL), (8, 16, 20), 4, 3)
+
+
+def test_masker_init_bias_starts_every_seed_near_one():
+    x = torch.rand(8, 3, 45, 80)
+    means = []
+    for seed in range(6):
+        torch.manual_seed(seed)
+        paper = Masker(4)(x).mean().item()
+        torch.manual_seed(seed)
+        biased = Masker(4, init_bias=3.0)(x).mean().item()
+        means.append((paper, biased))
+    assert all(torch.equal(Masker(4).conv3.bias, torch.zeros(1)) for _ in range(2))  # paper: 0
+    assert all(b > 0.75 for _, b in means) and sum(b for _, b in means) / 6 > 0.9, means
+    assert all(b > p for p, b in means)
+    cfg = AgentConfig(masker_filters=4, masker_init_bias=3.0, encoder_filters=8,
+                      mlp_hidden=[16], batch_size=4, encoder_strides=[2, 2])
+    agent = MadiSacAgent(cfg, (9, 45, 80), 15, 5)
+    assert agent.masker.conv3.bias.item() == 3.0

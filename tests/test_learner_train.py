@@ -87,3 +87,39 @@ def test_madi_learns_toy_reacher(tmp_path):
     assert learned_mean > 0.4 * random_mean, (learned_mean, random_mean)
     assert learned_mean > -6.0
     assert np.isfinite(learned_mean)
+
+
+def test_fixed_evaluation_episodes_repeat_and_do_not_disturb_training_targets():
+    env = DotReacherEnv(horizon=5)
+    cfg = AgentConfig(variant="sac_crop", seed=0, **{**TOY, "batch_size": 8})
+    from learner.agent import MadiSacAgent
+
+    agent = MadiSacAgent(cfg, env.observation_space["image"].shape,
+                         env.observation_space["proprio"].shape[0], 2)
+    first = evaluate(env, agent.make_policy(), 3, seed=7)
+    again = evaluate(DotReacherEnv(horizon=5), agent.make_policy(), 3, seed=7)
+    assert first == again  # the same episodes (seed + i), the same policy: the same returns
+    assert evaluate(env, agent.make_policy(), 3, seed=8)[:2] == first[1:]
+
+
+def test_train_sync_resume_final_eval_and_safety_share(tmp_path):
+    cfg = AgentConfig(variant="madi", init_random_steps=10, updates_per_step=0.5, seed=2,
+                      **{**TOY, "batch_size": 8})
+    common = dict(eval_every=20, eval_episodes=1, eval_seed=5, checkpoint_every=20,
+                  log_every=20, save_replay=True, progress=False)
+    first = train_sync(DotReacherEnv(horizon=10), cfg, tmp_path, total_steps=40,
+                       final_eval_episodes=0, **common)
+    assert first["updates"] == 15 and not (tmp_path / "final_eval.json").exists()
+    out = train_sync(DotReacherEnv(horizon=10), cfg, tmp_path, total_steps=60,
+                     final_eval_episodes=3, resume=True, **common)
+    assert out["env_steps"] == 60 and out["updates"] == 25  # 15 before + 10 after the resume
+    assert [s for s, _ in out["eval_returns"]] == [60]  # 20 and 40 were the first part's
+    final = (tmp_path / "final_eval.json").read_text()
+    assert '"episodes": 3' in final and len(out["final_eval_returns"]) == 3
+    assert out["final_eval_returns"][0] == out["eval_returns"][-1][1]  # episode seed 5 both
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = [int(r["global_step"]) for r in rows if r["charts/episode_return"]]
+    assert steps == sorted(steps) and steps[-1] == 60 and len(steps) == 6
+    assert all(r["charts/safety_share"] == "0.0" for r in rows if r["charts/episode_return"])
+    assert rows[-1]["charts/final_eval_return"]

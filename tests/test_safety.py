@@ -101,6 +101,14 @@ def test_fast_approach_scales_down_or_brakes():
     assert lim.passes(q, qd, res.qd) or not np.any(res.qd)
 
 
+def test_brake_rule_stops_every_joint():
+    lim = limits(on_limit="brake")
+    q = near_box_face(lim)
+    res = lim.apply(q, STILL, np.array([0.5, 1.0, 0, 0, 0, 0]))
+    np.testing.assert_array_equal(res.qd, np.zeros(6))
+    assert "braking" in res.interventions[0].detail
+
+
 def test_outside_returns_toward_home_or_holds():
     lim = limits()
     q = HOME.copy()

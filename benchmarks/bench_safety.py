@@ -1,0 +1,77 @@
+"""How much of the agent's command the safety limits keep: `brake` vs `slide`.
+
+    python benchmarks/bench_safety.py --episodes 20
+
+Runs the sim env (configs/sim_quick.yaml, fast pace) with the same actions under each
+``safety.on_limit`` rule and reports, per rule and action source:
+- the share of agent steps on which the limits changed the command (``safety_share``, as
+  `madi train` logs it per episode);
+- the share of steps on which a moving command was replaced by a full stop;
+- the mean share of the requested joint speed that was applied;
+- the worst excursion outside the box (m) and joint limits (rad), which must stay ~0;
+- episodes ended by a protective stop (self-contact).
+
+Action sources: uniformly random actions, and "pressing": a constant saturated action
+per episode (the corner-seeking behaviour of a low-entropy policy), redrawn each episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from robot.config import load_config
+from sim.env import VisualReacherEnv
+
+
+def measure(on_limit: str, source: str, episodes: int) -> dict[str, float]:
+    cfg = load_config("configs/sim_quick.yaml", [f"safety.on_limit={on_limit}", "sim.pace=fast"])
+    env = VisualReacherEnv(cfg)
+    rng = np.random.default_rng(0)
+    changed = stopped = steps = stops = 0
+    kept, worst_box, worst_joint = [], 0.0, 0.0
+    try:
+        for episode in range(episodes):
+            env.reset(seed=episode)
+            constant = rng.choice([-1.0, 1.0], 5).astype(np.float32)
+            done = False
+            while not done:
+                action = constant if source == "pressing" else \
+                    rng.uniform(-1, 1, 5).astype(np.float32)
+                _, _, term, trunc, info = env.step(action)
+                done = term or trunc
+                requested = np.abs(action).sum() * cfg.arm.speed_max
+                applied = np.abs(info["applied_qd"]).sum()
+                changed += bool(info["interventions"])
+                stopped += bool(info["interventions"]) and applied == 0.0
+                kept.append(min(1.0, applied / requested))
+                steps += 1
+                worst_box = max(worst_box, np.abs(env.safety.box_violation(env.mirror.q)).max())
+                worst_joint = max(worst_joint,
+                                  np.abs(env.safety.joint_violation(env.mirror.q)).max())
+                stops += info["protective_stop"]
+    finally:
+        env.close()
+    return {"safety_share": changed / steps, "stopped_share": stopped / steps,
+            "speed_kept": float(np.mean(kept)), "worst_box_m": worst_box,
+            "worst_joint_rad": worst_joint, "protective_stops": stops, "steps": steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--episodes", type=int, default=20)
+    args = p.parse_args()
+    print("| actions | rule | safety share | stopped share | speed kept | worst box (m) | "
+          "worst joint (rad) | protective stops | steps |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for source in ("random", "pressing"):
+        for rule in ("brake", "slide"):
+            r = measure(rule, source, args.episodes)
+            print(f"| {source} | {rule} | {r['safety_share']:.2f} | {r['stopped_share']:.2f} | "
+                  f"{r['speed_kept']:.2f} | {r['worst_box_m']:.1e} | {r['worst_joint_rad']:.1e} | "
+                  f"{r['protective_stops']} | {r['steps']} |")
+
+
+if __name__ == "__main__":
+    main()
