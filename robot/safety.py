@@ -7,13 +7,14 @@ setup's (flange box in the base frame, joint position limits; see
 
 speedJ tracks a commanded velocity with a bounded acceleration, so an arm moving at
 2 rad/s with 1.4 rad/s^2 needs 1.4 rad to stop: a check of "where does this command take
-the arm in the next 40 ms" is not enough. :meth:`SafetyLimits.rest_position` predicts
-where the arm would come to rest if it followed the command for one horizon and then
-braked (the UR leading-axis profile: the velocity vector ramps linearly, its largest
-component at the acceleration bound). A command whose rest position stays inside the
-joint limits and the flange box passes unchanged.
+the arm in the next 40 ms" is not enough. :meth:`SafetyLimits.predicted_path` predicts
+the arm's path if it followed the command for one horizon and then braked (the UR
+leading-axis profile: the velocity vector ramps linearly, its largest component at the
+acceleration bound), up to where it comes to rest. A command whose path stays inside the
+joint limits and the flange box (checked at points along it: the flange's path is
+curved) passes unchanged.
 
-A command whose rest position would be outside is changed as little as the limits need,
+A command whose path would leave them is changed as little as the limits need,
 so the arm slides along a boundary instead of freezing against it (a learning agent
 pressed against a limit must still be able to centre the target):
 
@@ -23,15 +24,16 @@ pressed against a limit must still be able to centre the target):
    flange outward through that face is removed (the minimum-norm joint-space change,
    through the flange Jacobian), leaving a small inward speed (``slide_inward_speed``) so
    that the path's curvature does not carry the flange out;
-3. if the rest position of that command is still outside (the arm is still braking from
+3. if the path of that command still leaves them (the arm is still braking from
    an earlier, faster command), the command is scaled down (bisection) to the largest
    fraction that passes, and to a full brake (zero velocity on every joint) if none does.
 
 ``on_limit: brake`` skips steps 1-3 and brakes at once (the earlier rule, kept to compare
-with). The command sent always passes the rest-position check, or is a full brake. Because the
+with). The command sent always passes the path check, or is a full brake. Because the
 previous command passed it, braking from the current state stays inside, up to model
-error. An arm that is outside nonetheless (start-up, model error, latency) is driven
-back toward the home pose (``on_box_exit: return``) or held (``stop``). The MaDi code
+error. An arm that is outside nonetheless by more than a model error (start-up,
+latency; :data:`RETURN_BEYOND_M`, :data:`RETURN_BEYOND_RAD`) is driven back toward the
+home pose (``on_box_exit: return``) or held (``stop``). The MaDi code
 reversed offending joints; with a bounded acceleration a reversal is a brake that
 overshoots, so we brake or slide.
 Every intervention is reported so that the caller can log and record it.
@@ -45,6 +47,12 @@ import numpy as np
 
 from robot.config import ArmConfig, SafetyConfig
 from robot.kinematics import flange_jacobian, flange_pose
+
+#: An arm further outside than this (m from the box, rad past a joint limit) is driven back
+#: toward home (or held); within it (model error, sensor noise), the path check keeps it
+#: from going further out and lets it move back in.
+RETURN_BEYOND_M = 0.002
+RETURN_BEYOND_RAD = 0.005
 
 
 @dataclass(frozen=True)
@@ -118,36 +126,80 @@ class SafetyLimits:
     def rest_position(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> np.ndarray:
         """Where the arm comes to rest if it follows ``command`` for one horizon, then brakes.
 
-        Models speedJ: the velocity vector moves in a straight line toward its target, the
-        component with the largest change at ``arm.acceleration`` (UR script manual,
-        speedj: "joint acceleration of leading axis").
-
         Args:
             q: (6,) joint positions, rad.
             qd: (6,) actual joint velocities, rad/s.
             command: (6,) commanded joint velocities, rad/s.
 
         Returns:
-            float64 (6,) joint positions at rest, rad.
+            float64 (6,) joint positions at rest, rad (the last row of
+            :meth:`predicted_path`).
+        """
+        return self.predicted_path(q, qd, command)[-1]
+
+    def predicted_path(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray,
+                       samples: int = 3) -> np.ndarray:
+        """Joint positions along the path of ``command`` for one horizon, then a brake.
+
+        Models speedJ: the velocity vector moves in a straight line toward its target, the
+        component with the largest change at ``arm.acceleration`` (UR script manual,
+        speedj: "joint acceleration of leading axis"); braking likewise ends every joint
+        at once. The joint path is piecewise quadratic; the flange's is curved, so the box
+        is checked at points along it, not only at the end.
+
+        Args:
+            q: (6,) joint positions, rad.
+            qd: (6,) actual joint velocities, rad/s.
+            command: (6,) commanded joint velocities, rad/s.
+            samples: Points per phase (following the command, braking).
+
+        Returns:
+            float64 (2 * samples, 6) joint positions, rad: ``samples`` evenly spaced over
+            the horizon (the last at its end), then over the brake (the last at rest).
         """
         acc, h = self.arm.acceleration, self.horizon
         change = command - qd
-        t_ramp = np.max(np.abs(change)) / acc
-        if t_ramp >= h:
-            qd_h = qd + change * (h / t_ramp)
-            q_h = q + 0.5 * (qd + qd_h) * h
-        else:
-            qd_h = command
-            q_h = q + 0.5 * (qd + command) * t_ramp + command * (h - t_ramp)
+        t_ramp = max(np.max(np.abs(change)) / acc, 1e-12)
+        t = h * np.arange(1, samples + 1)[:, None] / samples
+        ramp = np.minimum(t, t_ramp)
+        follow = q + qd * ramp + change * (ramp**2 / (2 * t_ramp)) \
+            + (qd + change * (ramp / t_ramp)) * (t - ramp)
+        qd_h = qd + change * min(h / t_ramp, 1.0)
         t_stop = np.max(np.abs(qd_h)) / acc
-        return q_h + 0.5 * qd_h * t_stop
+        s = t_stop * np.arange(1, samples + 1)[:, None] / samples
+        brake = follow[-1] + qd_h * (s - s**2 / (2 * t_stop)) if t_stop > 0 else \
+            np.repeat(follow[-1:], samples, axis=0)
+        return np.concatenate([follow, brake])
+
+    def path_violation(self, q: np.ndarray, qd: np.ndarray,
+                       command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The worst excursion outside the joint limits and the box along the path.
+
+        The limits are widened to take in the current position, so an arm a hair outside
+        (model error, see :data:`RETURN_BEYOND_M`) may hold or move back, but not further out.
+
+        Returns:
+            ``(joints, box)``: float64 (6,) rad and (3,) m, signed as in
+            :meth:`joint_violation` and :meth:`box_violation` (0 where the whole path of
+            :meth:`predicted_path` stays inside).
+        """
+        path = self.predicted_path(q, qd, command)
+        flange = np.array([flange_pose(p, self.arm.model)[:3, 3] for p in path])
+        p_now = flange_pose(q, self.arm.model)[:3, 3]
+        joints = (np.minimum(path - np.minimum(self.q_low, q), 0.0)
+                  + np.maximum(path - np.maximum(self.q_high, q), 0.0))
+        box = (np.minimum(flange - np.minimum(self.box_low, p_now), 0.0)
+               + np.maximum(flange - np.maximum(self.box_high, p_now), 0.0))
+        return (joints[np.argmax(np.abs(joints), axis=0), np.arange(6)],
+                box[np.argmax(np.abs(box), axis=0), np.arange(3)])
 
     def apply(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> SafetyResult:
         """Make a joint-velocity command safe to send.
 
         Order: zero inactive joints and clip to ``speed_max``; if the arm is already
-        outside the limits, drive it back (or hold it); else if the command's rest
-        position (:meth:`rest_position`) leaves the joint limits or the flange box, brake.
+        outside the limits, drive it back (or hold it); else if the command's path
+        (:meth:`predicted_path`) leaves the joint limits or the flange box, slide along
+        them or brake (the module docstring).
 
         Args:
             q: float (6,) current joint positions, rad.
@@ -174,19 +226,19 @@ class SafetyLimits:
         np.clip(command, -self.arm.speed_max, self.arm.speed_max, out=command)
 
         joints_now, box_now = self.joint_violation(q), self.box_violation(q)
-        if np.any(joints_now != 0.0) or np.any(box_now != 0.0):
+        if np.any(np.abs(joints_now) > RETURN_BEYOND_RAD) or \
+                np.any(np.abs(box_now) > RETURN_BEYOND_M):
             if self.safety.on_box_exit == "stop":
                 command, action = np.zeros(6), "holding"
             else:
                 command, action = self._toward_home(q), "returning toward home"
-            kind = "joint_limit" if np.any(joints_now != 0.0) else "box"
+            kind = "joint_limit" if np.any(np.abs(joints_now) > RETURN_BEYOND_RAD) else "box"
             out.append(Intervention(kind, f"outside the limits (joints "
                                     f"{np.round(np.rad2deg(joints_now), 2).tolist()} deg, box "
                                     f"{np.round(box_now, 4).tolist()} m); {action}"))
             return SafetyResult(command, out)
 
-        rest = self.rest_position(q, qd, command)
-        joints_rest, box_rest = self.joint_violation(rest), self.box_violation(rest)
+        joints_rest, box_rest = self.path_violation(q, qd, command)
         if not (np.any(joints_rest != 0.0) or np.any(box_rest != 0.0)):
             return SafetyResult(command, out)
         safe = self._slide(q, command, joints_rest, box_rest)
@@ -207,16 +259,15 @@ class SafetyLimits:
         return SafetyResult(safe, out)
 
     def passes(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> bool:
-        """Whether ``command``'s rest position (:meth:`rest_position`) is inside all limits.
+        """Whether ``command``'s path (:meth:`predicted_path`) stays inside all limits.
 
         Args:
             q: float (6,) joint positions, rad.
             qd: float (6,) joint velocities, rad/s.
             command: float (6,) joint velocities, rad/s.
         """
-        rest = self.rest_position(q, qd, command)
-        return not (np.any(self.joint_violation(rest) != 0.0)
-                    or np.any(self.box_violation(rest) != 0.0))
+        joints, box = self.path_violation(q, qd, command)
+        return not (np.any(joints != 0.0) or np.any(box != 0.0))
 
     def _slide(self, q: np.ndarray, command: np.ndarray, joints_rest: np.ndarray,
                box_rest: np.ndarray) -> np.ndarray:

@@ -112,7 +112,7 @@ def test_brake_rule_stops_every_joint():
 def test_outside_returns_toward_home_or_holds():
     lim = limits()
     q = HOME.copy()
-    while np.all(lim.box_violation(q) == 0):
+    while np.abs(lim.box_violation(q)).max() < 0.005:  # beyond model error
         q[1] += 0.01
     res = lim.apply(q, STILL, np.array([0, 0.5, 0, 0, 0, 0]))
     assert "returning toward home" in res.interventions[0].detail
