@@ -9,6 +9,8 @@ image size.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 
@@ -18,6 +20,23 @@ import mujoco  # noqa: E402  (after choosing the GL backend)
 import numpy as np  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+
+def load_triton_before_gl() -> None:
+    """Load triton's bundled LLVM, when triton is installed, before an OpenGL context.
+
+    The default (CUDA) torch wheel brings triton, which ``torch._dynamo`` imports when the
+    first optimizer is made. Triton's LLVM loaded *after* Mesa's (llvmpipe, which an EGL
+    context loads on machines without an NVIDIA driver) crashes the process (SIGSEGV,
+    seen with triton 3.8 and Mesa's EGL); loaded before it, both work. So every process
+    loads triton's LLVM, if there is one, before its first GL context.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return
+    try:
+        importlib.import_module("triton._C.libtriton")
+    except Exception as err:  # a broken triton install must not stop rendering
+        logger.debug("triton present but its library did not load (%s)", err)
 
 
 class RenderError(RuntimeError):
@@ -43,6 +62,7 @@ class CameraRenderer:
             raise ValueError(f"model has no camera named {camera!r}")
         self.max_width = int(model.vis.global_.offwidth)
         self.max_height = int(model.vis.global_.offheight)
+        load_triton_before_gl()
         try:
             self._gl = mujoco.GLContext(self.max_width, self.max_height)
             self._gl.make_current()
