@@ -20,6 +20,10 @@ controller tick with the safety limits and stops the arm when commands go stale.
 (:meth:`ControlLoop.step`), so the sim runs as fast as the loop does.
 
 Resets (move home, draw a new target) are announced to the learner with Pause / Resume.
+On the sim backend, between episodes (arm at rest, no command streaming), the robot waits
+until the learner has made its ``agent.updates_per_step`` updates per env step
+(``robot.hold_for_learner``), so the asynchronous run learns as much per env step as the
+synchronous loop; the real arm never waits, and ``timing.json`` reports the ratio reached.
 A protective stop ends the episode (truncated) and the next reset clears it. A lost arm
 link (:class:`~robot.backends.base.ArmLinkLostError`: the RTDE stream stopped or the
 control script died) ends the episode (``arm_link_lost``; the control thread has stopped
@@ -336,8 +340,9 @@ class RobotRunner:
         The arm is at rest and no command is streaming. Waits until the learner's reported
         update count reaches what its cap allows for the transitions it has received
         (``updates_due``, less one publication interval of slack, as both arrive with the
-        learner's status), the learner goes silent, the run stops, or ``robot.hold_max``
-        s pass.
+        learner's heartbeat), the learner goes silent, the run stops, or
+        ``robot.hold_max`` s pass. A learner whose heartbeat lacks these counters is not
+        waited for.
         """
         cfg = self.cfg
         if self.link is None or cfg.backend != "sim" or not cfg.robot.hold_for_learner:
@@ -345,8 +350,10 @@ class RobotRunner:
         t0 = time.monotonic()
         while not self.stopping and self.link.learner_alive():
             peer = self.link.peer_counters
-            behind = peer.get("updates_due", 0) - cfg.train.publish_every - peer.get("updates", 0)
-            if "updates" in peer and behind <= 0:
+            if "updates_due" not in peer or "updates" not in peer:
+                break  # a learner that does not report its cap is not waited for
+            behind = peer["updates_due"] - cfg.train.publish_every - peer["updates"]
+            if behind <= 0:
                 break
             if time.monotonic() - t0 > cfg.robot.hold_max:
                 logger.warning("robot: the learner is %d updates behind after %.0f s; going on",

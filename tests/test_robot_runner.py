@@ -115,6 +115,51 @@ def test_transitions_reach_the_learner_and_weights_reach_the_policy(tmp_path):
     assert versions == sorted(versions)
 
 
+def test_sim_robot_waits_between_episodes_until_the_learner_has_its_updates(tmp_path):
+    cfg = small_config()  # 20-step episodes; publish_every (the slack) is 10 updates
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    learner = FakeLearner(addrs, cfg)
+    learner.link.status_counters.update({"updates": 0, "updates_due": 50})
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    assert wait_for(lambda: link.service() is not None
+                    and link.peer_counters.get("updates_due") == 50)
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=60,
+                         realtime=False)
+    thread, _ = run_in_thread(runner)
+    try:
+        time.sleep(0.5)  # held before the first episode: 40 updates short
+        assert runner.env_steps == 0 and runner.episode == 0
+        learner.link.status_counters.update({"updates": 40})  # within the slack
+        thread.join(30)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        learner.close()
+        link.close()
+    assert not thread.is_alive() and runner.env_steps == 60
+    timing = json.loads((tmp_path / "run" / "timing.json").read_text())
+    assert timing["held_for_learner_s"] >= 0.5 and timing["learner_updates"] == 40
+
+
+def test_robot_does_not_wait_with_hold_off_or_on_the_real_backend(tmp_path):
+    cfg = small_config(hold_for_learner=False)
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    learner = FakeLearner(addrs, cfg)
+    learner.link.status_counters.update({"updates": 0, "updates_due": 10_000})
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=60,
+                         realtime=False)
+    thread, _ = run_in_thread(runner)
+    try:
+        thread.join(60)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        learner.close()
+        link.close()
+    assert runner.env_steps == 60 and runner.held_for_learner_s == 0.0
+
+
 def test_learner_lost_in_stop_mode_holds_the_arm_until_a_learner_returns(tmp_path):
     cfg = small_config(on_learner_lost="stop")
     addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
