@@ -359,9 +359,11 @@ class RobotRunner:
                 logger.warning("robot: the learner is %d updates behind after %.0f s; going on",
                                behind, cfg.robot.hold_max)
                 break
+            self.waiting_for_learner = True
             self._service_link()
             self._report_progress()
             time.sleep(0.01)
+        self.waiting_for_learner = False
         self.held_for_learner_s += time.monotonic() - t0
 
     # ------------------------------------------------------------------ one episode

@@ -121,14 +121,15 @@ def test_sim_robot_waits_between_episodes_until_the_learner_has_its_updates(tmp_
     learner = FakeLearner(addrs, cfg)
     learner.link.status_counters.update({"updates": 0, "updates_due": 50})
     link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
-    assert wait_for(lambda: link.service() is not None
-                    and link.peer_counters.get("updates_due") == 50)
     runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=60,
                          realtime=False)
     thread, _ = run_in_thread(runner)
     try:
-        time.sleep(0.5)  # held before the first episode: 40 updates short
-        assert runner.env_steps == 0 and runner.episode == 0
+        assert wait_for(lambda: runner.waiting_for_learner)  # at an episode boundary
+        held_at = runner.env_steps
+        time.sleep(0.5)  # 40 updates short: still held
+        assert runner.waiting_for_learner and runner.env_steps == held_at
+        assert held_at % 20 == 0
         learner.link.status_counters.update({"updates": 40})  # within the slack
         thread.join(30)
     finally:
