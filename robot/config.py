@@ -6,7 +6,7 @@ a unit and an allowed range; unknown keys are refused. A bad file fails with a
 :class:`ConfigError` that names the file, the key, the bad value and what is allowed.
 
 Defaults reproduce the UR5 visual reacher of the MaDi paper (Grooten et al., AAMAS 2024)
-and its ReLoD rig; see ``../shared/reference/madi.md`` and ``configs/*.yaml``.
+and its ReLoD rig (github.com/bramgrooten/relod); see ``configs/*.yaml``.
 """
 
 from __future__ import annotations

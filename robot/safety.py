@@ -2,8 +2,8 @@
 
 One module for both rigs: the MuJoCo mirror and the ur_rtde backend pass each command
 through :meth:`SafetyLimits.apply` and send what it returns. The limits are the MaDi UR5
-setup's (flange box in the base frame, joint position limits; see
-``../shared/reference/madi.md``).
+setup's (flange box in the base frame, joint position limits; Grooten et al., AAMAS
+2024, and the UR5 scripts of github.com/bramgrooten/relod).
 
 speedJ tracks a commanded velocity with a bounded acceleration, so an arm moving at
 2 rad/s with 1.4 rad/s^2 needs 1.4 rad to stop: a check of "where does this command take

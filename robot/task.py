@@ -4,7 +4,7 @@ The same functions draw the image shown on the (virtual or real) monitor and sco
 wrist-camera frames, so the sim mirror and the physical UR5 pose exactly one task.
 
 Source: the UR5 visual reacher of MaDi (Grooten et al., AAMAS 2024) and ReLoD (Wang et
-al., 2023); reward constants in ``../shared/reference/madi.md``.
+al., 2023): the reward constants of the MaDi UR5 scripts (github.com/bramgrooten/relod).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ with the same names, signatures and return types as ur_rtde 1.6 (see
 a physics-only :class:`sim.mirror.Mirror` at the controller's rate (125 Hz CB3, 500 Hz
 e-series) in real time, on its own thread, like the real controller does.
 
-It also does what the real thing does when things go wrong (the ur_rtde pitfalls in
-``../shared/reference/realtime-robots.md``):
+It also does what the real thing does when things go wrong (as ur_rtde's documentation
+and issue tracker describe them):
 
 - constructing an interface against an address where no controller listens raises
   ``RuntimeError`` at once;

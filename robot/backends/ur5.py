@@ -40,7 +40,7 @@ before ``isConnected()`` turns False can hang or crash, so a reconnect here buil
 interfaces; dropping an ``RTDEReceiveInterface`` sleeps 0.5 s holding the GIL, which is
 why interfaces are only replaced between control loops.
 
-Facts: ur_rtde 1.6 API and pitfalls (``../shared/reference/realtime-robots.md``); safety
+Facts: the ur_rtde 1.6 API documentation (sdurobotics.gitlab.io/ur_rtde); safety
 status bits 2 = protective stopped, 7 = emergency stopped (RTDE guide).
 """
 
