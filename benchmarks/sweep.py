@@ -138,7 +138,10 @@ def markdown(table: dict) -> str:
 
 
 def plot(out: Path, recipes: list[str], png: Path, refs: dict[str, float]) -> None:
-    """IQM evaluation curves over env steps with 95% CI bands, one line per recipe."""
+    """IQM evaluation curves over env steps with 95% CI bands, one line per recipe.
+
+    Points are the k-th periodic evaluation of every run, then the final one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,22 +151,28 @@ def plot(out: Path, recipes: list[str], png: Path, refs: dict[str, float]) -> No
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name in recipes:
         runs = finished_runs(out, name)
-        curves = [dict(read_curve(d / "metrics.csv", "charts/eval_return"))
+        # the k-th evaluation of every run (evaluations wait for an episode's end, so
+        # their steps differ by up to one episode between runs)
+        curves = [read_curve(d / "metrics.csv", "charts/eval_return")
+                  + read_curve(d / "metrics.csv", "charts/final_eval_return")
                   for d in runs.values()]
-        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-        if len(curves) < 2 or not steps:
+        n = min((len(c) for c in curves), default=0)
+        if len(curves) < 2 or n == 0:
             continue
-        points = [interval(np.array([[c[t]] for c in curves]), metrics.aggregate_iqm, 2000)
-                  for t in steps]
+        steps = [float(np.mean([c[k][0] for c in curves])) for k in range(n)]
+        points = [interval(np.array([[c[k][1]] for c in curves]), metrics.aggregate_iqm, 2000)
+                  for k in range(n)]
         iqm, lo, hi = (np.array(v) for v in zip(*points, strict=True))
         ax.plot(steps, iqm, marker="o", label=f"{name} (IQM of {len(curves)} seeds)")
         ax.fill_between(steps, lo, hi, alpha=0.2)
     for label, value in refs.items():
         ax.axhline(value, ls="--", lw=1, color="grey")
-        ax.text(0, value, f" {label}", va="bottom", fontsize=8, color="grey")
+        ax.text(0.01, value, label, va="bottom", fontsize=8, color="grey",
+                transform=ax.get_yaxis_transform())
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (fixed episodes)")
-    ax.set_title("madi train --sync, sim UR5 visual reacher: IQM and 95% CI over seeds")
+    ax.set_title("madi train --sync: IQM over seeds, 95% CI (last point: final eval)",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
