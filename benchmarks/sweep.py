@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,9 +97,11 @@ def interval(scores: np.ndarray, func, reps: int = 20000) -> tuple[float, float,
     """
     from rliable import library as rly
 
-    point, ci = rly.get_interval_estimates({"x": scores}, lambda s: np.array([func(s)]),
-                                           reps=reps,
-                                           random_state=np.random.RandomState(0))
+    with warnings.catch_warnings():  # arch deprecates the RandomState rliable passes it
+        warnings.simplefilter("ignore", FutureWarning)
+        point, ci = rly.get_interval_estimates({"x": scores}, lambda s: np.array([func(s)]),
+                                               reps=reps,
+                                               random_state=np.random.RandomState(0))
     return float(point["x"][0]), float(ci["x"][0, 0]), float(ci["x"][1, 0])
 
 
