@@ -249,6 +249,7 @@ class LearnerProcess:
         deadline = None if max_seconds is None else t_start + max_seconds
         if agent.num_updates > 0 and self._publish_at_start:
             self._publish()
+        self._assembled = self.env_steps  # env steps received, counted by the link thread
         io = threading.Thread(target=self._io_loop, name="learner-link", daemon=True)
         io.start()
         window = _Window(t_start, self.env_steps, agent.num_updates)
@@ -280,7 +281,6 @@ class LearnerProcess:
                 now = time.perf_counter()
                 self._status["updates"] = agent.num_updates
                 self._status["replay_size"] = len(replay)
-                self._status["updates_due"] = self._updates_due()
                 if now - window.start >= 1.0:
                     rate = (agent.num_updates - window.updates) / (now - window.start)
                     self._status["updates_per_s_x100"] = round(100 * rate)
@@ -359,6 +359,9 @@ class LearnerProcess:
                     step = self.assembler.push(t)
                     if step is not None:
                         self._steps.put((t, step))
+                        self._assembled += 1
+                # what the cap will allow once every step received is consumed
+                self._status["updates_due"] = self._updates_due(self._assembled)
                 link.status_counters.update(self._status)
                 for msg in link.service():
                     if isinstance(msg, Shutdown) and self.exit_on_robot_shutdown:
@@ -377,15 +380,16 @@ class LearnerProcess:
         if (self.link.robot_paused or len(self.replay) < 1
                 or len(self.replay) + prior < max(1, cfg.batch_size)):
             return False
-        return self.agent.num_updates < self._updates_due()
+        return self.agent.num_updates < self._updates_due(self.env_steps)
 
-    def _updates_due(self) -> int:
-        """Updates the cap allows for the env steps received.
+    def _updates_due(self, env_steps: int) -> int:
+        """Updates the cap allows after ``env_steps`` env steps.
 
-        ``updates_per_step`` per step after the random phase: what a robot holding for the
-        learner (``robot.hold_for_learner``) waits for.
+        ``updates_per_step`` per step after the random phase. With the steps the link
+        thread has received, it is what a robot holding for the learner
+        (``robot.hold_for_learner``) waits for.
         """
-        learning_steps = max(0, self.env_steps - self.random_steps)
+        learning_steps = max(0, env_steps - self.random_steps)
         return math.floor(learning_steps * self.cfg.updates_per_step)
 
     def _track_episode(self, t: Any, step: dict, metrics: MetricsWriter, t_start: float) -> None:
