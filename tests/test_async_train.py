@@ -26,12 +26,15 @@ SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",
          "--set", "agent.init_random_steps=50", "--set", "agent.batch_size=16",
          "--set", "agent.updates_per_step=1", "--set", "train.publish_every=5",
          "--set", "train.log_every=50", "--set", "train.checkpoint_every=null",
-         "--set", "robot.learner_wait=30"]
+         "--set", "robot.learner_wait=30",
+         # these tests are about the link, not the update ratio: the robot keeps its pace
+         "--set", "robot.hold_for_learner=false"]
 QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "sim_quick.yaml")
 
 
 def madi(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "MUJOCO_GL": "egl"}
+    kwargs.setdefault("start_new_session", True)  # its own group, for finish()'s kill
     return subprocess.Popen([sys.executable, "-m", "robot.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
@@ -68,7 +71,10 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        try:  # the whole group: a learner child would keep the output pipe open
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (PermissionError, ProcessLookupError):
+            proc.kill()
         out, _ = proc.communicate()
         raise AssertionError(f"process did not exit in {timeout} s:\n{out[-4000:]}") from None
     return out
