@@ -126,6 +126,43 @@ def flange_pose(q: np.ndarray, model: str = "ur5") -> np.ndarray:
     return link_transforms(q, model)[-1]
 
 
+def flange_positions(qs: np.ndarray, model: str = "ur5") -> np.ndarray:
+    """Forward kinematics of many joint vectors at once: flange origins in the base frame.
+
+    The same chain as :func:`flange_pose`, batched (one (N, 4, 4) product per link), for
+    checking points along a predicted path within a control tick.
+
+    Args:
+        qs: Joint positions, shape (N, 6), rad.
+        model: ``"ur5"`` (CB3) or ``"ur5e"``.
+
+    Returns:
+        float64 (N, 3) flange positions, m.
+
+    Raises:
+        ValueError: If ``qs`` is not (N, 6) or ``model`` is unknown.
+    """
+    dh = dh_parameters(model)
+    qs = np.asarray(qs, dtype=np.float64)
+    if qs.ndim != 2 or qs.shape[1] != N_JOINTS:
+        raise ValueError(f"qs must have shape (N, 6) (rad), got {qs.shape}")
+    ct, st = np.cos(qs), np.sin(qs)
+    links = np.zeros((N_JOINTS, len(qs), 4, 4))  # link i of every q, as in dh_transform
+    ca, sa = np.cos(dh.alpha)[:, None], np.sin(dh.alpha)[:, None]
+    links[:, :, 0, 0], links[:, :, 1, 0] = ct.T, st.T
+    links[:, :, 0, 1], links[:, :, 1, 1] = -st.T * ca, ct.T * ca
+    links[:, :, 0, 2], links[:, :, 1, 2] = st.T * sa, -ct.T * sa
+    links[:, :, 0, 3], links[:, :, 1, 3] = np.asarray(dh.a)[:, None] * ct.T, \
+        np.asarray(dh.a)[:, None] * st.T
+    links[:, :, 2, 1], links[:, :, 2, 2] = sa, ca
+    links[:, :, 2, 3] = np.asarray(dh.d)[:, None]
+    links[:, :, 3, 3] = 1.0
+    pose = BASE_FROM_DH0 @ links[0]
+    for link in links[1:]:
+        pose = pose @ link
+    return pose[:, :3, 3].copy()
+
+
 def flange_jacobian(q: np.ndarray, model: str = "ur5") -> np.ndarray:
     """Linear-velocity Jacobian of the flange origin in the base frame.
 

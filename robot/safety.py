@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot.config import ArmConfig, SafetyConfig
-from robot.kinematics import flange_jacobian, flange_pose
+from robot.kinematics import flange_jacobian, flange_pose, flange_positions
 
 #: An arm further outside than this (m from the box, rad past a joint limit) is driven back
 #: toward home (or held); within it (model error, sensor noise), the path check keeps it
@@ -184,8 +184,8 @@ class SafetyLimits:
             :meth:`predicted_path` stays inside).
         """
         path = self.predicted_path(q, qd, command)
-        flange = np.array([flange_pose(p, self.arm.model)[:3, 3] for p in path])
-        p_now = flange_pose(q, self.arm.model)[:3, 3]
+        flange = flange_positions(np.vstack([q, path]), self.arm.model)
+        p_now, flange = flange[0], flange[1:]
         joints = (np.minimum(path - np.minimum(self.q_low, q), 0.0)
                   + np.maximum(path - np.maximum(self.q_high, q), 0.0))
         box = (np.minimum(flange - np.minimum(self.box_low, p_now), 0.0)
@@ -289,8 +289,10 @@ class SafetyLimits:
         return slid
 
     def _largest_safe_scale(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray,
-                            iterations: int = 8) -> float:
+                            iterations: int = 4) -> float:
         """The largest s in [0, 1] (to 1/2^iterations) with ``s * command`` passing (step 3).
+
+        Few iterations: the control thread runs this within a controller tick.
 
         Returns 0.0 (a full brake) when no tried fraction passes.
         """

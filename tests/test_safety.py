@@ -151,3 +151,14 @@ def test_rejects_bad_vectors():
         lim.apply(HOME, STILL, np.array([np.nan, 0, 0, 0, 0, 0]))
     with pytest.raises(ValueError, match="q"):
         lim.apply(HOME[:5], STILL, np.zeros(6))
+
+
+def test_batched_flange_positions_match_the_single_pose():
+    from robot.kinematics import flange_pose, flange_positions
+
+    qs = np.random.default_rng(0).uniform(-3, 3, (7, 6))
+    for model in ("ur5", "ur5e"):
+        want = np.array([flange_pose(q, model)[:3, 3] for q in qs])
+        np.testing.assert_allclose(flange_positions(qs, model), want, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        flange_positions(np.zeros(6))
