@@ -58,6 +58,33 @@ def measure(on_limit: str, source: str, episodes: int) -> dict[str, float]:
             "worst_joint_rad": worst_joint, "protective_stops": stops, "steps": steps}
 
 
+def apply_cost_ms(repeats: int = 300) -> dict[str, float]:
+    """Mean cost of one ``SafetyLimits.apply`` (the control thread's per-tick check), ms.
+
+    Three cases: a command well inside, one that slides along a box face, one scaled down.
+    """
+    import time
+
+    from robot.config import ArmConfig, SafetyConfig
+    from robot.safety import SafetyLimits
+
+    lim = SafetyLimits(SafetyConfig(), ArmConfig(), horizon=0.08)  # the runner's deadline
+    home, still = np.array(ArmConfig().q_home), np.zeros(6)
+    near = home.copy()
+    while np.all(lim.box_violation(near + np.array([0, 0.002, 0, 0, 0, 0])) == 0):
+        near[1] += 0.0002
+    cases = {"inside": (home, still, np.array([0.1, -0.1, 0.1, 0, 0.05, 0])),
+             "sliding": (near, still, np.array([0.5, 1.0, 0, 0, 0, 0])),
+             "scaled": (near, np.array([0, 0.6, 0, 0, 0, 0]), np.array([0, 2.0, 0, 0, 0, 0]))}
+    out = {}
+    for name, args in cases.items():
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            lim.apply(*args)
+        out[name] = (time.perf_counter() - t0) / repeats * 1e3
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=20)
@@ -71,6 +98,9 @@ def main() -> None:
             print(f"| {source} | {rule} | {r['safety_share']:.2f} | {r['stopped_share']:.2f} | "
                   f"{r['speed_kept']:.2f} | {r['worst_box_m']:.1e} | {r['worst_joint_rad']:.1e} | "
                   f"{r['protective_stops']} | {r['steps']} |")
+    cost = apply_cost_ms()
+    print("\nSafetyLimits.apply per control tick (ms): " +
+          ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
 
 
 if __name__ == "__main__":
