@@ -6,6 +6,7 @@ send garbage, so the robot's own loop is checked against each failure of its pee
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import threading
@@ -115,16 +116,29 @@ def test_transitions_reach_the_learner_and_weights_reach_the_policy(tmp_path):
     assert versions == sorted(versions)
 
 
-def test_sim_robot_waits_between_episodes_until_the_learner_has_its_updates(tmp_path):
-    cfg = small_config()  # 20-step episodes; publish_every (the slack) is 10 updates
+@contextlib.contextmanager
+def running_beside(tmp_path, cfg, learner_counters, total_steps):
+    """A runner in a thread beside a FakeLearner whose heartbeats carry the counters."""
     addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
     learner = FakeLearner(addrs, cfg)
-    learner.link.status_counters.update({"updates": 0, "updates_due": 50})
+    learner.link.status_counters.update(learner_counters)
     link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
-    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=60,
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=total_steps,
                          realtime=False)
     thread, _ = run_in_thread(runner)
     try:
+        yield runner, learner, thread
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        learner.close()
+        link.close()
+
+
+def test_sim_robot_waits_between_episodes_until_the_learner_has_its_updates(tmp_path):
+    cfg = small_config()  # 20-step episodes; publish_every (the slack) is 10 updates
+    with running_beside(tmp_path, cfg, {"updates": 0, "updates_due": 50}, 60) as (
+            runner, learner, thread):
         assert wait_for(lambda: runner.waiting_for_learner)  # at an episode boundary
         held_at = runner.env_steps
         time.sleep(0.5)  # 40 updates short: still held
@@ -132,32 +146,16 @@ def test_sim_robot_waits_between_episodes_until_the_learner_has_its_updates(tmp_
         assert held_at % 20 == 0
         learner.link.status_counters.update({"updates": 40})  # within the slack
         thread.join(30)
-    finally:
-        runner.request_stop()
-        thread.join(10)
-        learner.close()
-        link.close()
     assert not thread.is_alive() and runner.env_steps == 60
     timing = json.loads((tmp_path / "run" / "timing.json").read_text())
     assert timing["held_for_learner_s"] >= 0.5 and timing["learner_updates"] == 40
 
 
-def test_robot_does_not_wait_with_hold_off_or_on_the_real_backend(tmp_path):
+def test_robot_does_not_wait_with_hold_off(tmp_path):
     cfg = small_config(hold_for_learner=False)
-    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
-    learner = FakeLearner(addrs, cfg)
-    learner.link.status_counters.update({"updates": 0, "updates_due": 10_000})
-    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
-    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=60,
-                         realtime=False)
-    thread, _ = run_in_thread(runner)
-    try:
+    with running_beside(tmp_path, cfg, {"updates": 0, "updates_due": 10_000}, 60) as (
+            runner, _, thread):
         thread.join(60)
-    finally:
-        runner.request_stop()
-        thread.join(10)
-        learner.close()
-        link.close()
     assert runner.env_steps == 60 and runner.held_for_learner_s == 0.0
 
 
