@@ -2,17 +2,20 @@
 
 One update (:meth:`MadiSacAgent.update`) follows MaDi's rule:
 
-1. Weak augmentation: one random shift per sample, shared by the ``k + 1`` frames of its
-   window (so ``obs`` and ``next_obs`` share the shift and their common frames stay
-   identical). Strong augmentation (variants ``madi``, ``svea_overlay``): the ``k`` obs
-   frames of each sample are blended with one natural image, before masking.
+1. Weak augmentation: one random shift per sample, shared by the ``k + n`` frames of its
+   window (``n = n_step``, 1 in the paper), so ``obs`` and ``next_obs`` share the shift
+   and their common frames stay identical. Strong augmentation (variants ``madi``,
+   ``svea_overlay``): the ``k`` obs frames of each sample are blended with one natural
+   image, before masking.
 2. Critic + Masker step: ``Q(enc(mask(obs)), a)`` for the clean and the overlaid batch
    both regress to the clean target (SVEA loss). The Masker's optimizer is zeroed and
    stepped with the critic's, on the same backward pass, so only the critic loss trains
    it; there is no mask regulariser.
-3. Target: ``r + gamma * d * (min_i Q'_i(enc'(mask(next_obs)), a') - alpha log pi(a'))``
+3. Target: ``r + gamma^n * d * (min_i Q'_i(enc'(mask(next_obs)), a') - alpha log pi(a'))``
    with ``a' ~ pi(enc(mask(next_obs)))``, the *current* Masker under no_grad (MaDi has
-   no target Masker), the target encoder ``enc'`` and target heads ``Q'``.
+   no target Masker), the target encoder ``enc'`` and target heads ``Q'``. For ``n`` > 1,
+   ``r`` is the discounted sum of ``n`` rewards and ``next_obs`` the observation ``n``
+   steps later (n-step returns as in DrQ-v2, Yarats et al., ICLR 2022).
 4. Actor + temperature step on the critic step's clean features, detached: the actor's
    loss reaches neither the Masker nor the conv encoder (as in DrQ-v2, the features are
    those computed before the critic step).
@@ -20,8 +23,8 @@ One update (:meth:`MadiSacAgent.update`) follows MaDi's rule:
 
 Speed (the published UR5 learner needs ~30 s per update on a 2-core CPU; see
 ``BENCHMARKS.md``): each unique frame of a window is masked once (the ``k``
-obs frames with gradient, the newest next frame under no_grad; the ``k - 1`` frames
-shared with ``next_obs`` are reused, detached), the overlaid frames go through the
+obs frames with gradient, the ``n`` newest next frames under no_grad; the ``k - n``
+frames shared with ``next_obs`` are reused, detached), the overlaid frames go through the
 Masker in the same call as the clean ones, the target path builds no autograd graph, the
 actor step reuses the critic step's features, the convs run in channels_last, and on
 CUDA the forward passes can run under bfloat16 autocast and torch.compile.
@@ -106,8 +109,9 @@ class AugmentedBatch:
     """A replay batch on the agent's device after the augmentations (input of an update).
 
     Attributes:
-        frames: uint8 ``(B, k + 1, 3, H, W)``, randomly shifted windows (one shift per
-            sample); obs stack = ``frames[:, :k]``, next_obs stack = ``frames[:, 1:]``.
+        frames: uint8 ``(B, k + n, 3, H, W)``, randomly shifted windows (one shift per
+            sample, ``n = cfg.n_step``); obs stack = ``frames[:, :k]``, next_obs stack
+            (``n`` steps later) = ``frames[:, n:]``.
         overlay: uint8 ``(B, k, 3, H, W)``, the shifted obs frames blended with a natural
             image, or None for the variant without overlay.
         proprio: float32 ``(B, P)``.
@@ -343,10 +347,10 @@ class MadiSacAgent:
             overlay for the ``madi`` and ``svea_overlay`` variants).
 
         Raises:
-            ValueError: If the frames do not match ``(B, k + 1, 3, H, W)``.
+            ValueError: If the frames do not match ``(B, k + n_step, 3, H, W)``.
         """
         k = self.frame_stack
-        expected = (k + 1, 3, *self.frame_hw)
+        expected = (k + self.cfg.n_step, 3, *self.frame_hw)
         frames_np = np.asarray(batch.frames)
         if frames_np.ndim != 5 or tuple(frames_np.shape[1:]) != expected:
             raise ValueError(
@@ -403,6 +407,7 @@ class MadiSacAgent:
         cfg = self.cfg
         k = self.frame_stack
         b = ab.frames.shape[0]
+        n = cfg.n_step
         h, w = self.frame_hw
         self.num_updates += 1
         n_obs = b * k
@@ -417,8 +422,9 @@ class MadiSacAgent:
             if ab.overlay is not None:
                 x01[n_obs:].view(b, k, 3, h, w).copy_(ab.overlay)
             x01.mul_(inv255)
-            newest01 = self._empty_frames(b)
-            newest01.copy_(ab.frames[:, k]).mul_(inv255)
+            newest01 = self._empty_frames(b * n)
+            newest01.view(b, n, 3, h, w).copy_(ab.frames[:, k:])
+            newest01.mul_(inv255)
 
             if self._masker_fn is not None:
                 masks = self._masker_fn(x01)  # (views*B*k, 1, H, W), with grad
@@ -434,18 +440,20 @@ class MadiSacAgent:
             proprio = ab.proprio.repeat(n_views, 1)
             features = self._encoder_fn(obs_in, proprio)  # (views*B, D)
 
-            # ---- target: no graph; frames 1..k-1 of next_obs are obs frames, reused.
+            # ---- target: no graph; next_obs frames that are obs frames (n < k) are reused.
             with torch.no_grad():
                 next_in = self._empty_frames(b, 3 * k)
                 next5 = next_in.view(b, k, 3, h, w)
-                next5[:, : k - 1].copy_(masked5[:b, 1:])
-                next5[:, k - 1].copy_(newest_masked)
+                newest5 = newest_masked.view(b, n, 3, h, w)
+                reused = max(k - n, 0)
+                next5[:, :reused].copy_(masked5[:b, k - reused:])
+                next5[:, reused:].copy_(newest5[:, n - (k - reused):])
                 _, next_action, next_log_pi = self.actor(self._encoder_fn(next_in, ab.next_proprio))
                 tq1, tq2 = self.critic_target(
                     self._encoder_target_fn(next_in, ab.next_proprio), next_action
                 )
                 target_v = torch.min(tq1, tq2) - self.alpha.detach() * next_log_pi
-                target_q = ab.reward + ab.discount_mask * cfg.gamma * target_v
+                target_q = ab.reward + ab.discount_mask * cfg.gamma**n * target_v
 
             q1, q2 = self.critic(features, ab.action.repeat(n_views, 1))
             target_rep = target_q.repeat(n_views, 1)

@@ -93,6 +93,11 @@ class AgentConfig(BaseModel):
         0.5, ge=0.0, lt=1.0, description="Adam beta1 of the temperature optimizer (SAC-AE: 0.5)."
     )
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="Discount factor per agent step.")
+    n_step: int = Field(
+        1, ge=1, le=10,
+        description="Steps of the critic's return target (paper: 1; DrQ-v2: 3): "
+        "r_t + ... + gamma^(n-1) r_(t+n-1) + gamma^n V(s_(t+n)).",
+    )
     critic_tau: float = Field(
         0.005, gt=0.0, le=1.0, description="Polyak rate of the target Q heads (UR5: 0.005)."
     )

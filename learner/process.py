@@ -140,7 +140,8 @@ class LearnerProcess:
         def new_replay(seed: int) -> ReplayBuffer:
             return ReplayBuffer(cfg.replay_capacity, spaces.frame_shape, spaces.frame_stack,
                                 spaces.proprio_dim, spaces.action_dim, seed=seed,
-                                frame_codec=cfg.replay_frame_codec)
+                                frame_codec=cfg.replay_frame_codec, n_step=cfg.n_step,
+                                gamma=cfg.gamma)
 
         self.replay = new_replay(cfg.seed)
         self.assembler = TransitionAssembler(spaces)

@@ -171,7 +171,8 @@ def train_sync(
 
     def new_replay(seed: int) -> ReplayBuffer:
         return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), k, proprio_dim,
-                            action_dim, seed=seed, frame_codec=cfg.replay_frame_codec)
+                            action_dim, seed=seed, frame_codec=cfg.replay_frame_codec,
+                            n_step=cfg.n_step, gamma=cfg.gamma)
 
     replay = new_replay(cfg.seed)
     prior = None

@@ -43,7 +43,7 @@ def plain_update(
             instead of re-masking and re-encoding obs (same values, computed once).
     """
     cfg = agent.cfg
-    k = agent.frame_stack
+    k, n = agent.frame_stack, cfg.n_step
     b = ab.frames.shape[0]
     h, w = agent.frame_hw
     mf = agent.memory_format
@@ -65,7 +65,7 @@ def plain_update(
         return enc(stack, proprio)
 
     obs_raw = raw(ab.frames[:, :k])
-    next_raw = raw(ab.frames[:, 1:])
+    next_raw = raw(ab.frames[:, n:])
     ov_raw = raw(ab.overlay) if ab.overlay is not None else None
 
     # masks of obs (and overlay)
@@ -80,8 +80,8 @@ def plain_update(
     grad_ctx = torch.no_grad() if next_no_grad else torch.enable_grad()
     with grad_ctx:
         if unique_frames:
-            newest = masks_of(next_raw[:, k - 1 :])
-            next_masks = torch.cat([obs_masks[:, 1:], newest], 1)
+            newest = masks_of(raw(ab.frames[:, k:]))
+            next_masks = torch.cat([obs_masks[:, n:], newest], 1)[:, -k:]
         else:
             next_masks = masks_of(next_raw)
         next_masked = (next_raw * next_masks).detach()
@@ -91,7 +91,7 @@ def plain_update(
         tq1, tq2 = agent.critic_target(
             encode(agent.encoder_target, next_masked, ab.next_proprio), next_action
         )
-        target_q = ab.reward + ab.discount_mask * cfg.gamma * (
+        target_q = ab.reward + ab.discount_mask * cfg.gamma**n * (
             torch.min(tq1, tq2) - agent.alpha.detach() * next_log_pi
         )
     target_q = target_q.detach()
@@ -142,10 +142,12 @@ def plain_update(
     return out
 
 
-def make_batch(b: int, k: int, hw: tuple[int, int], p: int, a: int, seed: int = 0) -> Batch:
+def make_batch(
+    b: int, k: int, hw: tuple[int, int], p: int, a: int, seed: int = 0, n_step: int = 1
+) -> Batch:
     rng = np.random.default_rng(seed)
     h, w = hw
-    frames = rng.integers(0, 256, (b, k + 1, 3, h, w), dtype=np.uint8)
+    frames = rng.integers(0, 256, (b, k + n_step, 3, h, w), dtype=np.uint8)
     frames[:, :, 0, h // 3 : h // 2, w // 3 : w // 2] = 230  # a reddish blob
     return Batch(
         frames=frames,
@@ -191,6 +193,27 @@ def test_fast_path_equals_plain_reference(variant, flags):
         ):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"{name}.{pname}")
     torch.testing.assert_close(fast.log_alpha, plain.log_alpha)
+
+
+@pytest.mark.parametrize("n_step", [2, 3, 5])
+def test_n_step_fast_path_equals_plain_reference(n_step):
+    # k = 3: n = 2 reuses one obs frame's mask for next_obs, n = 3 none, n = 5 skips frames.
+    cfg = AgentConfig(variant="madi", seed=4, n_step=n_step, **SMALL)
+    fast = MadiSacAgent(cfg, (9, 20, 28), 4, 3)
+    plain = MadiSacAgent(cfg, (9, 20, 28), 4, 3, overlay_bank=fast.overlay_bank)
+    with pytest.raises(ValueError, match="batch.frames"):
+        fast.prepare(make_batch(8, 3, (20, 28), 4, 3))  # a 1-step window
+    for step in range(2):
+        ab = fast.prepare(make_batch(8, 3, (20, 28), 4, 3, seed=step, n_step=n_step))
+        torch.manual_seed(step)
+        got = fast.update_from(ab)
+        torch.manual_seed(step)
+        want = plain_update(plain, copy.copy(ab), next_no_grad=True, unique_frames=True,
+                            one_masker_call=True, reuse_actor_features=True)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
+    for p, q in zip(fast.critic.parameters(), plain.critic.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_reference_with_actor_and_target_every_two():

@@ -195,6 +195,66 @@ def test_discount_mask_semantics(codec):
     assert {int(t) for t in batch.action[:, 0]} == set(range(len(added)))
 
 
+def n_step_reference(lengths: list[int], ends: list[str], added: list, n: int, gamma: float):
+    """Per start tag: (reward sum, next_obs, discount, steps) of its n-step sample, or None."""
+    expected: dict[int, tuple | None] = {}
+    tag = 0
+    for length, end in zip(lengths, ends, strict=True):
+        for p in range(length):
+            steps = min(n, length - p)
+            ends_inside = steps < n or p + n == length
+            if steps < n and end != "terminated":
+                expected[tag + p] = None  # cut by a time limit: never a start
+                continue
+            rewards = [added[tag + p + m][2] for m in range(steps)]
+            discount = 0.0 if ends_inside and end == "terminated" else 1.0
+            expected[tag + p] = (sum(gamma**m * r for m, r in enumerate(rewards)),
+                                 added[tag + p + steps - 1][3], discount, steps)
+        tag += length
+    return expected
+
+
+@pytest.mark.parametrize(("n", "capacity"), [(2, 60), (3, 60), (4, 60), (3, 17)])
+def test_n_step_samples_chain_within_episodes(n, capacity, codec):
+    gamma = 0.9
+    buf = make_buffer(capacity, codec, n_step=n, gamma=gamma)
+    added = run_episodes(buf, LENGTHS, ENDS[: len(LENGTHS)])
+    expected = n_step_reference(LENGTHS, ENDS[: len(LENGTHS)], added, n, gamma)
+    stored = set(range(len(added) - len(buf), len(added)))
+    batch = buf.sample(3000)
+    assert batch.frames.shape == (3000, K + n, 3, H, W)
+    seen = set()
+    for i in range(3000):
+        tag = int(batch.action[i, 0])
+        assert tag in stored and expected[tag] is not None, f"start {tag} is not valid"
+        reward, next_obs, discount, steps = expected[tag]
+        obs = added[tag][0]
+        np.testing.assert_array_equal(batch.frames[i, :K].reshape(3 * K, H, W), obs["image"])
+        np.testing.assert_array_equal(batch.proprio[i], obs["proprio"])
+        np.testing.assert_array_equal(batch.next_proprio[i], next_obs["proprio"])
+        assert batch.reward[i] == pytest.approx(reward, rel=1e-6, abs=1e-6)
+        assert batch.discount_mask[i] == discount
+        if steps == n:  # a window cut short by a termination needs no next frames
+            np.testing.assert_array_equal(batch.frames[i, n:].reshape(3 * K, H, W),
+                                          next_obs["image"])
+        seen.add(tag)
+    assert seen == {t for t in stored if expected[t] is not None}
+
+
+def test_n_step_stops_at_unflagged_episode_boundaries(codec):
+    # Episodes that start afresh without an end flag (a gap in the stream) do not chain.
+    buf = make_buffer(30, codec, n_step=2)
+    env = FrameStackEnv(np.random.default_rng(3))
+    for episode in range(3):
+        obs = env.reset()
+        for t in range(3):
+            next_obs = env.step()
+            buf.add(obs, np.array([3 * episode + t, 0], np.float32), 1.0, next_obs, False, False)
+            obs = next_obs
+    starts = {int(t) for t in buf.sample(500).action[:, 0]}
+    assert starts == {0, 1, 3, 4, 6, 7}
+
+
 def test_non_episode_boundary_reset_is_a_new_episode(codec):
     # The caller resets without flagging the end: obs no longer chains, stored afresh.
     buf = make_buffer(20, codec)
@@ -297,6 +357,14 @@ def test_sample_errors_and_constructor_validation(codec):
         ReplayBuffer(10, (H, W, 3), K, P, A)
     with pytest.raises(ValueError, match="capacity"):
         ReplayBuffer(0, (3, H, W), K, P, A)
+    with pytest.raises(ValueError, match="n_step"):
+        ReplayBuffer(10, (3, H, W), K, P, A, n_step=0)
+    with pytest.raises(ValueError, match="gamma"):
+        ReplayBuffer(10, (3, H, W), K, P, A, gamma=1.5)
+    short = make_buffer(10, codec, n_step=3)
+    run_episodes(short, [2], ["truncated"])
+    with pytest.raises(ValueError, match="n_step=3 steps ahead"):
+        short.sample(4)
 
 
 def test_nbytes_matches_formula_and_ur5_figure():
