@@ -104,7 +104,7 @@ def test_fixed_evaluation_episodes_repeat_and_do_not_disturb_training_targets():
 
 def test_train_sync_resume_final_eval_and_safety_share(tmp_path):
     cfg = AgentConfig(variant="madi", init_random_steps=10, updates_per_step=0.5, seed=2,
-                      **{**TOY, "batch_size": 8})
+                      n_step=3, **{**TOY, "batch_size": 8})  # 3-step windows in the batches
     common = dict(eval_every=20, eval_episodes=1, eval_seed=5, checkpoint_every=20,
                   log_every=20, save_replay=True, progress=False)
     first = train_sync(DotReacherEnv(horizon=10), cfg, tmp_path, total_steps=40,
