@@ -43,7 +43,8 @@ class AgentConfig(BaseModel):
     ``"svea_overlay"`` (Masker off, overlay + random shift: SVEA).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
 
     variant: Variant = Field(
         "madi",

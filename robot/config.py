@@ -25,6 +25,12 @@ from robot.kinematics import pose_matrix
 
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 Vec6 = Annotated[list[float], Field(min_length=6, max_length=6)]
+#: A flange box coordinate, m: within the UR5's reach (0.85 m) with margin.
+BoxCoord = Annotated[float, Field(ge=-1.5, le=1.5)]
+#: A joint limit, deg: the UR5's joints turn +-360 deg.
+JointDeg = Annotated[float, Field(ge=-360.0, le=360.0)]
+BoxVec = Annotated[list[BoxCoord], Field(min_length=3, max_length=3)]
+JointVec = Annotated[list[JointDeg], Field(min_length=6, max_length=6)]
 RGB = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
 
 #: Controller tick of each arm generation, s (CB3: 125 Hz, e-series: 500 Hz; UR RTDE guide).
@@ -45,7 +51,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and inf are refused everywhere: an inf limit would silently switch a check off.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ArmConfig(_Section):
@@ -91,7 +98,8 @@ class ArmConfig(_Section):
     watchdog_hz: float | None = Field(
         10.0, gt=0, le=500,
         description="Controller-side RTDE watchdog: the control script halts the arm if "
-        "the client sends nothing for 1/watchdog_hz s (null: not armed; not advised).",
+        "the client sends nothing for 1/watchdog_hz s (null: not armed; refused with "
+        "backend ur5).",
     )
     protective_stop_recovery: Literal["operator", "dashboard"] = Field(
         "operator",
@@ -267,18 +275,18 @@ class TaskConfig(_Section):
 class SafetyConfig(_Section):
     """Limits enforced on every command, in the sim and on the real arm alike."""
 
-    box_low: Vec3 = Field(
+    box_low: BoxVec = Field(
         default_factory=lambda: [-0.4, 0.17, 0.37], description="Flange box low, base frame, m."
     )
-    box_high: Vec3 = Field(
+    box_high: BoxVec = Field(
         default_factory=lambda: [0.15, 0.7, 0.63], description="Flange box high, base frame, m."
     )
-    joint_low_deg: Vec6 = Field(
+    joint_low_deg: JointVec = Field(
         default_factory=lambda: [55.0, -120.0, 0.0, -215.0, -130.0, 50.0],
         description="Joint position low limits, deg (MaDi setup, but wrist 2 at -130 instead "
         "of -135: from -133 on, the wrist camera's housing touches the link-4 housing).",
     )
-    joint_high_deg: Vec6 = Field(
+    joint_high_deg: JointVec = Field(
         default_factory=lambda: [125.0, -30.0, 135.0, -135.0, -45.0, 190.0],
         description="Joint position high limits, deg.",
     )
@@ -535,6 +543,13 @@ class Config(_Section):
             raise ValueError(f"agent.seed ({self.agent.seed}) differs from seed ({self.seed}); "
                              "set the seed once, at the top level")
         self.agent.seed = self.seed
+        return self
+
+    @model_validator(mode="after")
+    def _watchdog_on_the_arm(self) -> Config:
+        if self.backend == "ur5" and self.arm.watchdog_hz is None:
+            raise ValueError("arm.watchdog_hz is null with backend ur5: the real arm must run "
+                             "with the RTDE watchdog; set arm.watchdog_hz (e.g. 10)")
         return self
 
     def task_hash(self) -> str:

@@ -80,3 +80,26 @@ def test_overrides(tmp_path):
 def test_digest_changes_with_content():
     assert Config().digest() == Config().digest()
     assert Config().digest() != Config(seed=1).digest()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("safety:\n  box_low: [.nan, 0.17, 0.37]\n", "safety.box_low.0"),
+        ("safety:\n  joint_high_deg: [125, -30, 135, -135, -45, .inf]\n",
+         "safety.joint_high_deg.5"),
+        ("safety:\n  box_high: [0.15, 0.7, 30.0]\n", "safety.box_high.2"),
+        ("safety:\n  joint_low_deg: [55, -120, 0, -215, -1000, 50]\n", "safety.joint_low_deg.4"),
+        ("agent:\n  actor_lr: .nan\n", "agent.actor_lr"),
+        ("arm:\n  speed_max: .inf\n", "arm.speed_max"),
+    ],
+)
+def test_non_finite_and_out_of_reach_limits_refused(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_real_arm_requires_the_watchdog(tmp_path):
+    assert load_config(write(tmp_path, "arm:\n  watchdog_hz: null\n")).arm.watchdog_hz is None
+    with pytest.raises(ConfigError, match="watchdog"):
+        load_config(write(tmp_path, "backend: ur5\narm:\n  host: 10.0.0.2\n  watchdog_hz: null\n"))
