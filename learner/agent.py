@@ -48,9 +48,14 @@ from learner.augment import OverlayBank, random_shift
 from learner.config import AgentConfig
 from learner.networks import Actor, Critic, Masker, SpatialSoftmaxEncoder
 
-__all__ = ["AugmentedBatch", "MadiSacAgent", "resolve_device", "tune_cpu_allocator"]
+__all__ = ["AugmentedBatch", "MadiSacAgent", "NonFiniteError", "resolve_device",
+           "tune_cpu_allocator"]
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf in the learner's loss or weights that must not reach a file or the robot."""
 
 _ALLOCATOR_TUNED = False
 
@@ -238,8 +243,10 @@ class MadiSacAgent:
             )
         if self.overlay_bank is not None:
             self.overlay_bank.to(self.device)
-        #: Number of completed updates (critic steps).
+        #: Number of completed updates (critic steps), skipped ones included.
         self.num_updates = 0
+        #: Updates skipped because their critic loss was not finite (``cfg.on_nonfinite``).
+        self.skipped_updates = 0
         self._last_actor: torch.Tensor | None = None  # last (actor, alpha loss, entropy)
 
     # ------------------------------------------------------------------ helpers
@@ -458,6 +465,8 @@ class MadiSacAgent:
             q1, q2 = self.critic(features, ab.action.repeat(n_views, 1))
             target_rep = target_q.repeat(n_views, 1)
             critic_loss = F.mse_loss(q1, target_rep) + F.mse_loss(q2, target_rep)
+        if not self._loss_is_finite(critic_loss):
+            return self._skipped_update_stats()
 
         self.critic_optimizer.zero_grad(set_to_none=True)
         if self.masker_optimizer is not None:
@@ -478,17 +487,53 @@ class MadiSacAgent:
         if last is None:
             last = torch.full((3,), float("nan"), device=self.device)
         values = torch.stack([*(s.float() for s in stats), *last, self.log_alpha.detach().exp()])
-        v = values.tolist()
-        return {
-            "losses/critic": v[0],
-            "charts/q": v[1],
-            "charts/target_q": v[2],
-            "charts/mask_mean": v[3],
-            "losses/actor": v[4],
-            "losses/alpha": v[5],
-            "charts/entropy": v[6],
-            "charts/alpha": v[7],
-        }
+        return self._stats(values.tolist())
+
+    def _stats(self, v: list[float]) -> dict[str, float]:
+        keys = ("losses/critic", "charts/q", "charts/target_q", "charts/mask_mean",
+                "losses/actor", "losses/alpha", "charts/entropy", "charts/alpha")
+        return {**dict(zip(keys, v, strict=True)),
+                "charts/skipped_updates": float(self.skipped_updates)}
+
+    def _loss_is_finite(self, loss: torch.Tensor) -> bool:
+        """True if ``loss`` is finite; else count the skip, or raise under ``stop``."""
+        if bool(torch.isfinite(loss.detach())):
+            return True
+        self.skipped_updates += 1
+        logger.warning("update %d skipped: non-finite critic loss (%d skipped so far)",
+                       self.num_updates, self.skipped_updates)
+        if self.cfg.on_nonfinite == "stop":
+            raise NonFiniteError(
+                f"update {self.num_updates}: the critic loss is not finite and "
+                "agent.on_nonfinite is 'stop'; the last saved checkpoint is untouched"
+            )
+        return False
+
+    def _skipped_update_stats(self) -> dict[str, float]:
+        """Metrics of a skipped update: NaN losses, the temperature as it is."""
+        nan = float("nan")
+        return self._stats([nan] * 7 + [float(self.log_alpha.detach().exp())])
+
+    def weights_finite(self) -> bool:
+        """True if every network weight and ``log_alpha`` is finite (one device sync)."""
+        params = [p for m in self.modules().values() for p in m.parameters()]
+        flags = torch.stack([torch.isfinite(p).all() for p in [*params, self.log_alpha]])
+        return bool(flags.all())
+
+    def check_weights_finite(self, what: str) -> None:
+        """Raise :class:`NonFiniteError` naming ``what`` if a weight is NaN or inf.
+
+        Args:
+            what: The action refused, e.g. ``"save checkpoint runs/x/checkpoints/learner.pt"``.
+
+        Raises:
+            NonFiniteError: If :meth:`weights_finite` is False.
+        """
+        if not self.weights_finite():
+            raise NonFiniteError(
+                f"weights are not finite at update {self.num_updates}: refused to {what}; "
+                "the last saved checkpoint is untouched (resume from it with a lower lr)"
+            )
 
     def _update_actor_and_alpha(
         self, features: torch.Tensor

@@ -86,7 +86,8 @@ def compare_settings(
 ) -> dict[str, tuple[Any, Any]]:
     """Differences between a checkpoint's settings and the current ones.
 
-    Runtime-only fields (device, amp, compile, ...) are ignored.
+    Runtime-only fields (device, amp, compile, ...) are ignored; a field the checkpoint
+    lacks (added to the config later) counts as its default value.
 
     Args:
         saved_config: The checkpoint's :meth:`AgentConfig.learning_dict`.
@@ -101,7 +102,10 @@ def compare_settings(
     diffs: dict[str, tuple[Any, Any]] = {}
     current = cfg.learning_dict()
     for key in sorted(set(saved_config) | set(current)):
-        a, b = saved_config.get(key, "<missing>"), current.get(key, "<missing>")
+        # a field added after the checkpoint was written: it trained with the default
+        field = AgentConfig.model_fields.get(key)
+        missing = field.get_default(call_default_factory=True) if field else "<missing>"
+        a, b = saved_config.get(key, missing), current.get(key, "<missing>")
         if a != b:
             diffs[f"agent.{key}"] = (a, b)
     for key in sorted(set(saved_spaces) | set(spaces)):
@@ -212,7 +216,11 @@ def save_checkpoint(
 
     Returns:
         The path written.
+
+    Raises:
+        NonFiniteError: If a weight is NaN or inf (nothing is written).
     """
+    agent.check_weights_finite(f"save checkpoint {path}")
     data = {
         "kind": _KIND_FULL,
         "format_version": FORMAT_VERSION,
@@ -403,7 +411,11 @@ def save_policy(path: str | Path, agent: MadiSacAgent, version: int | None = Non
 
     Returns:
         The path written.
+
+    Raises:
+        NonFiniteError: If a weight is NaN or inf (nothing is written).
     """
+    agent.check_weights_finite(f"save policy {path}")
     cfg = agent.cfg
 
     def cpu_sd(module: torch.nn.Module | None) -> dict | None:

@@ -27,7 +27,7 @@ Variant = Literal["madi", "sac_crop", "svea_overlay"]
 #: between a checkpoint and the config that loads it (see :func:`AgentConfig.learning_dict`).
 RUNTIME_ONLY_FIELDS: frozenset[str] = frozenset(
     {"device", "amp", "compile", "channels_last", "cpu_threads", "cpu_allocator_tuning",
-     "replay_frame_codec"}
+     "replay_frame_codec", "on_nonfinite"}
 )
 
 _Stride = Annotated[int, Field(ge=1, le=4)]
@@ -94,6 +94,11 @@ class AgentConfig(BaseModel):
         0.5, ge=0.0, lt=1.0, description="Adam beta1 of the temperature optimizer (SAC-AE: 0.5)."
     )
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="Discount factor per agent step.")
+    on_nonfinite: Literal["skip", "stop"] = Field(
+        "skip",
+        description="An update whose critic loss is NaN or inf: skip = leave every weight "
+        "as it was and count it (charts/skipped_updates); stop = end the run with an error.",
+    )
     n_step: int = Field(
         1, ge=1, le=10,
         description="Steps of the critic's return target (paper: 1; DrQ-v2: 3): "

@@ -433,8 +433,13 @@ class LearnerProcess:
             self._robot_lost.set()
 
     def _publish(self) -> None:
-        """Hand the newest weights to the link thread (it publishes the newest only)."""
+        """Hand the newest weights to the link thread (it publishes the newest only).
+
+        Raises:
+            NonFiniteError: If a weight is NaN or inf (nothing reaches the robot).
+        """
         agent = self.agent
+        agent.check_weights_finite("publish weights to the robot")
         modules = {"masker": agent.masker.state_dict() if agent.masker is not None else None,
                    "encoder": agent.encoder.state_dict(), "actor": agent.actor.state_dict()}
         self._outbox = Weights.from_state_dicts(agent.num_updates, modules)

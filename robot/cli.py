@@ -790,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from calibration.file import CalibrationError
+    from learner.agent import NonFiniteError
     from learner.checkpoint import CheckpointError
     from learner.link import LinkError
     from robot.backends.base import DeviceError
@@ -803,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except DeviceError as err:  # the arm was stopped before this propagated
         log.error("robot stopped: %s", err)
+        return 1
+    except NonFiniteError as err:
+        log.error("learner stopped: %s", err)
         return 1
     except (SessionLogError, CheckpointError, CalibrationError, DistractionError) as err:
         log.error("%s", err)

@@ -175,3 +175,48 @@ def test_masker_init_bias_starts_every_seed_near_one():
                       mlp_hidden=[16], batch_size=4, encoder_strides=[2, 2])
     agent = MadiSacAgent(cfg, (9, 45, 80), 15, 5)
     assert agent.masker.conv3.bias.item() == 3.0
+
+
+def _params(agent: MadiSacAgent) -> list[torch.Tensor]:
+    return [p.detach().clone() for m in agent.modules().values() for p in m.parameters()]
+
+
+def test_non_finite_loss_skips_the_update_or_stops_the_run(tmp_path):
+    from learner.agent import NonFiniteError
+    from learner.checkpoint import save_run_checkpoints
+
+    agent = MadiSacAgent(AgentConfig(variant="madi", seed=0, **SMALL), (9, 20, 28), 4, 3)
+    agent.update(make_batch(8, 3, (20, 28), 4, 3, seed=0))
+    before, alpha = _params(agent), agent.log_alpha.detach().clone()
+    poisoned = make_batch(8, 3, (20, 28), 4, 3, seed=1)
+    poisoned.reward[3] = float("nan")
+    out = agent.update(poisoned)
+    assert out["charts/skipped_updates"] == 1.0 and out["losses/critic"] != out["losses/critic"]
+    for p, q in zip(before, _params(agent), strict=True):  # nothing moved, targets included
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert torch.equal(alpha, agent.log_alpha.detach())
+    assert agent.update(make_batch(8, 3, (20, 28), 4, 3, seed=2))["losses/critic"] >= 0.0
+
+    agent.cfg.on_nonfinite = "stop"
+    with pytest.raises(NonFiniteError, match="critic loss is not finite"):
+        agent.update(poisoned)
+
+    save_run_checkpoints(tmp_path, agent, {"env_steps": 10, "episodes": 1})
+    good = (tmp_path / "learner.pt").read_bytes(), (tmp_path / "policy.pt").read_bytes()
+    with torch.no_grad():
+        next(agent.actor.parameters())[0] = float("inf")
+    assert not agent.weights_finite()
+    with pytest.raises(NonFiniteError, match="refused to save checkpoint"):
+        save_run_checkpoints(tmp_path, agent, {"env_steps": 20, "episodes": 2})
+    assert ((tmp_path / "learner.pt").read_bytes(), (tmp_path / "policy.pt").read_bytes()) == good
+
+
+def test_checkpoint_without_a_later_field_loads_as_its_default():
+    from learner.checkpoint import compare_settings
+
+    cfg = AgentConfig(**SMALL)
+    spaces = {"image_shape": [9, 20, 28], "proprio_dim": 4, "action_dim": 3}
+    older = {k: v for k, v in cfg.learning_dict().items() if k != "n_step"}
+    assert compare_settings(older, spaces, cfg, spaces) == {}
+    assert compare_settings(older, spaces, cfg.model_copy(update={"n_step": 3}), spaces) == {
+        "agent.n_step": (1, 3)}
