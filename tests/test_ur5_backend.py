@@ -133,9 +133,24 @@ def test_reset_connection_is_refused_at_once(arm, controller):
 
 
 def test_watchdog_keeper_feeds_an_idle_connected_arm(arm, controller):
-    arm.set_watchdog(10.0)
+    assert controller.watchdog_hz == 10.0  # armed at connect, before anything moved
     time.sleep(0.5)  # no commands: the keeper kicks
     assert not controller.watchdog_fired and controller.program_running
+    arm.speedj(np.array([0.1, 0, 0, 0, 0, 0]), 1.4)
+    arm.speed_stop(1.4)  # parked again: the keeper takes over
+    time.sleep(0.5)
+    assert not controller.watchdog_fired and controller.program_running
+
+
+def test_a_caller_that_stalls_mid_motion_is_stopped_by_the_watchdog(arm, controller):
+    # A hung control thread, reenact or calibration loop in a live process: the keeper
+    # must not feed the watchdog for it while the arm moves.
+    arm.speedj(np.array([0.2, 0, 0, 0, 0, 0]), 1.4)
+    assert wait_for(lambda: controller.watchdog_fired, 1.0)  # fires 1/watchdog_hz after it
+    np.testing.assert_array_equal(controller.target, 0.0)
+    assert not controller.program_running
+    arm.move_home(np.asarray(controller.q), 0.2)  # the reset re-uploads the script ...
+    assert controller.program_running and controller.watchdog_hz == 10.0  # ... and re-arms
 
 
 def test_protective_stop_refuses_motion_and_operator_clears_it(cfg, controller):

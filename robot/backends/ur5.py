@@ -18,10 +18,14 @@
 Safety of every exit path: the script keeps executing ``speedj(last target)`` when the
 client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stopScript``
 (each tried even if the other failed), and the RTDE watchdog is armed at
-``arm.watchdog_hz`` when the control loop starts: if this process dies, hangs or loses the
-cable, the script halts the arm after 1/watchdog_hz s. Between control loops (resets,
-waiting for a learner) a keeper thread kicks the watchdog, so it fires only when this
-process is gone or the link is down. All control-interface calls are serialised by one
+``arm.watchdog_hz`` as soon as the control script runs (at connect and after every
+re-upload), before anything can move the arm: if this process dies, hangs or loses the
+cable, the script halts the arm after 1/watchdog_hz s. Every command feeds the watchdog
+(ur_rtde writes each one to the watched input register). While the arm is *parked* (after
+a speedStop, or at rest home after a reset) a keeper thread also kicks it, so an idle
+process does not lose its script; while the arm moves only the caller's own commands
+feed it, so a caller that stalls mid-motion (a hung control thread, a frozen reenact or
+calibration loop) lets the watchdog stop the arm. All control-interface calls are serialised by one
 lock (ur_rtde's interface is not meant for concurrent callers).
 
 Faults: a call that raises ``RuntimeError``, or returns False while the link is down or
@@ -133,6 +137,7 @@ class UR5Arm(Arm):
         self._last_change_ns = 0
         self._watchdog_hz: float | None = None
         self._last_kick = 0.0
+        self._parked = True  # last motion command was a stop: the keeper may kick
         self._keeper_stop = threading.Event()
         self._keeper: threading.Thread | None = None
         self.step_time: float | None = None  # the controller's, s (set at connect)
@@ -191,6 +196,8 @@ class UR5Arm(Arm):
                     f"(step {self.step_time} s) but the config streams every "
                     f"{self.control_period} s (arm.model={cfg.model}); set arm.model: "
                     f"{model_of_step_time(self.step_time)} and leave arm.control_period unset")
+            self._parked = True
+            self._arm_watchdog()
         except BaseException:
             self._close_control()
             self._close_receive()
@@ -311,17 +318,20 @@ class UR5Arm(Arm):
         if kind:
             raise ProtectiveStopError(f"the UR arm is {kind}-stopped; call move_home() "
                                       "to clear it")
+        self._parked = False
         values = qd.tolist()
         period = self.control_period
         self._control_call("speedJ", lambda c: c.speedJ(values, acceleration, period))
 
     def _speed_stop(self, deceleration: float) -> None:
         if self._stopped():
+            self._parked = True
             return  # the controller already holds the arm
         try:
             self._control_call("speedStop", lambda c: c.speedStop(deceleration))
         except ProtectiveStopError:
             pass
+        self._parked = True
 
     def _set_watchdog(self, min_frequency: float) -> None:
         self._control_call("setWatchdog", lambda c: c.setWatchdog(min_frequency))
@@ -330,11 +340,17 @@ class UR5Arm(Arm):
     def _kick_watchdog(self) -> None:
         self._control_call("kickWatchdog", lambda c: c.kickWatchdog())
 
+    def _arm_watchdog(self) -> None:
+        """Arm the watchdog at ``arm.watchdog_hz`` on a freshly started control script."""
+        if self._cfg.watchdog_hz is not None:
+            self._set_watchdog(self._cfg.watchdog_hz)
+
     def _keep_watchdog(self) -> None:
-        """Kick the armed watchdog when nothing else has for a third of its window."""
+        """Kick the armed watchdog of a parked arm when nothing has for a third of its window."""
         while not self._keeper_stop.wait(0.01):
             hz = self._watchdog_hz
-            if hz is None or time.monotonic() - self._last_kick < 1.0 / (3.0 * hz):
+            if (hz is None or not self._parked
+                    or time.monotonic() - self._last_kick < 1.0 / (3.0 * hz)):
                 continue
             try:
                 self._kick_watchdog()
@@ -349,16 +365,20 @@ class UR5Arm(Arm):
         distance = float(np.max(np.abs(q - state.q)))
         speed = min(cfg.home_speed, max(0.05, distance / max(duration, 1e-3)))
         goal = q.tolist()
+        self._parked = False  # this loop feeds the watchdog while the arm moves
         self._control_call("moveJ", lambda c: c.moveJ(goal, speed, cfg.acceleration, True))
         expected = distance / speed + speed / cfg.acceleration
         deadline = time.monotonic() + 2.0 * expected + 5.0
         while True:
             time.sleep(0.02)
+            if self._watchdog_hz is not None:
+                self._kick_watchdog()
             state = self._read_state()
             if state.protective_stopped or state.emergency_stopped:
                 raise ProtectiveStopError(f"the UR arm stopped while moving home to "
                                           f"{np.round(q, 3).tolist()}")
             if np.max(np.abs(q - state.q)) < 2e-3 and np.max(np.abs(state.qd)) < 1e-2:
+                self._parked = True
                 return
             if time.monotonic() > deadline:
                 self._control_call("stopJ", lambda c: c.stopJ(cfg.acceleration))
@@ -383,6 +403,8 @@ class UR5Arm(Arm):
             logger.info("UR control script not running: uploading it again")
             if not self._control_call("reuploadScript", lambda c: c.reuploadScript()):
                 raise ArmLinkLostError(f"could not restart the control script on {self.host}")
+            self._parked = True
+            self._arm_watchdog()  # a new script starts without one
 
     def _wait_for_operator(self) -> None:
         cfg = self._cfg
