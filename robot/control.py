@@ -7,9 +7,11 @@ through :meth:`robot.safety.SafetyLimits.apply` and sends what that returns with
 agent acts every 40 ms). The agent step talks to it only through :meth:`ControlLoop.set_command`
 (a fixed-schema, timestamped command; house rule 4) and reads back :meth:`ControlLoop.status`.
 
-It never lets the arm run on a stale command: when no new command has arrived for
-``deadline`` (default 80 ms = 2 agent periods) it sends ``speedj(0)`` at the acceleration
-bound (a controlled stop) and flags ``stale`` until a fresh command comes. Any exception
+It never lets the arm run on a stale command: when the newest command is older than
+``deadline`` (default 80 ms = 2 agent periods), counted from the capture of the frame it
+answers when the caller gives that time, it sends ``speedj(0)`` at the acceleration bound
+(a controlled stop) and flags ``stale`` until a fresh command comes. The owner can tell a
+stalled loop from :meth:`ControlLoop.tick_age_ns`. Any exception
 (from the arm, the safety check or the loop itself) stops the arm (``speed_stop``) and
 leaves the loop in state ``"failed"`` with the exception kept in :attr:`ControlLoop.error`;
 ``"stopped"`` means a clean :meth:`ControlLoop.stop`.
@@ -175,8 +177,8 @@ class ControlLoop:
         self._cmd_lock = threading.Lock()
         self._cmd = np.zeros(N_JOINTS)
         self._cmd_t_ns = 0
-        self._cmd_arrival_ns = 0
         self._have_cmd = False
+        self._started_ns = 0
         # Loop-private buffers and published status, under _status_lock.
         self._requested = np.zeros(N_JOINTS)
         self._zero = np.zeros(N_JOINTS)
@@ -224,6 +226,7 @@ class ControlLoop:
             raise RuntimeError(f"control loop already started (state {self._state}); "
                                "build a new ControlLoop to restart")
         self._state = "running"
+        self._started_ns = time.perf_counter_ns()
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
         self._thread.start()
         logger.info("control loop started: tick %.1f ms, deadline %.0f ms, safety %s",
@@ -234,13 +237,15 @@ class ControlLoop:
         """Hand the loop a new joint-velocity command; it replaces any older one.
 
         Never blocks on the loop (a short lock around a 6-value copy). The command's age
-        for the stale check counts from this call, on the loop's clock.
+        for the stale check counts from ``t_ns``, on the loop's clock: a command computed
+        from an old frame is stale however recently it arrived.
 
         Args:
             qd: float (6,) joint velocities, rad/s (before the safety limits).
-            t_ns: When the command was made, ns, e.g. the capture time of the frame it
-                answers; kept for the record (:attr:`ControlStatus.command_t_ns`).
-                ``None``: now (``time.perf_counter_ns``).
+            t_ns: When the information behind the command was current, ns on the loop's
+                clock (``time.perf_counter_ns``), e.g. the capture of the frame it answers;
+                also kept for the record (:attr:`ControlStatus.command_t_ns`). ``None`` or
+                a future time: now.
 
         Raises:
             ValueError: If ``qd`` is not 6 finite values.
@@ -249,9 +254,21 @@ class ControlLoop:
         now = self._now()
         with self._cmd_lock:
             self._cmd[:] = qd
-            self._cmd_t_ns = now if t_ns is None else int(t_ns)
-            self._cmd_arrival_ns = now
+            self._cmd_t_ns = now if t_ns is None else min(int(t_ns), now)
             self._have_cmd = True
+
+    def tick_age_ns(self) -> int:
+        """Time since the last tick started (or since :meth:`start`, before one), ns.
+
+        A running loop ticks every ``control_period``; an age of several agent periods
+        means the control thread is stalled (the owner stops the episode; the
+        controller-side watchdog stops the arm). 0 in lockstep or before :meth:`start`.
+        """
+        if self._thread is None:
+            return 0
+        with self._status_lock:
+            last = max(self._applied_t_ns, self._started_ns)
+        return time.perf_counter_ns() - last
 
     def status(self) -> ControlStatus:
         """A consistent snapshot of the last tick (see :class:`ControlStatus`)."""
@@ -397,7 +414,7 @@ class ControlLoop:
     def _tick(self, now: int) -> None:
         arm = self._arm
         with self._cmd_lock:
-            fresh = self._have_cmd and now - self._cmd_arrival_ns <= self._deadline_ns
+            fresh = self._have_cmd and now - self._cmd_t_ns <= self._deadline_ns
             self._requested[:] = self._cmd
             cmd_t_ns = self._cmd_t_ns
         state = arm.read_state()
@@ -415,8 +432,8 @@ class ControlLoop:
             applied = self._zero
             if not self._stale:
                 self.stale_stops += 1
-                logger.warning("no command for %.0f ms: stopping the arm",
-                               (now - self._cmd_arrival_ns) / 1e6)
+                logger.warning("no command younger than %.0f ms: stopping the arm",
+                               (now - self._cmd_t_ns) / 1e6)
         arm.speedj(applied, self.acceleration)
         if self.watchdog_hz is not None:
             arm.kick_watchdog()

@@ -29,8 +29,12 @@ link (:class:`~robot.backends.base.ArmLinkLostError`: the RTDE stream stopped or
 control script died) ends the episode (``arm_link_lost``; the control thread has stopped
 the arm, the controller's watchdog halts it if the stop could not be sent), then the arm
 is reconnected (``arm.reconnect_attempts``, ``arm.reconnect_interval`` apart) and the
-next reset goes on. Any other failure of the arm, the camera or the control thread stops
-the arm and ends the run with the error. The learner going silent either leaves the
+next reset goes on. A control thread that has not ticked for 2 agent periods ends the
+episode (``control_stalled``); if it then cannot be stopped (stuck in an arm call) the run
+ends, since the arm is not confirmed stopped (the controller's watchdog halts it). Any
+other failure of the arm, the camera or the control thread stops the arm and ends the run
+with the error. Commands carry the time of the frame they answer, so an action computed
+from an old frame is already stale in the control loop. The learner going silent either leaves the
 robot acting with its last weights (``robot.on_learner_lost: continue``; transitions are
 dropped and counted) or ends the episode and holds the arm until a learner is back
 (``stop``).
@@ -57,7 +61,7 @@ import numpy as np
 from learner.link import RobotLink
 from learner.messages import Shutdown, Spaces
 from learner.policy import MadiPolicy
-from robot.backends.base import ArmLinkLostError, ProtectiveStopError, Rig
+from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
 from robot.distractions import Distractions, make_distractions, screen
@@ -106,7 +110,8 @@ class EpisodeRecord:
         return_: Sum of rewards.
         success: The target was reached at some step.
         end: ``time_limit``, ``success`` (sparse reward), ``protective_stop``,
-            ``arm_link_lost``, ``learner_lost``, ``stop_requested`` or ``steps_done``.
+            ``arm_link_lost``, ``control_stalled``, ``learner_lost``, ``stop_requested``
+            or ``steps_done``.
         policy_version_first / policy_version_last: Weights version of the first / last
             action (0: random).
         random_steps: Actions chosen at random (no weights yet).
@@ -427,7 +432,11 @@ class RobotRunner:
         try:
             self._run_episode(control, record, evaluation)
         finally:
-            control.stop()
+            if not control.stop():
+                raise DeviceError(
+                    "the control thread is stuck in an arm call and did not stop; the arm "
+                    "is not confirmed stopped (the RTDE watchdog halts it): check the arm, "
+                    "then start again")
             self._log_safety(record.episode, control)
             self._record("eval_episode_end" if evaluation else "episode_end",
                          episode=record.episode, end=record.end, steps=record.steps,
@@ -464,9 +473,16 @@ class RobotRunner:
         self.policy.reset()
         t_episode = time.monotonic()
         horizon = cfg.task.episode_steps
+        stall_ns = 2 * round(cfg.task.agent_period * 1e9)
         for t in range(horizon + 1):
             start = timer.wait() if self.realtime else time.perf_counter_ns()
             end = ""
+            if control.tick_age_ns() > stall_ns:
+                logger.critical("episode %d: the control loop has not ticked for %.0f ms; "
+                                "ending the episode", record.episode,
+                                control.tick_age_ns() / 1e6)
+                record.end = "control_stalled"
+                break
             if control.state == "failed":
                 if isinstance(control.error, ProtectiveStopError):
                     end = "protective_stop"
@@ -478,6 +494,8 @@ class RobotRunner:
             t_read = time.perf_counter_ns()
             frame = camera.read(cfg.robot.camera_timeout)
             t_frame = time.perf_counter_ns()
+            # when the frame's information was current, on the control loop's clock
+            t_seen = t_frame - camera.age_ns(frame) if self.realtime else None
             self.camera_wait.push(t_frame - t_read)
             if t == 0:
                 frames.reset(frame.image)
@@ -511,7 +529,7 @@ class RobotRunner:
                 end = "learner_lost"
             if not end and evaluation is not None:
                 action = self.policy.act(next_obs, deterministic=True)
-                control.set_command(action_to_qd(action, cfg.arm))
+                control.set_command(action_to_qd(action, cfg.arm), t_seen)
                 now, version_now = time.perf_counter_ns(), self.policy_version
                 if evaluation.dynamic:  # what the camera sees at the next step
                     w, h = self.rig.display.size_px
@@ -523,7 +541,7 @@ class RobotRunner:
                 else:
                     action = self._action_rng.uniform(-1.0, 1.0, n_act).astype(np.float32)
                     record.random_steps += 1
-                control.set_command(action_to_qd(action, cfg.arm))
+                control.set_command(action_to_qd(action, cfg.arm), t_seen)
                 now = time.perf_counter_ns()
                 self.latency.push(now - t_frame)
                 version_now = self.policy_version
@@ -554,7 +572,7 @@ class RobotRunner:
             self._report_progress()
         record.overruns = timer.overruns - overruns0
         record.wall_s = time.monotonic() - t_episode
-        if record.end in ("arm_link_lost", "protective_stop", "learner_lost"):
+        if record.end in ("arm_link_lost", "protective_stop", "learner_lost", "control_stalled"):
             self._record(record.end, episode=record.episode, detail=str(control.error or ""))
         if record.end == "arm_link_lost":
             logger.error("episode %d: arm link lost (%s); the arm was told to stop",

@@ -98,7 +98,7 @@ def test_streams_the_newest_command_every_tick(arm):
     t0 = time.perf_counter()
     second = CMD * 2
     while time.perf_counter() - t0 < 0.3:
-        loop.set_command(CMD, t_ns=123)
+        loop.set_command(CMD, t_ns=time.perf_counter_ns())
         time.sleep(0.01)
     loop.set_command(second)
     assert wait_for(lambda: np.allclose(loop.status().applied, second))
@@ -162,6 +162,17 @@ def test_stale_command_ramps_to_zero_within_deadline_plus_a_tick(arm):
     assert loop.state == "stopped"
 
 
+def test_a_command_from_an_old_frame_is_stale_on_arrival(arm):
+    with ControlLoop(arm, None, acceleration=1.0, deadline=0.05) as loop:
+        for _ in range(20):  # arriving every 10 ms, but answering a frame 100 ms old
+            loop.set_command(CMD, t_ns=time.perf_counter_ns() - 100_000_000)
+            time.sleep(0.01)
+        assert loop.stale and not np.any(arm.speedj_calls()[-1][2])
+        assert all(not np.any(c[2]) for c in arm.speedj_calls())
+        loop.set_command(CMD, t_ns=time.perf_counter_ns())
+        assert wait_for(lambda: np.allclose(loop.status().applied, CMD))
+
+
 def test_fresh_command_after_stale_resumes(arm):
     with ControlLoop(arm, None, acceleration=1.0, deadline=0.03) as loop:
         loop.set_command(CMD)
@@ -203,6 +214,9 @@ def test_stop_returns_within_its_timeout_when_the_arm_hangs():
         loop = ControlLoop(arm, None, acceleration=1.0)
         loop.start()
         assert wait_for(lambda: len(arm.speedj_calls()) > 3)
+        age = loop.tick_age_ns()
+        time.sleep(0.1)
+        assert loop.tick_age_ns() >= age + 100_000_000  # no tick while stalled: it grows
         t0 = time.monotonic()
         assert loop.stop(timeout=0.2) is False
         assert time.monotonic() - t0 < 1.0

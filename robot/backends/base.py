@@ -360,6 +360,18 @@ class Camera(Device):
         self._require_connected()
         return self._read(check_positive(timeout, "timeout", "s"))
 
+    def age_ns(self, frame: Frame) -> int:
+        """How long ago ``frame`` became available to this process, ns.
+
+        A capture thread's frame waits until it is read (a real camera overrides this);
+        a camera that renders or loads the frame inside :meth:`read` (the sim, a replay)
+        hands it over new, so the default is 0.
+
+        Args:
+            frame: A frame this camera returned.
+        """
+        return 0
+
     def stats(self) -> dict:
         """Device counters for the run's timing report (e.g. stale frames); default none."""
         return {}

@@ -217,6 +217,10 @@ class OpenCVCamera(Camera):
             ages = self._ages.values()
         return latency_percentiles_ms(ages)
 
+    def age_ns(self, frame: Frame) -> int:
+        """Time since ``frame`` arrived from the driver, ns (``time.monotonic_ns`` clock)."""
+        return time.monotonic_ns() - frame.t_ns
+
     def stats(self) -> dict:
         """Counters for the timing report: frames captured, stale frames, frame age (ms)."""
         return {"frames_captured": self.frames_captured, "stale_frames": self.stale_frames,
