@@ -31,6 +31,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "charts/final_eval_return_std",
     "charts/safety_share",
     "charts/updates",
+    "charts/skipped_updates",
     "charts/updates_per_s",
     "charts/env_steps_per_s",
     "timing/act_s",
@@ -54,7 +55,9 @@ class MetricsWriter:
     """Append rows of namespaced metrics to a CSV with the fixed columns :data:`METRIC_KEYS`.
 
     Args:
-        path: CSV file (created with a header, or appended to when it exists).
+        path: CSV file (created with a header, or appended to when it exists). A file
+            written with an older column set (a run resumed after an upgrade) is first
+            rewritten with the current columns, each value kept under its name.
 
     Raises:
         KeyError: From :meth:`write` when a key is not in :data:`METRIC_KEYS`.
@@ -64,6 +67,8 @@ class MetricsWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
+        if not new:
+            _migrate_header(self.path)
         self._file = open(self.path, "a", newline="")  # noqa: SIM115 - closed in close()
         self._writer = csv.DictWriter(self._file, fieldnames=list(METRIC_KEYS))
         if new:
@@ -84,3 +89,26 @@ class MetricsWriter:
     def close(self) -> None:
         """Close the file."""
         self._file.close()
+
+
+def _migrate_header(path: Path) -> None:
+    """Rewrite ``path`` with the :data:`METRIC_KEYS` columns if its header differs.
+
+    Raises:
+        KeyError: If the file has a column that is no longer a metric (nothing changed).
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or list(reader.fieldnames) == list(METRIC_KEYS):
+            return
+        unknown = set(reader.fieldnames) - set(METRIC_KEYS)
+        if unknown:
+            raise KeyError(f"{path} has columns {sorted(unknown)} that are not metrics; "
+                           "move the file aside to start a new one")
+        rows = list(reader)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(METRIC_KEYS))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

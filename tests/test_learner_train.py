@@ -123,3 +123,21 @@ def test_train_sync_resume_final_eval_and_safety_share(tmp_path):
     assert steps == sorted(steps) and steps[-1] == 60 and len(steps) == 6
     assert all(r["charts/safety_share"] == "0.0" for r in rows if r["charts/episode_return"])
     assert rows[-1]["charts/final_eval_return"]
+
+
+def test_metrics_of_an_older_run_are_migrated_to_the_current_columns(tmp_path):
+    from learner.metrics import METRIC_KEYS, MetricsWriter
+
+    path = tmp_path / "metrics.csv"
+    old_keys = [k for k in METRIC_KEYS if k != "charts/skipped_updates"]
+    path.write_text(",".join(old_keys) + "\n" + "10,1.5" + "," * (len(old_keys) - 2) + "\n")
+    writer = MetricsWriter(path)
+    writer.write({"global_step": 20, "charts/skipped_updates": 1})
+    writer.close()
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["global_step"] for r in rows] == ["10", "20"] and rows[0]["time_s"] == "1.5"
+    assert rows[1]["charts/skipped_updates"] == "1" and rows[0]["charts/skipped_updates"] == ""
+    path.write_text("global_step,no_such_metric\n1,2\n")
+    with pytest.raises(KeyError, match="no_such_metric"):
+        MetricsWriter(path)
