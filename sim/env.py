@@ -26,6 +26,26 @@ from robot.task import RedTargetReward, sample_target_center
 from sim.mirror import Mirror
 from sim.randomize import ImageEffects, sample
 
+#: UR5 (CB3 and e-series) joint range and top joint speed: +-360 deg, 180 deg/s.
+JOINT_RANGE_RAD = 2 * np.pi
+JOINT_SPEED_MAX = np.pi
+
+
+def proprio_space(n: int, speed_max: float) -> gym.spaces.Box:
+    """Bounds of :func:`robot.observation.proprio` for ``n`` active joints.
+
+    Args:
+        n: Active joints.
+        speed_max: rad/s that action 1.0 maps to (``arm.speed_max``).
+
+    Returns:
+        float32 Box (3n,): q in +-2 pi rad, qd / speed_max in +-pi / speed_max, previous
+        action in [-1, 1].
+    """
+    high = np.concatenate([np.full(n, JOINT_RANGE_RAD), np.full(n, JOINT_SPEED_MAX / speed_max),
+                           np.ones(n)]).astype(np.float32)
+    return gym.spaces.Box(-high, high, dtype=np.float32)
+
 
 class VisualReacherEnv(gym.Env):
     """Simulated UR5 visual reacher (see module docstring for spaces and timing).
@@ -36,6 +56,14 @@ class VisualReacherEnv(gym.Env):
         distractions: What the monitor shows behind the target
             (:func:`robot.distractions.make_distractions`); default: the plain screen.
             Dynamic ones are redrawn every step.
+        render_mode: None or ``"rgb_array"`` (:meth:`render` returns the newest frame).
+
+    Raises:
+        ValueError: If ``render_mode`` is not one of ``metadata["render_modes"]``.
+
+    Observation bounds: joint positions within the UR5's +-2 pi rad, velocities (over
+    ``speed_max``) within the UR5's 180 deg/s joint speed (UR5 technical specifications),
+    previous actions within [-1, 1]. Gymnasium ids: :mod:`sim.gym_envs`.
 
     With ``sim.randomize.enabled`` every reset draws a perturbed rig
     (:mod:`sim.randomize`: camera, monitor, latencies, acceleration, monitor colours and
@@ -50,7 +78,12 @@ class VisualReacherEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
 
-    def __init__(self, cfg: Config, distractions: Distractions | None = None):
+    def __init__(self, cfg: Config, distractions: Distractions | None = None,
+                 render_mode: str | None = None):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of "
+                             f"{self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
         self.cfg = cfg
         self.base_cfg = cfg  # the nominal rig; ``cfg`` is this episode's when randomized
         self._effects: ImageEffects | None = None
@@ -65,7 +98,7 @@ class VisualReacherEnv(gym.Env):
         k, n = cfg.task.frame_stack, len(self.active)
         self.observation_space = gym.spaces.Dict({
             "image": gym.spaces.Box(0, 255, (3 * k, h, w), np.uint8),
-            "proprio": gym.spaces.Box(-np.inf, np.inf, (3 * n,), np.float32),
+            "proprio": proprio_space(n, cfg.arm.speed_max),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (n,), np.float32)
         self._frames = FrameStack(k)
