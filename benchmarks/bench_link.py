@@ -16,9 +16,15 @@ robot end (connects). Over ipc:// and tcp://127.0.0.1 it measures:
    publish -> decoded on the robot time, and to_state_dicts + load_state_dict time.
 4. the robot-side cost of one ``RobotLink.send_step`` call (what the 40 ms loop pays).
 
+``--curve`` adds the transport ``curve``: tcp://127.0.0.1 with ZeroMQ CURVE (encryption
+and, on the link, the ZAP allow-list; keys made in the temp dir by learner.keys), measured
+in the same run as plain tcp for a like-for-like comparison. The raw round trip (2.) sets
+CURVE on both raw sockets without a ZAP handler: the per-message cost is the same.
+
 Examples:
     python benchmarks/bench_link.py
     python benchmarks/bench_link.py --transports ipc --messages 2000 --rtt 2000
+    python benchmarks/bench_link.py --transports tcp --curve --messages 1000 --rtt 1000
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 import numpy as np
 import zmq
 
+from learner.keys import allow_robot, load_keys, new_keys
 from learner.link import LearnerLink, LinkAddresses, RobotLink
 from learner.messages import Heartbeat, Spaces, Transition, Weights, decode, encode, encode_packed
 
@@ -79,6 +86,33 @@ def addresses_for(transport: str, tmp: str, port: int) -> LinkAddresses:
     return LinkAddresses.from_base(f"tcp://127.0.0.1:{port}")
 
 
+def make_keys(tmp: str) -> str:
+    """One keys dir holding both roles: the learner's pair, the robot's pair, allowed."""
+    keys_dir = f"{tmp}/keys"
+    new_keys(keys_dir, "learner")
+    new_keys(keys_dir, "robot")
+    allow_robot(keys_dir, f"{keys_dir}/robot.key")
+    return keys_dir
+
+
+def keys_for(keys_dir: str | None, role: str):
+    """CURVE keys of ``role`` for the curve transport (``keys_dir`` set), else None."""
+    return load_keys(keys_dir, role) if keys_dir else None
+
+
+def curve_socket(sock: zmq.Socket, keys_dir: str | None, server: bool) -> None:
+    """CURVE options on a raw socket: server with the learner's keys, client pinning it."""
+    if keys_dir is None:
+        return
+    if server:
+        keys = load_keys(keys_dir, "learner")
+        sock.curve_server = True
+    else:
+        keys = load_keys(keys_dir, "robot")
+        sock.curve_serverkey = keys.server_public
+    sock.curve_secretkey, sock.curve_publickey = keys.secret, keys.public
+
+
 def pump_handshake(robot: RobotLink | None, learner: LearnerLink | None, cond, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -92,9 +126,11 @@ def pump_handshake(robot: RobotLink | None, learner: LearnerLink | None, cond, t
 
 
 # ---------------------------------------------------------------------- child processes
-def robot_sender(addrs: LinkAddresses, n_frames: int, count: int, out: mp.Queue) -> None:
+def robot_sender(addrs: LinkAddresses, n_frames: int, count: int, out: mp.Queue,
+                 keys_dir: str | None) -> None:
     messages = [make_transition(n_frames, i) for i in range(8)]
-    with RobotLink(addrs, HASH, SPACES, peer_timeout_s=5.0, sndhwm=16) as robot:
+    keys = keys_for(keys_dir, "robot")
+    with RobotLink(addrs, HASH, SPACES, peer_timeout_s=5.0, sndhwm=16, keys=keys) as robot:
         pump_handshake(robot, None, lambda: robot.accepted)
         retries = 0
         start = time.monotonic_ns()
@@ -109,10 +145,11 @@ def robot_sender(addrs: LinkAddresses, n_frames: int, count: int, out: mp.Queue)
         pump_handshake(robot, None, lambda: robot.shutdown_reason is not None, timeout=30)
 
 
-def echo_server(address: str, codec: bool, ready: mp.Queue) -> None:
+def echo_server(address: str, codec: bool, ready: mp.Queue, keys_dir: str | None) -> None:
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    curve_socket(router, keys_dir, server=True)
     router.bind(address)
     ready.put(True)
     while True:
@@ -126,14 +163,16 @@ def echo_server(address: str, codec: bool, ready: mp.Queue) -> None:
     ctx.term()
 
 
-def weights_receiver(addrs: LinkAddresses, out: mp.Queue, count: int) -> None:
+def weights_receiver(addrs: LinkAddresses, out: mp.Queue, count: int,
+                     keys_dir: str | None) -> None:
     import torch
 
     from learner.networks import Actor, Masker, SpatialSoftmaxEncoder
 
     torch.set_num_threads(1)
     modules = paper_modules(Masker, SpatialSoftmaxEncoder, Actor)
-    with RobotLink(addrs, HASH, SPACES, peer_timeout_s=5.0) as robot:
+    keys = keys_for(keys_dir, "robot")
+    with RobotLink(addrs, HASH, SPACES, peer_timeout_s=5.0, keys=keys) as robot:
         pump_handshake(robot, None, lambda: robot.accepted)
         out.put(("ready", 0, 0))
         received, deadline = 0, time.monotonic() + 120
@@ -163,12 +202,15 @@ def paper_modules(masker_cls, encoder_cls, actor_cls) -> dict:
 
 
 # ---------------------------------------------------------------------- measurements
-def bench_transitions(ctx, transport: str, tmp: str, port: int, n_frames: int, count: int):
+def bench_transitions(ctx, transport: str, tmp: str, port: int, n_frames: int, count: int,
+                      keys_dir: str | None):
     addrs = addresses_for(transport, tmp, port)
     nbytes = wire_bytes(make_transition(n_frames, 0))
-    with LearnerLink(addrs, HASH, SPACES, peer_timeout_s=5.0, rcvhwm=64) as learner:
+    keys = keys_for(keys_dir, "learner")
+    with LearnerLink(addrs, HASH, SPACES, peer_timeout_s=5.0, rcvhwm=64, keys=keys) as learner:
         out = ctx.Queue()
-        child = ctx.Process(target=robot_sender, args=(addrs, n_frames, count, out), daemon=True)
+        child = ctx.Process(target=robot_sender, args=(addrs, n_frames, count, out, keys_dir),
+                            daemon=True)
         child.start()
         pump_handshake(None, learner, lambda: learner.robot_alive())
         received, last_service = 0, time.monotonic()
@@ -189,15 +231,17 @@ def bench_transitions(ctx, transport: str, tmp: str, port: int, n_frames: int, c
     return count / seconds, count * nbytes / seconds / 1e6, nbytes, retries, rejected
 
 
-def bench_rtt(ctx, transport: str, tmp: str, port: int, n: int, codec: bool):
+def bench_rtt(ctx, transport: str, tmp: str, port: int, n: int, codec: bool,
+              keys_dir: str | None):
     address = f"ipc://{tmp}/rtt{port}" if transport == "ipc" else f"tcp://127.0.0.1:{port}"
     ready = ctx.Queue()
-    child = ctx.Process(target=echo_server, args=(address, codec, ready), daemon=True)
+    child = ctx.Process(target=echo_server, args=(address, codec, ready, keys_dir), daemon=True)
     child.start()
     ready.get(timeout=30)
     zctx = zmq.Context()
     dealer = zctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
+    curve_socket(dealer, keys_dir, server=False)
     dealer.connect(address)
     msg = control_message(200)
     raw = [bytes(f) for f in encode(msg)]
@@ -221,7 +265,7 @@ def bench_rtt(ctx, transport: str, tmp: str, port: int, n: int, codec: bool):
     return size, samples[len(samples) // 2], samples[int(0.99 * len(samples))], samples[-1]
 
 
-def bench_weights(ctx, transport: str, tmp: str, port: int, count: int):
+def bench_weights(ctx, transport: str, tmp: str, port: int, count: int, keys_dir: str | None):
     import torch
 
     from learner.networks import Actor, Masker, SpatialSoftmaxEncoder
@@ -231,9 +275,11 @@ def bench_weights(ctx, transport: str, tmp: str, port: int, count: int):
     n_params = sum(p.numel() for m in modules.values() for p in m.state_dict().values())
     addrs = addresses_for(transport, tmp, port)
     encode_ms, deliver_ms, load_ms = [], [], []
-    with LearnerLink(addrs, HASH, SPACES, peer_timeout_s=5.0) as learner:
+    keys = keys_for(keys_dir, "learner")
+    with LearnerLink(addrs, HASH, SPACES, peer_timeout_s=5.0, keys=keys) as learner:
         out = ctx.Queue()
-        child = ctx.Process(target=weights_receiver, args=(addrs, out, count), daemon=True)
+        child = ctx.Process(target=weights_receiver, args=(addrs, out, count, keys_dir),
+                            daemon=True)
         child.start()
         deadline = time.monotonic() + 60
         while out.empty():
@@ -305,18 +351,26 @@ def main() -> None:
     parser.add_argument("--rtt", type=int, default=2000, help="round trips per run")
     parser.add_argument("--weights", type=int, default=20, help="weights publishes per run")
     parser.add_argument("--port", type=int, default=27600, help="first tcp port used")
+    parser.add_argument("--curve", action="store_true",
+                        help="also measure tcp with CURVE (transport 'curve') in the same run")
     args = parser.parse_args()
 
     ctx = mp.get_context("spawn")
     port = args.port
+    transports = args.transports + (["curve"] if args.curve else [])
     with tempfile.TemporaryDirectory(prefix="madi-bench-") as tmp:
+        keys_dir = make_keys(tmp) if args.curve else None
+
+        def keys_of(transport: str) -> str | None:
+            return keys_dir if transport == "curve" else None
+
         print("## transitions (robot PUSH -> learner PULL, 2 processes)")
         print(f"{'transport':<9} {'message':<22} {'bytes':>8} {'msgs/s':>8} {'MB/s':>8} "
               f"{'x 25 Hz':>8} {'full-queue retries':>18} {'rejected':>8}")  # fmt: skip
-        for transport in args.transports:
+        for transport in transports:
             for label, n_frames in (("delta (1 frame)", 1), (f"keyframe ({K + 1} frames)", K + 1)):
                 rate, mbps, nbytes, retries, rejected = bench_transitions(
-                    ctx, transport, tmp, port, n_frames, args.messages
+                    ctx, transport, tmp, port, n_frames, args.messages, keys_of(transport)
                 )
                 port += 3
                 print(f"{transport:<9} {label:<22} {nbytes:>8,} {rate:>8.0f} {mbps:>8.1f} "
@@ -329,9 +383,11 @@ def main() -> None:
 
         print("\n## control round trip (DEALER -> ROUTER echo, 2 processes), microseconds")
         print(f"{'transport':<9} {'path':<28} {'bytes':>6} {'p50':>7} {'p99':>7} {'max':>8}")
-        for transport in args.transports:
+        for transport in transports:
             for codec in (False, True):
-                size, p50, p99, worst = bench_rtt(ctx, transport, tmp, port, args.rtt, codec)
+                size, p50, p99, worst = bench_rtt(
+                    ctx, transport, tmp, port, args.rtt, codec, keys_of(transport)
+                )
                 port += 1
                 path = "encode+decode+validate" if codec else "raw bytes"
                 print(f"{transport:<9} {path:<28} {size:>6} {p50:>7.0f} {p99:>7.0f} {worst:>8.0f}")
@@ -339,9 +395,9 @@ def main() -> None:
         print("\n## weights of the paper's UR5 policy (learner PUB -> robot SUB, conflated)")
         print(f"{'transport':<9} {'params':>10} {'bytes':>11} {'encode p50':>11} "
               f"{'publish->decoded p50/p99/max':>30} {'load p50':>9}  (ms)")  # fmt: skip
-        for transport in args.transports:
+        for transport in transports:
             n_params, nbytes, enc, deliver, load = bench_weights(
-                ctx, transport, tmp, port, args.weights
+                ctx, transport, tmp, port, args.weights, keys_of(transport)
             )
             port += 3
             deliver.sort()

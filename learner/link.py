@@ -1,7 +1,8 @@
 """ZeroMQ endpoints of the robot <-> learner link: thin sockets with counters, no threads.
 
 The robot process owns a :class:`RobotLink`, the learner process a :class:`LearnerLink`;
-each process calls the link from its own loop (the link has no thread of its own).
+each process calls the link from its own loop (the link has no thread of its own; a
+learner with keys runs pyzmq's ZAP authenticator thread, which only answers handshakes).
 Messages are those of :mod:`learner.messages`.
 
 Channels (the learner binds, the robot connects, so a learner on another machine is
@@ -31,9 +32,10 @@ counted drop instead of a silent one.
 Handshake and liveness. The robot sends a Hello (protocol version, role, config hash,
 run and session ids, spaces) every ``hello_interval_s`` until a HelloAck accepts it, and
 again whenever the learner looks dead. The learner accepts a Hello whose config hash and
-spaces equal its own, at any time (a restarted robot), and answers a message from an
-unknown peer with ``HelloAck(accepted=False, reason=HELLO_REQUIRED)`` so that a robot
-whose learner restarted says hello again at once. Both sides send
+spaces equal its own (a restarted robot too) unless another robot holds the slot (see
+:class:`LearnerLink`), and answers a message from an unknown peer with
+``HelloAck(accepted=False, reason=HELLO_REQUIRED)`` so that a robot whose learner
+restarted says hello again at once. Both sides send
 :class:`~learner.messages.Heartbeat` s every ``heartbeat_interval_s``; ``*_alive(now)``
 is False when no valid control message came from the peer within ``peer_timeout_s``
 (ZeroMQ's own heartbeats, also enabled, only keep the TCP connections honest). The
@@ -65,20 +67,39 @@ Usage, in each process's own loop::
 Every received message is decoded and validated; an invalid, mismatched or unexpected
 one is dropped, counted per reason in ``counters()["rejected_by_reason"]`` and logged
 (at most once per ``log_interval_s`` per reason). Receive calls never raise for bad input.
+
+Security (docs/security.md). With ``keys`` (:func:`learner.keys.load_keys`) every socket
+speaks ZeroMQ CURVE (RFC 26): traffic is encrypted, the robot pins the learner's public
+key (``CURVE_SERVERKEY``) and the learner's ZAP handler (RFC 27, ``zmq.auth``) admits only
+robot keys in its allow-list directory; a client without an allowed key never completes
+the handshake, so it can neither send nor read anything. The robot slot belongs to the
+accepted robot's public key (the ZAP ``User-Id`` of every message), and transitions from
+another key are rejected. Without keys (ipc in a private directory, or loopback tcp with
+a warning) the link trusts every local process; binding or connecting to any other tcp
+address without keys raises :class:`LinkError`. Either way a hello from another peer
+does not evict a robot whose heartbeats are fresh, and a rejection carries no config
+hash, run or session id.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from learner.messages import (
     HELLO_REQUIRED,
@@ -100,6 +121,9 @@ from learner.messages import (
     encode,
     encode_packed,
 )
+
+if TYPE_CHECKING:
+    from learner.keys import CurveKeys
 
 __all__ = [
     "DEFAULT_TCP_PORT",
@@ -136,6 +160,9 @@ class LinkAddresses:
     transitions: str
     weights: str
     control: str
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.transitions, self.weights, self.control))
 
     @classmethod
     def from_base(cls, base: str) -> LinkAddresses:
@@ -219,6 +246,102 @@ def _check_positive(name: str, value: float) -> float:
     return value
 
 
+def _is_loopback(address: str) -> bool:
+    """True for ``tcp://`` on 127.0.0.0/8, ``[::1]`` or ``localhost`` (no other names, no ``*``)."""
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_keys(addresses: LinkAddresses, keys: CurveKeys | None, role: str, fix: str) -> None:
+    """Refuse tcp beyond loopback without keys, warn on loopback tcp; check the keys' role."""
+    if keys is not None:
+        if keys.role != role:
+            raise LinkError(f"{role} link got {keys.role} keys; load them with "
+                            f"learner.keys.load_keys(DIR, {role!r})")
+        return
+    tcp = [addr for addr in addresses if addr.startswith("tcp://")]
+    for addr in tcp:
+        if not _is_loopback(addr):
+            raise LinkError(f"{role} link refuses {addr} without keys (unauthenticated, "
+                            f"anyone on the network could read or drive the robot): {fix}")
+    if tcp:
+        logger.warning("%s link on %s without keys: any local process can join it; use ipc, "
+                       "or keys (madi keys new, docs/security.md)", role, tcp[0])
+
+
+def _private_dir(directory: str) -> None:
+    """Create ``directory`` (0700) if missing; refuse one that others own or may write to.
+
+    A user who may write to the directory of the ipc sockets could replace them with their
+    own and stand in for the learner (Unix sockets are otherwise guarded by their mode).
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.stat(directory)
+    except OSError as err:
+        raise LinkError(f"ipc directory {directory}: {err}; pick a directory you own") from err
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.getuid() or mode & 0o022:
+        raise LinkError(f"ipc directory {directory} (owner uid {st.st_uid}, mode {mode:04o}) "
+                        f"is open to other users, who could replace its sockets; use a "
+                        f"directory you own that only you can write to")
+
+
+class _AllowList:
+    """ZAP credentials provider (``zmq.auth`` ``configure_curve_callback``).
+
+    Admits a CURVE client whose public key has a ``*.key`` file in ``allow_dir``; the
+    directory is read at every connection attempt, so added or removed keys count for the
+    next connection. Runs in the authenticator's thread: it keeps its own log limiter.
+    """
+
+    def __init__(self, allow_dir: Path, log_interval_s: float):
+        self.allow_dir = allow_dir
+        #: Connection attempts refused so far.
+        self.denied = 0
+        self._log = _RateLimitedLog(log_interval_s)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """True if the z85 public ``key`` is on the allow-list (``domain`` is unused)."""
+        try:
+            allowed = key in zmq.auth.load_certificates(self.allow_dir)
+        except (OSError, ValueError) as err:
+            self._log.warning("allow_list", f"learner link: cannot read the allow-list "
+                              f"{self.allow_dir} ({err}); refusing robots until it is fixed")
+            allowed = False
+        if not allowed:
+            self.denied += 1
+            self._log.warning("denied", f"learner link: refused a robot key not in "
+                              f"{self.allow_dir}: {key.decode()}; to admit it run `madi keys "
+                              f"allow --learner DIR ITS_robot.key`")
+        return allowed
+
+
+#: Handshake failures the robot's control socket reports: (counter, what to do).
+_HANDSHAKE_FAILURES = {
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: (
+        "handshake_refused",
+        "the learner refused this robot's key (not on its allow-list); on the learner run "
+        "`madi keys allow --learner DIR robot.key`, then restart the robot",
+    ),
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: (
+        "handshake_failed",
+        "handshake with the learner failed (protocol or security mismatch); give both "
+        "sides keys (--keys DIR) or neither",
+    ),
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: (
+        "handshake_failed",
+        "handshake with the learner failed; with keys, check that DIR/learner.key is this "
+        "learner's public key (`madi keys pin`)",
+    ),
+}
+
+
 class _Endpoint:
     """Shared state of both ends: identity, counters, validation, heartbeats."""
 
@@ -236,6 +359,7 @@ class _Endpoint:
         max_message_bytes: int,
         log_interval_s: float,
         context: zmq.Context | None,
+        keys: CurveKeys | None,
     ):
         if not isinstance(spaces, Spaces):
             raise TypeError(f"spaces: expected learner.messages.Spaces, got {type(spaces)}")
@@ -251,6 +375,9 @@ class _Endpoint:
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
         self._sockets: list[zmq.Socket] = []
+        #: CURVE keys of this end, None for a link without encryption or authentication.
+        self.keys = keys
+        self._auth: ThreadAuthenticator | None = None  # the learner's ZAP handler
         self._log = _RateLimitedLog(log_interval_s)
         self._counts: dict[str, int] = {}
         self._rejected: dict[str, int] = {}
@@ -281,7 +408,13 @@ class _Endpoint:
         sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
         for name, value in options.items():
             sock.setsockopt(getattr(zmq, name), value)
+        if self.keys is not None:
+            self._apply_curve(sock)
         return sock
+
+    def _apply_curve(self, sock: zmq.Socket) -> None:
+        """Set this end's CURVE options on ``sock`` before it binds or connects (per role)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ counters
     def _count(self, name: str, n: int = 1) -> None:
@@ -376,6 +509,8 @@ class _Endpoint:
         self.closed = True
         for sock in self._sockets:
             sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         if self._own_context:
             self._ctx.term()
 
@@ -396,7 +531,9 @@ class RobotLink(_Endpoint):
     Counters (:meth:`counters`): ``sent_transitions``, ``keyframes``, ``dropped_full``
     (queue full or no learner connected), ``dropped_no_peer`` (hello not accepted yet),
     ``received_weights``, ``weights_version``, ``sent_control``, ``dropped_control``,
-    ``received_control``, ``handshakes``, ``duplicate_weights``, ``rejected`` and
+    ``received_control``, ``handshakes``, ``duplicate_weights``, ``handshake_refused``
+    (the learner's ZAP handler refused this robot's key), ``handshake_failed`` (another
+    ZMTP/CURVE handshake failure, e.g. a wrong pinned learner key), ``rejected`` and
     ``rejected_by_reason``.
 
     Args:
@@ -415,9 +552,12 @@ class RobotLink(_Endpoint):
         max_message_bytes: Bound on a received message (weights).
         log_interval_s: Minimum period of repeated warnings per reason.
         context: ZeroMQ context to use (default: a private one, terminated on close).
+        keys: This robot's CURVE keys with the pinned learner key
+            (``load_keys(DIR, "robot")``); None: no encryption or authentication, for
+            ipc or loopback tcp only.
 
     Raises:
-        LinkError: If an address is invalid.
+        LinkError: If an address is invalid, or is tcp beyond loopback and ``keys`` is None.
     """
 
     role = "robot"
@@ -440,9 +580,12 @@ class RobotLink(_Endpoint):
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         log_interval_s: float = 5.0,
         context: zmq.Context | None = None,
+        keys: CurveKeys | None = None,
     ):
         if isinstance(addresses, str):
             addresses = LinkAddresses.from_base(addresses)
+        _check_keys(addresses, keys, self.role,
+                    "run `madi keys new --robot DIR` and pass --keys DIR (docs/security.md)")
         super().__init__(
             config_hash,
             spaces,
@@ -453,6 +596,7 @@ class RobotLink(_Endpoint):
             max_message_bytes,
             log_interval_s,
             context,
+            keys,
         )
         self.addresses = addresses
         self.hello_interval_ns = int(_check_positive("hello_interval_s", hello_interval_s) * 1e9)
@@ -471,13 +615,21 @@ class RobotLink(_Endpoint):
             self._dealer = self._socket(
                 zmq.DEALER, SNDHWM=64, IMMEDIATE=1, MAXMSGSIZE=self.max_message_bytes
             )
+            self._monitor = self._dealer.get_monitor_socket(sum(_HANDSHAKE_FAILURES))
+            self._sockets.append(self._monitor)
             self._push.connect(addresses.transitions)
             self._sub.connect(addresses.weights)
             self._dealer.connect(addresses.control)
         except zmq.ZMQError as err:
             self.close()
             raise LinkError(f"robot link cannot connect to {addresses}: {err}") from err
-        logger.info("robot link connecting to %s (session %s)", addresses, self.session_id)
+        logger.info("robot link connecting to %s (session %s, %s)", addresses, self.session_id,
+                    "CURVE" if keys else "no keys")
+
+    def _apply_curve(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.keys.secret
+        sock.curve_publickey = self.keys.public
+        sock.curve_serverkey = self.keys.server_public
 
     @property
     def accepted(self) -> bool:
@@ -667,6 +819,7 @@ class RobotLink(_Endpoint):
         """
         now = time.monotonic_ns() if now_ns is None else now_ns
         out: list[Message] = []
+        self._check_handshakes()
         for _ in range(_MAX_DRAIN):
             try:
                 frames = self._dealer.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -688,13 +841,21 @@ class RobotLink(_Endpoint):
             self.send_control(self._heartbeat(now))
         return out
 
+    def _check_handshakes(self) -> None:
+        """Count and log (rate-limited) the handshake failures of the control socket."""
+        for _ in range(_MAX_DRAIN):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            counter, hint = _HANDSHAKE_FAILURES.get(event["event"], (None, ""))
+            if counter is not None:
+                self._count(counter)
+                self._log.warning(counter, f"robot link: {hint} ({self.addresses.control})")
+
     def _on_control(self, msg: Message, now: int) -> Message | None:
         if isinstance(msg, HelloAck):
-            mismatch = self._check_peer_hello(msg)
-            if mismatch is not None:
-                self._reject(*mismatch)
-                return None
-            if not msg.accepted:
+            if not msg.accepted:  # a refusal carries no config hash to check
                 self._accepted = False
                 self._count("rejected_by_peer")
                 if msg.reason == HELLO_REQUIRED:
@@ -703,6 +864,10 @@ class RobotLink(_Endpoint):
                     self._log.warning(
                         "hello_rejected", f"robot link: learner rejected the hello: {msg.reason}"
                     )
+                return None
+            mismatch = self._check_peer_hello(msg)
+            if mismatch is not None:
+                self._reject(*mismatch)
                 return None
             if msg.session_id != self.peer_session_id:
                 self.packer.force_keyframe()
@@ -726,15 +891,20 @@ class LearnerLink(_Endpoint):
     """The learner process's end: binds all three channels.
 
     Call :meth:`recv_transitions` and :meth:`service` from the learner loop. One robot
-    at a time: the last one whose hello was accepted.
+    at a time holds the slot: a hello from another peer is refused (``slot_taken``) while
+    the holder's heartbeats are fresh (within ``peer_timeout_s``). The holder is known by
+    its public key with ``keys`` (a robot restarted with the same key takes the slot back at
+    once), else by its connection or session id.
 
     Counters (:meth:`counters`): ``received_transitions``, ``published_weights``,
     ``republished_weights``, ``sent_control``, ``dropped_control``,
-    ``received_control``, ``handshakes``, ``rejected`` and ``rejected_by_reason``.
+    ``received_control``, ``handshakes``, ``auth_denied`` (with ``keys``: connection
+    attempts of keys not on the allow-list), ``rejected`` and ``rejected_by_reason``.
 
     Args:
         addresses: Where to bind (:class:`LinkAddresses` or a base string); ipc
-            directories are created (mode 0700).
+            directories are created (mode 0700) and must belong to this user and be
+            writable by nobody else.
         config_hash: Hash of the run configuration.
         spaces: Observation/action spaces.
         run_id: Run name, for logs.
@@ -747,10 +917,16 @@ class LearnerLink(_Endpoint):
             version.
         max_message_bytes: Bound on a received message.
         log_interval_s: Minimum period of repeated warnings per reason.
-        context: ZeroMQ context to use (default: a private one, terminated on close).
+        context: ZeroMQ context to use (default: a private one, terminated on close). With
+            ``keys`` the link installs the context's ZAP handler: one keyed learner per
+            context.
+        keys: The learner's CURVE keys and robot allow-list (``load_keys(DIR,
+            "learner")``); None: no encryption or authentication, for ipc or loopback tcp
+            only.
 
     Raises:
-        LinkError: If an address is invalid or cannot be bound (e.g. in use).
+        LinkError: If an address is invalid, cannot be bound (e.g. in use), is tcp
+            beyond loopback and ``keys`` is None, or is in an ipc directory open to others.
     """
 
     role = "learner"
@@ -771,9 +947,15 @@ class LearnerLink(_Endpoint):
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         log_interval_s: float = 5.0,
         context: zmq.Context | None = None,
+        keys: CurveKeys | None = None,
     ):
         if isinstance(addresses, str):
             addresses = LinkAddresses.from_base(addresses)
+        _check_keys(addresses, keys, self.role, "run `madi keys new --learner DIR` and pass "
+                    "--keys DIR, or bind tcp://127.0.0.1:PORT (docs/security.md)")
+        for addr in addresses:
+            if addr.startswith("ipc://"):
+                _private_dir(os.path.dirname(addr[len("ipc://") :]))
         super().__init__(
             config_hash,
             spaces,
@@ -784,12 +966,15 @@ class LearnerLink(_Endpoint):
             max_message_bytes,
             log_interval_s,
             context,
+            keys,
         )
         self.addresses = addresses
         self.republish_interval_ns = int(
             _check_positive("republish_interval_s", republish_interval_s) * 1e9
         )
         self._peer: bytes | None = None
+        self._peer_key: str | None = None  # z85 public key (ZAP User-Id) of the holder
+        self._allow: _AllowList | None = None
         self._last_unknown_reply_ns: int | None = None
         self._last_republish_ns: int | None = None
         self._latest_weights: bytearray | None = None
@@ -797,6 +982,8 @@ class LearnerLink(_Endpoint):
         #: True between a Pause and a Resume from the robot.
         self.robot_paused = False
         try:
+            if keys is not None:
+                self._start_authenticator(keys.allow_dir)
             self._pull = self._socket(zmq.PULL, RCVHWM=int(rcvhwm), MAXMSGSIZE=max_message_bytes)
             self._pub = self._socket(zmq.PUB, SNDHWM=1, CONFLATE=1)
             self._router = self._socket(
@@ -807,13 +994,32 @@ class LearnerLink(_Endpoint):
                 (self._pub, addresses.weights),
                 (self._router, addresses.control),
             ):
-                if addr.startswith("ipc://"):
-                    os.makedirs(os.path.dirname(addr[len("ipc://") :]), mode=0o700, exist_ok=True)
                 sock.bind(addr)
         except (zmq.ZMQError, OSError) as err:
             self.close()
-            raise LinkError(f"learner link cannot bind {addresses}: {err}") from err
-        logger.info("learner link bound to %s (session %s)", addresses, self.session_id)
+            raise LinkError(f"learner link cannot bind {addresses}: {err}; is another learner "
+                            f"bound there? pick a free port or ipc directory") from err
+        logger.info("learner link bound to %s (session %s, %s)", addresses, self.session_id,
+                    f"CURVE, allow-list {keys.allow_dir}" if keys else "no keys")
+
+    def _start_authenticator(self, allow_dir: Path) -> None:
+        """Install the ZAP handler before any socket binds (else libzmq admits any key)."""
+        self._allow = _AllowList(allow_dir, self._log.interval_s)
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", self._allow)
+
+    def _apply_curve(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.keys.secret
+        sock.curve_publickey = self.keys.public
+        sock.curve_server = True
+
+    def counters(self) -> dict[str, Any]:
+        """Link counters; see :meth:`_Endpoint.counters` and the class docstring."""
+        out = super().counters()
+        if self._allow is not None:
+            out["auth_denied"] = self._allow.denied
+        return out
 
     def robot_alive(self, now_ns: int | None = None) -> bool:
         """True if a valid control message came from the accepted robot within the timeout.
@@ -874,6 +1080,9 @@ class LearnerLink(_Endpoint):
                 continue
             if self._peer is None:
                 self._reject("no_handshake", "transition before any robot hello")
+                continue
+            if self._peer_key is not None and frames[0].get("User-Id") != self._peer_key:
+                self._reject("peer_key", "transition from a key other than the accepted robot's")
                 continue
             out.append(msg)
         self._count("received_transitions", len(out))
@@ -945,8 +1154,12 @@ class LearnerLink(_Endpoint):
         """Tell the robot this learner shuts down; see :meth:`send_control`."""
         return self.send_control(Shutdown(reason))
 
-    def _ack(self, accepted: bool, reason: str) -> HelloAck:
-        return HelloAck(accepted, reason, self.role, self.config_hash, self.run_id, self.session_id)
+    def _ack(self) -> HelloAck:
+        return HelloAck(True, "", self.role, self.config_hash, self.run_id, self.session_id)
+
+    def _refusal(self, reason: str) -> HelloAck:
+        """A rejection: the reason only, no config hash, run or session id for the peer."""
+        return HelloAck(False, reason, self.role, "", "", "")
 
     def service(self, now_ns: int | None = None) -> list[Message]:
         """Handshakes, heartbeats, weight republishing and control messages; never blocks.
@@ -968,33 +1181,21 @@ class LearnerLink(_Endpoint):
                 self._reject("bad_frames", "control message without content")
                 continue
             identity = frames[0].bytes
+            key = frames[1].get("User-Id") if self.keys is not None else None
             msg = self._decode(frames[1:])
             if msg is not None:
-                handled = self._on_control(identity, msg, now)
+                handled = self._on_control(identity, key, msg, now)
                 if handled is not None:
                     out.append(handled)
         if self._peer is not None and self._heartbeat_due(now):
             self.send_control(self._heartbeat(now))
         return out
 
-    def _on_control(self, identity: bytes, msg: Message, now: int) -> Message | None:
+    def _on_control(
+        self, identity: bytes, key: str | None, msg: Message, now: int
+    ) -> Message | None:
         if isinstance(msg, Hello):
-            mismatch = self._check_peer_hello(msg)
-            if mismatch is not None:
-                self._reject(*mismatch)
-                self._send_to(identity, self._ack(False, mismatch[1]))
-                return None
-            new_peer = identity != self._peer or msg.session_id != self.peer_session_id
-            if new_peer or not self._peer_alive(now):
-                logger.info("learner link: robot session %s accepted", msg.session_id)
-                self._count("handshakes")
-                self.robot_paused = False
-                self._republish(now)
-            # else: a hello sent again before the ack arrived (e.g. queued while this
-            # learner was starting): ack it, nothing else changes.
-            self._peer, self.peer_session_id = identity, msg.session_id
-            self._last_peer_ns = now
-            self._send_to(identity, self._ack(True, ""))
+            self._on_hello(identity, key, msg, now)
             return None
         if identity != self._peer:
             self._reject("no_handshake", f"{msg.TYPE} from a peer whose hello was not accepted")
@@ -1002,7 +1203,7 @@ class LearnerLink(_Endpoint):
                 self.heartbeat_interval_ns
             ):
                 self._last_unknown_reply_ns = now
-                self._send_to(identity, self._ack(False, HELLO_REQUIRED))
+                self._send_to(identity, self._refusal(HELLO_REQUIRED))
             return None
         if isinstance(msg, (Heartbeat, Pause, Resume, Shutdown)):
             handled = self._on_common(msg, now)
@@ -1021,6 +1222,39 @@ class LearnerLink(_Endpoint):
             return handled
         self._reject("unexpected_type", f"{msg.TYPE} on the control channel")
         return None
+
+    def _on_hello(self, identity: bytes, key: str | None, msg: Hello, now: int) -> None:
+        mismatch = self._check_peer_hello(msg)
+        if mismatch is not None:
+            self._reject(*mismatch)  # the values go to this side's log only
+            self._send_to(identity, self._refusal(f"{mismatch[0]} mismatch"))
+            return
+        if self._slot_taken(identity, key, msg, now):
+            self._reject("slot_taken", f"hello of robot session {msg.session_id} while robot "
+                         f"session {self.peer_session_id} holds the slot")
+            self._send_to(identity, self._refusal("another robot holds the learner"))
+            return
+        new_peer = identity != self._peer or msg.session_id != self.peer_session_id
+        if new_peer or not self._peer_alive(now):
+            logger.info("learner link: robot session %s accepted%s", msg.session_id,
+                        f" (key {key})" if key else "")
+            self._count("handshakes")
+            self.robot_paused = False
+            self._republish(now)
+        # else: a hello sent again before the ack arrived (e.g. queued while this
+        # learner was starting): ack it, nothing else changes.
+        self._peer, self._peer_key, self.peer_session_id = identity, key, msg.session_id
+        self._last_peer_ns = now
+        self._send_to(identity, self._ack())
+
+    def _slot_taken(self, identity: bytes, key: str | None, msg: Hello, now: int) -> bool:
+        """True if a live robot other than this hello's sender holds the slot."""
+        if self._peer is None or not self._peer_alive(now):
+            return False
+        if self._peer_key is not None:  # CURVE: the same key is the same robot
+            return key != self._peer_key
+        # no keys: the same connection, or the same robot session reconnected
+        return identity != self._peer and msg.session_id != self.peer_session_id
 
     def _republish(self, now: int) -> None:
         if self._latest_weights is not None:

@@ -399,9 +399,11 @@ class HelloAck(Message):
         reason: Why it was rejected (empty when accepted), e.g. a config-hash mismatch or
             :data:`HELLO_REQUIRED`.
         role: The replier's role.
-        config_hash: The replier's config hash (the robot checks it too).
-        run_id: The replier's run name.
-        session_id: The replier's process instance id (a new one means it restarted).
+        config_hash: The replier's config hash (the robot checks it too); empty in a
+            rejection, which an unauthenticated peer may receive.
+        run_id: The replier's run name; empty in a rejection.
+        session_id: The replier's process instance id (a new one means it restarted);
+            empty in a rejection.
         protocol_version: The replier's :data:`PROTOCOL_VERSION`.
     """
 

@@ -8,9 +8,10 @@ Subcommands:
     madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``;
                   ``madi robot check --host IP [--move]``: preflight of the real rig
     madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
-    madi sessions ``ls DIR``: one line per recorded session
+    madi sessions ``ls DIR|FILE``: one line per recorded session
     madi calibrate ``camera|hand-eye|monitor|colour|latency``: measure the rig
     madi eval     a policy under distraction sets (none, easy, hard, a folder)
+    madi keys     ``new|allow|pin``: CURVE keys of a tcp link (docs/security.md)
 
 Only this layer imports across packages; ``learner`` stays free of robot and sim code.
 """
@@ -64,6 +65,13 @@ def _add_config_args(p: argparse.ArgumentParser, default: Path | None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set task.reward=sparse (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+
+
+def _link_keys(cfg, role: str):
+    """The CURVE keys of ``role`` from ``link.keys``, or None without a keys directory."""
+    from learner.keys import load_keys
+
+    return load_keys(cfg.link.keys, role) if cfg.link.keys else None
 
 
 def _load(args: argparse.Namespace, path: Path):
@@ -161,6 +169,7 @@ def _train_config(args: argparse.Namespace):
     """Config and run dir of ``madi train`` (a new run, or the one given to --resume)."""
     _steps_and_pace(args)
     if args.resume is not None:
+        _check_resumable(args.resume)
         config_path = args.resume / "config.yaml"
         return config_path, _load(args, config_path), args.resume
     config_path = args.config or default_train_config()
@@ -169,6 +178,32 @@ def _train_config(args: argparse.Namespace):
                                                     cfg.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     return config_path, cfg, run_dir
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """Check, before anything starts, that ``run_dir`` holds what ``--resume`` reads.
+
+    Raises:
+        CheckpointError: If ``run_dir`` has no ``config.yaml``, no
+            ``checkpoints/learner.pt`` or no valid ``checkpoints/progress.json``; the
+            message names the missing file and what to do instead.
+    """
+    from learner.checkpoint import CheckpointError
+    from learner.process import read_progress
+
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it has no config.yaml; pass --resume "
+                              "the folder of a madi train run (runs/<run>)")
+    for name in ("learner.pt", "progress.json"):
+        if not (run_dir / "checkpoints" / name).is_file():
+            raise CheckpointError(
+                f"cannot resume {run_dir}: checkpoints/{name} is missing (the run stopped "
+                "before its first checkpoint); start it again without --resume: madi train "
+                f"--config {run_dir / 'config.yaml'}")
+    try:
+        read_progress(run_dir)
+    except ValueError as err:
+        raise CheckpointError(f"cannot resume {run_dir}: {err}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -333,7 +368,7 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
                          run_id=run_dir.name, sndhwm=cfg.link.send_queue,
                          keyframe_every=cfg.link.keyframe_every,
                          heartbeat_interval_s=cfg.link.heartbeat_interval,
-                         peer_timeout_s=cfg.link.peer_timeout)
+                         peer_timeout_s=cfg.link.peer_timeout, keys=_link_keys(cfg, "robot"))
     bar = tqdm(total=cfg.train.total_steps, initial=start_step, unit="step", desc="robot",
                disable=args.no_progress, dynamic_ncols=True)
 
@@ -392,6 +427,8 @@ def cmd_robot(args: argparse.Namespace) -> int:
         return cmd_robot_check(args)
     config_path = args.config or SIM_CONFIG
     _steps_and_pace(args)
+    if args.keys:
+        args.overrides.append(f"link.keys={args.keys}")
     cfg = _load(args, config_path)
     address = args.learner or cfg.link.address
     if not address:
@@ -583,7 +620,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    """``madi sessions ls DIR``: one line per session log found under DIR."""
+    """``madi sessions ls PATH``: one line per session log (PATH a file, or a folder)."""
     from robot.replay import format_sessions, list_sessions
 
     rows = list_sessions(args.dir)
@@ -600,6 +637,8 @@ def cmd_learner(args: argparse.Namespace) -> int:
     from learner.process import LearnerProcess
     from robot.runner import spaces_of
 
+    if args.keys:
+        args.overrides.append(f"link.keys={args.keys}")
     cfg = _load(args, args.config)
     address = args.bind or cfg.link.address
     if not address:
@@ -615,9 +654,10 @@ def cmd_learner(args: argparse.Namespace) -> int:
         link = LearnerLink(LinkAddresses.from_base(address), cfg.task_hash(), spaces_of(cfg),
                            run_id=run_dir.name,
                            heartbeat_interval_s=cfg.link.heartbeat_interval,
-                           peer_timeout_s=cfg.link.peer_timeout)
+                           peer_timeout_s=cfg.link.peer_timeout,
+                           keys=_link_keys(cfg, "learner"))
     except LinkError as err:
-        log.error("%s; is another learner bound there? pick a free port or ipc directory", err)
+        log.error("%s", err)
         return 2
     with link:
         learner = LearnerProcess(
@@ -635,6 +675,33 @@ def cmd_learner(args: argparse.Namespace) -> int:
         summary = learner.run()
     log.info("learner done: %d env steps, %d updates (%s); link %s", summary["env_steps"],
              summary["updates"], summary["stop_reason"], summary["link"])
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``madi keys new|allow|pin``: make key pairs, allow a robot, pin the learner."""
+    from learner.keys import allow_robot, fingerprint, new_keys, pin_learner, read_public_key
+
+    try:
+        if args.action == "new":
+            role = "learner" if args.learner else "robot"
+            path = new_keys(args.learner or args.robot, role)
+            step = (f"copy {path.name} (never {path.name}_secret) to the other machine; next "
+                    + ("there: madi keys pin --robot DIR learner.key" if role == "learner"
+                       else "on the learner: madi keys allow --learner DIR robot.key"))
+        elif args.action == "allow":
+            path = allow_robot(args.learner, args.key, args.name)
+            step = "allowed: the robot may connect (restart it if it was refused before)"
+        else:
+            path = pin_learner(args.robot, args.key)
+            step = "pinned: this robot talks only to the learner holding the secret key"
+    except ValueError as err:
+        log.error("%s", err)
+        return 2
+    key = read_public_key(path)
+    print(f"{path}: public key {key.decode()} (fingerprint {fingerprint(key)}); check it "
+          f"against the other machine's over a channel you trust")
+    print(step)
     return 0
 
 
@@ -704,6 +771,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init_args(p)
     p.add_argument("--exit-with-robot", action="store_true",
                    help="exit when the robot shuts down (used by madi train)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys (madi keys new --learner DIR): needed to bind tcp beyond "
+                   "loopback (default: link.keys)")
     p.set_defaults(func=cmd_learner)
 
     p = sub.add_parser("robot", help="run the robot process alone, streaming to a learner; "
@@ -718,6 +788,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learner", default=None, metavar="ADDR",
                    help="the learner's address, e.g. tcp://gpu-box:5555 (default: "
                    "link.address)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="CURVE keys (madi keys new --robot DIR, the learner's key pinned): "
+                   "needed for tcp beyond loopback (default: link.keys)")
     p.add_argument("--steps", type=int, default=None, help="env steps (train.total_steps)")
     p.add_argument("--out", type=Path, default=None,
                    help="run folder (check: where the table and a camera frame go)")
@@ -778,9 +851,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sessions", help="list recorded sessions")
     p.add_argument("action", choices=["ls"])
-    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"),
-                   help="folder searched for session logs (default runs/)")
+    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"), metavar="PATH",
+                   help="a session log, or a folder searched for them (default runs/)")
     p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("keys", help="CURVE keys of a tcp link: new key pairs, allow a robot "
+                       "on the learner, pin the learner on the robot (docs/security.md)")
+    keys = p.add_subparsers(dest="action", required=True)
+    k = keys.add_parser("new", help="a key pair (ROLE.key public, ROLE.key_secret 0600)")
+    role = k.add_mutually_exclusive_group(required=True)
+    role.add_argument("--learner", type=Path, metavar="DIR", help="the learner's keys folder")
+    role.add_argument("--robot", type=Path, metavar="DIR", help="a robot's keys folder")
+    k = keys.add_parser("allow", help="add a robot's public key to the learner's allow-list")
+    k.add_argument("--learner", type=Path, metavar="DIR", required=True,
+                   help="the learner's keys folder")
+    k.add_argument("key", type=Path, metavar="ROBOT.key", help="the robot's public key file")
+    k.add_argument("--name", default=None,
+                   help="file name in the allow-list (default robot-<fingerprint>)")
+    k = keys.add_parser("pin", help="pin the learner's public key on a robot")
+    k.add_argument("--robot", type=Path, metavar="DIR", required=True,
+                   help="the robot's keys folder")
+    k.add_argument("key", type=Path, metavar="LEARNER.key", help="the learner's public key file")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

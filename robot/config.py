@@ -464,6 +464,12 @@ class LinkConfig(_Section):
         description="Learner address: ipc:///a/dir or tcp://host:port (the learner binds, "
         "the robot connects). null: ipc under the temp dir, one per run.",
     )
+    keys: str | None = Field(
+        None,
+        description="This side's CURVE keys directory (`madi keys new`, docs/security.md): "
+        "encrypts and authenticates the link; needed for a tcp address beyond loopback. "
+        "null: no keys (ipc, loopback tcp).",
+    )
     heartbeat_interval: float = Field(0.25, gt=0, le=10, description="Heartbeat period, s.")
     peer_timeout: float = Field(
         2.0, gt=0, le=60, description="A peer is lost after this long without a message, s."
@@ -593,12 +599,17 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse one ``dotted.key=value`` override; the value is read as YAML.
 
     Raises:
-        ConfigError: If there is no ``=`` or the key is empty.
+        ConfigError: If there is no ``=``, the key is empty or the value is not YAML.
     """
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must look like section.key=value")
-    return key.strip().split("."), yaml.safe_load(value)
+    try:
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({problem}); "
+                          "quote it, e.g. key='value'") from None
 
 
 def _apply_overrides(data: dict, overrides: list[str]) -> None:
@@ -626,7 +637,7 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
         ConfigError: If any field is missing, unknown or out of range, or the calibration
             file is missing or invalid.
     """
-    data = json.loads(json.dumps(data))  # deep copy; YAML configs are JSON-compatible
+    data = _json_copy(data, source)
     merged = json.loads(json.dumps(data))
     _apply_overrides(merged, overrides)
     if merged.get("calibration"):
@@ -661,6 +672,35 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
         raise ConfigError(_format_errors(source, err)) from None
 
 
+def _json_copy(data: dict, source: str) -> dict:
+    """A deep copy of a config mapping through JSON (what YAML configs must be).
+
+    Raises:
+        ConfigError: If a value is not JSON: a YAML date or time, a set, a binary, a
+            recursive alias; the message names the key.
+    """
+    try:
+        return json.loads(json.dumps(data))
+    except (TypeError, ValueError) as err:  # ValueError: a recursive alias, not walkable
+        where = _non_json(data) if isinstance(err, TypeError) else ""
+        raise ConfigError(f"invalid config {source}: {where or err}; write numbers, strings, "
+                          "lists and mappings, and quote dates and times ('2024-01-01')") \
+            from None
+
+
+def _non_json(value: Any, key: str = "") -> str:
+    """``key = value`` of the first value under ``value`` that JSON cannot hold ("" if none)."""
+    if isinstance(value, dict):
+        children = [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list):
+        children = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    elif isinstance(value, (str, int, float, bool, type(None))):
+        return ""
+    else:
+        return f"{key or '(top level)'} = {value!r} is a YAML {type(value).__name__}"
+    return next((found for k, v in children if (found := _non_json(v, k))), "")
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Load and validate a YAML config file.
 
@@ -672,15 +712,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         The validated :class:`Config`.
 
     Raises:
-        ConfigError: If the file is missing, is not YAML, or a field is invalid; the
-            message names the key, the bad value and what is allowed.
+        ConfigError: If the file is missing, not UTF-8 text, not YAML of JSON types (a
+            date, a set), or a field is invalid; the message names the key, the bad value
+            and what is allowed.
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}; pass an existing "
                           "file, e.g. configs/sim_ur5_visual_reacher.yaml") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"invalid config {path}: not UTF-8 text (byte {err.start}: "
+                          f"{err.reason}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:

@@ -233,15 +233,35 @@ def _plot_strip(rewards: np.ndarray, q: np.ndarray, starts: np.ndarray, width: i
 
 
 def list_sessions(root: Path) -> list[SessionInfo | tuple[Path, str]]:
-    """Every ``*.mcap`` under ``root``, newest first: its info, or (path, error)."""
+    """The session logs at ``root``, newest first: each one's info, or (path, error).
+
+    Args:
+        root: A session log (any file), or a folder searched for ``*.mcap``.
+
+    Raises:
+        SessionLogError: If ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise SessionLogError(f"no file or folder {root}: pass a session.mcap or a folder of "
+                              "runs (default runs/)")
+    paths = [root] if root.is_file() else sorted(root.rglob("*.mcap"), key=_mtime,
+                                                 reverse=True)
     out: list[SessionInfo | tuple[Path, str]] = []
-    for path in sorted(Path(root).rglob("*.mcap"), key=lambda p: p.stat().st_mtime,
-                       reverse=True):
+    for path in paths:
         try:
             out.append(SessionLog(path).info())
         except SessionLogError as err:
             out.append((path, str(err)))
     return out
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, s; 0 for a path that cannot be stat'ed (a dangling link)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def format_sessions(rows: list[SessionInfo | tuple[Path, str]]) -> str:
@@ -254,7 +274,9 @@ def format_sessions(rows: list[SessionInfo | tuple[Path, str]]) -> str:
                          f"bad    {row[0]}: {row[1]}")
             continue
         ret = "-" if math.isnan(row.mean_return) else f"{row.mean_return:.1f}"
+        holes = (f" ({row.skipped} damaged chunk{'s' * (row.skipped > 1)} skipped)"
+                 if row.skipped else "")
         lines.append(f"{row.started:<25} {row.backend:<7} {row.steps:>7} {row.episodes:>8} "
                      f"{ret:>11} {row.duration_s:>8.0f}s {row.size_bytes / 1e6:>7.1f}MB  "
-                     f"{'cut' if row.cut else 'whole':<5}  {row.path}")
+                     f"{'cut' if row.cut else 'whole':<5}  {row.path}{holes}")
     return "\n".join(lines)

@@ -30,22 +30,32 @@ stamp the same clock although their sim time runs faster.
 
 Crash safety: the recorder closes a chunk at least every second, so a process killed at
 any moment leaves a file readable up to its last complete chunk. :class:`SessionLog`
-reads such a file without its summary and says where it was cut.
+reads such a file without its summary and says where it was cut. Chunks are independent
+and CRC-checked: a damaged chunk (a flipped bit on the disk, a bad copy) is skipped and
+reported, and every other chunk is read, through the summary's chunk index when the
+summary is intact and by a linear scan otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zstandard
 from mcap.exceptions import McapError
-from mcap.stream_reader import StreamReader
+from mcap.reader import FOOTER_SIZE, SeekingReader
+from mcap.records import Channel, Chunk, DataEnd, Footer, McapRecord, Message, Metadata
+from mcap.stream_reader import MAGIC_SIZE, StreamReader, breakup_chunk
+from mcap.summary import Summary
+from mcap.writer import MCAP0_MAGIC
 
 from learner.messages import MessageError, Transition, decode
 
@@ -73,6 +83,12 @@ CONTROL_TICK = np.dtype([("episode", "<i8"), ("tick", "<i8"), ("t_ns", "<i8"),
 
 class SessionLogError(ValueError):
     """A file is not a readable madi session log; the message says what and how to fix it."""
+
+
+#: What the mcap library (and zstandard under it) raise on damaged bytes. A flipped size
+#: field can ask for an impossible buffer: MemoryError, or OverflowError past 2**63.
+_DAMAGE = (McapError, ValueError, EOFError, struct.error, zstandard.ZstdError, MemoryError,
+           OverflowError)
 
 
 def dtype_schema(dtype: np.dtype) -> bytes:
@@ -106,6 +122,7 @@ class SessionInfo:
         cut: The file ends without its summary (the process died); ``cut_detail`` says
             where.
         end_reason: Why the run ended (``session_end`` metadata; "" when cut).
+        skipped: Damaged chunks left out (their messages are missing from the counts).
     """
 
     path: Path
@@ -119,7 +136,30 @@ class SessionInfo:
     cut: bool = False
     cut_detail: str = ""
     end_reason: str = ""
+    skipped: int = 0
     returns: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SkippedChunk:
+    """A damaged chunk of a session log, left out when reading.
+
+    Attributes:
+        offset: Byte offset of the chunk record in the file.
+        start_s: Log time of its first message, s after the first chunk's first message.
+        end_s: Log time of its last message, s after the first chunk's first message.
+        reason: What failed (a CRC mismatch, a zstd error, ...).
+    """
+
+    offset: int
+    start_s: float
+    end_s: float
+    reason: str
+
+    def __str__(self) -> str:
+        return (f"skipped the damaged chunk at byte {self.offset} ({self.start_s:.1f}-"
+                f"{self.end_s:.1f} s into the session; {self.reason}): its messages are "
+                "missing, the rest of the file is read")
 
 
 @dataclass(frozen=True)
@@ -137,22 +177,83 @@ class LogMessage:
     data: bytes
 
 
+def _record_at(mm: mmap.mmap, offset: int) -> McapRecord:
+    """The record at byte ``offset`` (a chunk is returned whole, not broken up).
+
+    Raises:
+        McapError, ValueError, struct.error: If no readable record starts there.
+    """
+    mm.seek(offset)
+    return next(StreamReader(mm, skip_magic=True, emit_chunks=True,
+                             record_size_limit=mm.size()).records)
+
+
+def _footer(mm: mmap.mmap) -> Footer | None:
+    """The footer record, or None if the file does not end with one and the magic (cut)."""
+    if mm.size() < FOOTER_SIZE + 2 * MAGIC_SIZE or mm[-MAGIC_SIZE:] != MCAP0_MAGIC:
+        return None
+    try:
+        footer = _record_at(mm, mm.size() - FOOTER_SIZE - MAGIC_SIZE)
+    except _DAMAGE:
+        return None
+    return footer if isinstance(footer, Footer) else None
+
+
+def _sound_summary(mm: mmap.mmap, footer: Footer | None) -> Summary | None:
+    """The file's summary if there is one and it matches the footer's CRC, else None."""
+    if footer is None or footer.summary_start == 0:
+        return None
+    try:
+        # The summary CRC covers the summary and the footer up to the CRC field (4 bytes).
+        crc = zlib.crc32(mm[footer.summary_start:mm.size() - MAGIC_SIZE - 4])
+        if footer.summary_crc not in (0, crc):
+            return None
+        mm.seek(0)
+        return SeekingReader(mm, record_size_limit=mm.size()).get_summary()
+    except _DAMAGE:
+        return None
+
+
+def _chunk_messages(chunk: McapRecord, channels: dict[int, str]) -> list[LogMessage]:
+    """The messages of one chunk, CRC-checked; channels it defines are added to ``channels``.
+
+    Raises:
+        McapError, ValueError, zstandard.ZstdError, ...: (see ``_DAMAGE``) If the chunk is
+            damaged, or holds messages of a channel no readable record defines.
+    """
+    if not isinstance(chunk, Chunk):
+        raise McapError(f"a {type(chunk).__name__} record where the index points to a chunk")
+    out = []
+    for record in breakup_chunk(chunk, validate_crc=True):
+        if isinstance(record, Channel):
+            channels[record.id] = record.topic
+        elif isinstance(record, Message):
+            if record.channel_id not in channels:
+                raise McapError(f"messages of channel {record.channel_id}, which only a "
+                                "damaged chunk defined")
+            out.append(LogMessage(channels[record.channel_id], record.log_time, record.data))
+    return out
+
+
 class SessionLog:
-    """Read a session log, whole or cut.
+    """Read a session log, whole, cut, or with damaged chunks.
 
     Args:
         path: The ``.mcap`` file.
 
     Raises:
-        SessionLogError: If the file is missing, not MCAP, not a madi session, or of a
-            newer format version; the message names the file and the problem.
+        SessionLogError: If the file is missing or unreadable, not MCAP, not a madi
+            session (or its ``session`` metadata is damaged), or of a newer format version;
+            the message names the file and the problem.
 
     Attributes:
         meta: The ``session`` metadata (``config`` YAML text, ``code_version``,
             ``backend``, ``started``, ...).
         end: The ``session_end`` metadata ({} if the file was cut before it).
-        cut: True if the file has no summary (the writer did not finish).
+        cut: True if the readable part ends early: the file has no footer (the writer did
+            not finish) or a record whose length is damaged ends the scan.
         cut_detail: Where the readable part ends (byte offset, last log time).
+        skipped: The damaged chunks left out (each also logged as a warning).
     """
 
     def __init__(self, path: str | Path):
@@ -160,60 +261,119 @@ class SessionLog:
         if not self.path.is_file():
             raise SessionLogError(f"no session log at {self.path}; pass a session.mcap "
                                   "(runs/<run>/session.mcap)")
-        with open(self.path, "rb") as f:
-            magic = f.read(8)
-        if magic != b"\x89MCAP0\r\n":
-            raise SessionLogError(f"{self.path} is not an MCAP file (it starts with "
-                                  f"{magic[:8]!r}); pass a session.mcap written by madi")
         self.meta: dict[str, str] = {}
         self.end: dict[str, str] = {}
         self.cut = False
         self.cut_detail = ""
-        self._messages: list[LogMessage] | None = None
-        self._scan()
+        self.skipped: list[SkippedChunk] = []
+        self._messages: list[LogMessage] = []
+        self._t0_ns: int | None = None
+        try:
+            self._read()
+        except OSError as err:
+            raise SessionLogError(f"cannot read {self.path}: {err.strerror}; check that the "
+                                  "file is readable by this user") from None
         if not self.meta:
+            cut = f"; {self.cut_detail}" if self.cut else ""
             raise SessionLogError(f"{self.path} is an MCAP file but not a madi session (no "
-                                  "'session' metadata); record with madi robot/train")
+                                  f"readable 'session' metadata{cut}); pass a session.mcap "
+                                  "recorded by madi robot/train")
         major = self.meta.get("format_version", "0").split(".")[0]
         if major != FORMAT_VERSION:
             raise SessionLogError(f"{self.path} has session format {major}; this madi reads "
                                   f"{FORMAT_VERSION}: use the madi version that wrote it")
 
-    def _scan(self) -> None:
-        """Read every record once, tolerating a cut end (no summary, partial chunk)."""
-        messages: list[LogMessage] = []
-        channels: dict[int, str] = {}
-        size = self.path.stat().st_size
-        offset = 0
+    def _read(self) -> None:
+        """Read every intact record: by the chunk index when the summary is sound."""
         with open(self.path, "rb") as f:
-            reader = StreamReader(f, skip_magic=False, emit_chunks=False,
-                                  validate_crcs=True)
-            try:
-                for record in reader.records:
-                    kind = type(record).__name__
-                    if kind == "Channel":
-                        channels[record.id] = record.topic
-                    elif kind == "Message":
-                        topic = channels.get(record.channel_id)
-                        if topic is not None:
-                            messages.append(LogMessage(topic, record.log_time, record.data))
-                    elif kind == "Metadata":
-                        if record.name == "session":
-                            self.meta = dict(record.metadata)
-                        elif record.name == "session_end":
-                            self.end = dict(record.metadata)
-                    elif kind == "Footer":
-                        break
-                    offset = f.tell()
+            magic = f.read(MAGIC_SIZE)
+            if magic != MCAP0_MAGIC:
+                raise SessionLogError(f"{self.path} is not an MCAP file (it starts with "
+                                      f"{magic!r}); pass a session.mcap written by madi")
+            # mmap: a damaged length field reads to the end of the file, never allocates it.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                footer = _footer(mm)
+                summary = _sound_summary(mm, footer)
+                if footer is not None and footer.summary_start and summary is None:
+                    logger.warning("%s: the summary is damaged; reading the file in order",
+                                   self.path)
+                if summary is None or not summary.chunk_indexes:
+                    self._scan(mm, whole=footer is not None)
                 else:
-                    self._mark_cut(offset, size, messages, "no footer")
-            except (McapError, EOFError, ValueError, OSError, struct.error) as err:
-                self._mark_cut(offset, size, messages, str(err) or type(err).__name__)
-        self._messages = messages
+                    self._read_indexed(mm, summary)
 
-    def _mark_cut(self, offset: int, size: int, messages: list[LogMessage],
-                  why: str) -> None:
+    def _read_indexed(self, mm: mmap.mmap, summary: Summary) -> None:
+        """Read the metadata and chunks the summary indexes, each on its own."""
+        for index in summary.metadata_indexes:
+            try:
+                self._take_metadata(_record_at(mm, index.offset))
+            except _DAMAGE as err:
+                logger.warning("%s: the %r metadata at byte %d is damaged (%s)", self.path,
+                               index.name, index.offset, err)
+        channels = {cid: channel.topic for cid, channel in summary.channels.items()}
+        chunks = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)
+        self._t0_ns = chunks[0].message_start_time
+        for c in chunks:
+            try:
+                chunk = _record_at(mm, c.chunk_start_offset)
+                self._messages.extend(_chunk_messages(chunk, channels))
+            except _DAMAGE as err:
+                self._skip(c.chunk_start_offset, c.message_start_time, c.message_end_time, err)
+
+    def _scan(self, mm: mmap.mmap, whole: bool) -> None:
+        """Read the data section in file order, to its end or the first unreadable record.
+
+        A damaged chunk whose record length is intact is skipped and the scan goes on; a
+        damaged record length ends the scan there (the file counts as cut). ``whole``:
+        the file ends with a footer (else it counts as cut where its data ends).
+        """
+        channels: dict[int, str] = {}
+        offset = 0
+        mm.seek(0)
+        reader = StreamReader(mm, emit_chunks=True, record_size_limit=mm.size())
+        try:
+            for record in reader.records:
+                if isinstance(record, Chunk):
+                    self._take_chunk(record, offset, channels)
+                elif isinstance(record, Channel):
+                    channels[record.id] = record.topic
+                elif isinstance(record, DataEnd):
+                    if not whole:
+                        self._mark_cut(mm.tell(), mm.size(), "no footer: the writer did not "
+                                       "finish")
+                    return
+                else:
+                    self._take_metadata(record)
+                offset = mm.tell()
+        except _DAMAGE as err:
+            self._mark_cut(offset, mm.size(), str(err) or type(err).__name__)
+
+    def _take_metadata(self, record: McapRecord) -> None:
+        if isinstance(record, Metadata) and record.name == "session":
+            self.meta = dict(record.metadata)
+        elif isinstance(record, Metadata) and record.name == "session_end":
+            self.end = dict(record.metadata)
+
+    def _take_chunk(self, chunk: Chunk, offset: int, channels: dict[int, str]) -> None:
+        """Add the messages of a chunk met in a scan, or skip it if it is damaged."""
+        if self._t0_ns is None:
+            self._t0_ns = chunk.message_start_time
+        try:
+            self._messages.extend(_chunk_messages(chunk, channels))
+        except _DAMAGE as err:
+            self._skip(offset, chunk.message_start_time, chunk.message_end_time, err)
+
+    def _skip(self, offset: int, start_ns: int, end_ns: int, err: BaseException) -> None:
+        """Note (and log) a damaged chunk: where it is, its time range, what failed."""
+        t0 = self._t0_ns or 0
+        skipped = SkippedChunk(offset, (start_ns - t0) / 1e9, (end_ns - t0) / 1e9,
+                               str(err) or type(err).__name__)
+        self.skipped.append(skipped)
+        logger.warning("%s: %s", self.path, skipped)
+
+    def _mark_cut(self, offset: int, size: int, why: str) -> None:
         self.cut = True
+        messages = self._messages
         last = messages[-1].log_time_ns if messages else 0
         first = messages[0].log_time_ns if messages else 0
         self.cut_detail = (f"cut at byte {offset} of {size} ({why}); readable up to "
@@ -291,4 +451,5 @@ class SessionLog:
             mean_return=float(np.mean(done)) if done else float("nan"),
             duration_s=(times[-1] - times[0]) / 1e9 if times else 0.0,
             size_bytes=self.path.stat().st_size, cut=self.cut, cut_detail=self.cut_detail,
-            end_reason=self.end.get("stop_reason", ""), returns=done)
+            end_reason=self.end.get("stop_reason", ""), skipped=len(self.skipped),
+            returns=done)

@@ -54,6 +54,51 @@ def test_bad_config_exits_with_a_clear_message(tmp_path, caplog):
     assert "drop --sync" in caplog.text
 
 
+def errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"seed: 2024-01-01\n", "seed = datetime.date(2024, 1, 1) is a YAML date"),
+    ("seed: 1  # café\n".encode("latin-1"), "not UTF-8 text (byte 14"),
+])
+def test_unreadable_config_is_one_line_and_exit_2(tmp_path, caplog, content, problem):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    assert main(["train", "--sync", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    [message] = errors(caplog)
+    assert message.startswith(f"invalid config {bad}: {problem}") and "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_of_a_run_without_checkpoints_fails_before_starting(tmp_path, caplog,
+                                                                   monkeypatch):
+    def no_learner(*args, **kwargs):
+        raise AssertionError("the learner was started")
+
+    monkeypatch.setattr("robot.cli.subprocess.Popen", no_learner)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert errors(caplog) == [f"cannot resume {run}: it has no config.yaml; pass --resume the "
+                              "folder of a madi train run (runs/<run>)"]
+    (run / "config.yaml").write_text((CONFIGS / "sim_quick.yaml").read_text())
+    for sync in ([], ["--sync"]):
+        caplog.clear()
+        assert main(["train", "--resume", str(run), "--no-progress", *sync]) == 2
+        [message] = errors(caplog)
+        assert message.startswith(f"cannot resume {run}: checkpoints/learner.pt is missing")
+        assert message.endswith(f"without --resume: madi train --config {run}/config.yaml")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "learner.pt").write_bytes(b"")
+    (run / "checkpoints" / "progress.json").write_text("{")
+    caplog.clear()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    [message] = errors(caplog)
+    assert "progress.json is not a valid progress file" in message and "\n" not in message
+    assert not (run / "metrics.csv").exists() and not (run / "robot.log").exists()
+
+
 def test_train_on_an_unreachable_arm_fails_fast_and_ends_the_learner(tmp_path, caplog):
     t0 = time.monotonic()
     code = main(["train", "--config", str(CONFIGS / "ur5_visual_reacher.yaml"), "--steps", "5",

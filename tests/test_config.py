@@ -68,6 +68,21 @@ def test_missing_file_and_broken_yaml(tmp_path):
         load_config(write(tmp_path, "- 1\n- 2\n"))
 
 
+def test_dates_non_utf8_and_bad_override_yaml_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"^invalid config .*bad\.yaml: seed = "
+                       r"datetime\.date\(2024, 1, 1\) is a YAML date; .*quote dates"):
+        load_config(write(tmp_path, "seed: 2024-01-01\n"))
+    with pytest.raises(ConfigError, match=r"sim\.texture_px\[1\] = datetime\.datetime"):
+        load_config(write(tmp_path, "sim:\n  texture_px: [64, 2024-01-01 10:00:00]\n"))
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("seed: 1  # café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"^invalid config .*latin\.yaml: not UTF-8 text "
+                       r"\(byte 14: .*\); save it as UTF-8$"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match="the value is not valid YAML"):
+        load_config(write(tmp_path, "seed: 1\n"), ["seed=[1"])
+
+
 def test_overrides(tmp_path):
     cfg = load_config(write(tmp_path, "seed: 1\n"), ["task.reward=sparse", "arm.speed_max=0.5"])
     assert cfg.task.reward == "sparse" and cfg.arm.speed_max == 0.5 and cfg.seed == 1

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
+import stat
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import zmq
 
+from learner.keys import KeyFileError, allow_robot, load_keys, new_keys, pin_learner
 from learner.link import LearnerLink, LinkAddresses, LinkError, RobotLink
 from learner.messages import (
     HELLO_REQUIRED,
@@ -244,10 +249,14 @@ def test_garbage_and_wrong_hash_to_the_learner_are_rejected(addresses):
             reasons = learner.counters()["rejected_by_reason"]
             assert reasons["config_hash"] == 1 and reasons["spaces"] == 1
             assert reasons["bad_header"] >= 2 and reasons["unexpected_type"] == 1
-            # the raw peer is told why
+            # the raw peer is told which field mismatched, but not the learner's value
             assert dealer.poll(1000)
-            ack = decode(dealer.recv_multipart())
-            assert isinstance(ack, HelloAck) and not ack.accepted and "config hash" in ack.reason
+            reply = dealer.recv_multipart()
+            ack = decode(reply)
+            assert isinstance(ack, HelloAck) and not ack.accepted
+            assert ack.reason == "config_hash mismatch"
+            assert HASH.encode() not in b"".join(reply)
+            assert learner.session_id.encode() not in b"".join(reply)
             assert not learner.robot_alive()
         finally:
             push.close(0)
@@ -382,3 +391,247 @@ def test_bind_conflict_is_a_link_error(ipc_addresses):
         pytest.skip("ports taken by another process")
     with first, pytest.raises(LinkError, match="cannot bind"):
         LearnerLink(addrs, HASH, SPACES)
+
+
+# ---------------------------------------------------------------------- CURVE and keys
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> SimpleNamespace:
+    """A learner allowing robots ``robot`` and ``other``; ``stranger`` is not allowed and
+    ``impostor`` is a learner nobody pinned. Every robot pins the real learner's key."""
+    root = tmp_path_factory.mktemp("keys")
+    dirs = {name: root / name for name in ("learner", "impostor", "robot", "other", "stranger")}
+    for name, directory in dirs.items():
+        new_keys(directory, "learner" if name in ("learner", "impostor") else "robot")
+    for name in ("robot", "other"):
+        allow_robot(dirs["learner"], dirs[name] / "robot.key", name)
+        allow_robot(dirs["impostor"], dirs[name] / "robot.key", name)
+    for name in ("robot", "other", "stranger"):
+        pin_learner(dirs[name], dirs["learner"] / "learner.key")
+    loaded = {name: load_keys(d, "learner" if name in ("learner", "impostor") else "robot")
+              for name, d in dirs.items()}
+    return SimpleNamespace(dirs=SimpleNamespace(**dirs), **loaded)
+
+
+@pytest.fixture
+def tcp_addresses() -> LinkAddresses:
+    return LinkAddresses(*(f"tcp://127.0.0.1:{free_port()}" for _ in range(3)))
+
+
+def raw_client(ctx: zmq.Context, kind: int, address: str, curve=None) -> zmq.Socket:
+    """A raw socket, optionally a CURVE client with ``curve`` robot keys."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        sock.curve_secretkey, sock.curve_publickey = curve.secret, curve.public
+        sock.curve_serverkey = curve.server_public
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(address)
+    return sock
+
+
+def test_curve_pair_exchanges_hello_transitions_weights_and_control(keys, tcp_addresses):
+    rng = np.random.default_rng(10)
+    learner = LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.learner, **FAST)
+    robot = RobotLink(tcp_addresses, HASH, SPACES, keys=keys.robot, **FAST)
+    with robot, learner:
+        pump(robot, learner, lambda: robot.accepted and learner.robot_alive())
+        assert learner._peer_key == keys.robot.public.decode()
+        sent = send_steps(robot, steps(rng, 4))
+        received = recv_n(learner, 4)
+        assembler = TransitionAssembler(SPACES)
+        for (obs, action, *_), t in zip(sent, received, strict=True):
+            out = assembler.push(t)
+            assert np.array_equal(out["obs"]["image"], obs["image"])
+            assert np.array_equal(out["action"], action)
+        tensors = {"actor/w": rng.standard_normal((8, 3)).astype(np.float32)}
+        learner.publish_weights(Weights(2, tensors))
+        w = poll_weights_until(robot, learner)
+        assert w.version == 2 and np.array_equal(w.tensors["actor/w"], tensors["actor/w"])
+        assert robot.pause("reset") and robot.shutdown("bye")
+        got = pump(None, learner, lambda: learner.shutdown_reason == "bye")
+        assert [type(m) for m in got] == [Pause, Shutdown]
+        assert learner.counters()["auth_denied"] == 0 and learner.counters()["rejected"] == 0
+
+
+def test_clients_without_an_allowed_key_get_nothing_in_or_out(keys, tcp_addresses):
+    """The probe of issue 17, plain and with a valid CURVE key that is not allowed."""
+    ctx = zmq.Context()
+    with LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.learner, **FAST) as learner:
+        learner.publish_weights(Weights(1, {"actor/w": np.ones(3, np.float32)}))
+        before = learner.counters()
+        z = np.zeros(P, np.float32)
+        frames = np.zeros((K + 1, 3, H, W), np.uint8)
+        injected = Transition(0, 0, frames, z, z, np.zeros(A), 1e6, False, False, 0, 0, 0)
+        clients = []
+        for curve in (None, keys.stranger):
+            push = raw_client(ctx, zmq.PUSH, tcp_addresses.transitions, curve)
+            dealer = raw_client(ctx, zmq.DEALER, tcp_addresses.control, curve)
+            sub = raw_client(ctx, zmq.SUB, tcp_addresses.weights, curve)
+            clients += [push, dealer, sub]
+            for msg in (Hello("robot", HASH, "", "probe", SPACES), Pause("x"), Shutdown("x")):
+                dealer.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+            push.send_multipart(encode(injected), flags=zmq.NOBLOCK)
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                assert learner.recv_transitions(timeout_ms=10) == []
+                assert learner.service() == []
+                learner.publish_weights(Weights(1, {"actor/w": np.ones(3, np.float32)}))
+            for sock in clients:
+                assert sock.poll(50) == 0  # no ack, no config hash, no weights
+            after = learner.counters()
+            assert after["auth_denied"] >= 3  # the stranger's three sockets
+            del after["auth_denied"], before["auth_denied"]
+            assert after == {**before, "published_weights": after["published_weights"]}
+            assert not learner.robot_alive() and learner.shutdown_reason is None
+            assert not learner.robot_paused
+        finally:
+            for sock in clients:
+                sock.close(0)
+            ctx.term()
+
+
+def test_robot_key_not_on_the_allow_list_is_refused_and_told(keys, tcp_addresses, caplog):
+    with LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.learner, **FAST) as learner, \
+            RobotLink(tcp_addresses, HASH, SPACES, keys=keys.stranger, **FAST) as robot:
+        pump(robot, learner, lambda: robot.counters().get("handshake_refused", 0) >= 1)
+        assert not robot.accepted and learner.counters().get("handshakes", 0) == 0
+        assert learner.counters()["auth_denied"] >= 1
+    assert "madi keys allow --learner" in caplog.text
+
+
+def test_robot_refuses_a_learner_whose_key_it_did_not_pin(keys, tcp_addresses):
+    with LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.impostor, **FAST) as impostor, \
+            RobotLink(tcp_addresses, HASH, SPACES, keys=keys.robot, **FAST) as robot:
+        pump(robot, impostor, lambda: robot.counters().get("handshake_failed", 0) >= 1)
+        assert not robot.accepted and impostor.counters().get("handshakes", 0) == 0
+
+
+def test_a_second_key_cannot_take_a_live_robots_slot(keys, tcp_addresses):
+    rng = np.random.default_rng(11)
+    learner = LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.learner, **FAST)
+    robot = RobotLink(tcp_addresses, HASH, SPACES, keys=keys.robot, **FAST)
+    other = RobotLink(tcp_addresses, HASH, SPACES, keys=keys.other, require_handshake=False,
+                      **FAST)
+    with learner, other:
+        pump(robot, learner, lambda: robot.accepted)
+        deadline = time.monotonic() + 1.0  # two peer timeouts of hellos from the other key
+        while time.monotonic() < deadline:
+            robot.service(), other.service(), learner.service()
+            time.sleep(0.005)
+        assert robot.accepted and not other.accepted
+        assert learner.peer_session_id == robot.session_id
+        assert learner.counters()["rejected_by_reason"]["slot_taken"] >= 2
+        # the other key's transitions are refused, the holder's still arrive
+        assert other.send_transition(keyframe(rng, H, W))
+        send_steps(robot, steps(rng, 2))
+        assert len(recv_n(learner, 3, timeout_s=1.0)) == 2
+        assert learner.counters()["rejected_by_reason"]["peer_key"] == 1
+        # a slot whose robot has gone silent may be taken by another allowed robot
+        robot.close()
+        pump(other, learner, lambda: other.accepted)
+        assert learner.peer_session_id == other.session_id
+
+
+def test_without_keys_a_second_hello_cannot_evict_a_live_robot(ipc_addresses):
+    robot, learner = connected(ipc_addresses)
+    ctx = zmq.Context()
+    dealer = raw_client(ctx, zmq.DEALER, ipc_addresses.control)
+    try:
+        with robot, learner:
+            dealer.send_multipart(encode(Hello("robot", HASH, "", "intruder", SPACES)))
+            for msg in (Pause("x"), Shutdown("x")):
+                dealer.send_multipart(encode(msg))
+            replies = []
+            deadline = time.monotonic() + 1.0  # two peer timeouts
+            while time.monotonic() < deadline:
+                robot.service(), learner.service()
+                if dealer.poll(5):
+                    replies.append(dealer.recv_multipart())
+            assert robot.accepted and learner.peer_session_id == robot.session_id
+            assert learner.shutdown_reason is None and not learner.robot_paused
+            acks = [decode(r) for r in replies]
+            assert acks and not any(a.accepted for a in acks)
+            assert acks[0].reason == "another robot holds the learner"
+            assert not any(HASH.encode() in b"".join(r) for r in replies)
+            assert learner.counters()["rejected_by_reason"]["slot_taken"] == 1
+    finally:
+        dealer.close(0)
+        ctx.term()
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_key_files_are_private_and_checked(tmp_path):
+    learner_dir, robot_dir = tmp_path / "learner", tmp_path / "robot"
+    public = new_keys(learner_dir, "learner")
+    new_keys(robot_dir, "robot")
+    assert mode(learner_dir / "learner.key_secret") == 0o600 == mode(robot_dir / "robot.key_secret")
+    assert mode(public) == 0o644
+    assert mode(learner_dir) == mode(learner_dir / "robots") == mode(robot_dir) == 0o700
+    with pytest.raises(KeyFileError, match="exists"):
+        new_keys(learner_dir, "learner")  # never overwrites a key pair
+    with pytest.raises(KeyFileError, match="madi keys allow --learner"):
+        load_keys(learner_dir, "learner")  # empty allow-list
+    with pytest.raises(KeyFileError, match="madi keys pin --robot"):
+        load_keys(robot_dir, "robot")  # no pinned learner key
+    with pytest.raises(KeyFileError, match="never a \\*.key_secret"):
+        allow_robot(learner_dir, robot_dir / "robot.key_secret")
+    bad = tmp_path / "bad.key"
+    bad.write_text('curve\n    public-key = "' + "~" * 40 + '"\n')
+    with pytest.raises(KeyFileError, match="not 40 characters of z85"):
+        allow_robot(learner_dir, bad)
+    allow_robot(learner_dir, robot_dir / "robot.key", "lab-pc")
+    pin_learner(robot_dir, public)
+    loaded = load_keys(robot_dir, "robot")
+    assert loaded.secret.decode() not in repr(loaded)
+    os.chmod(robot_dir / "robot.key_secret", 0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        load_keys(robot_dir, "robot")
+    os.chmod(learner_dir / "robots", 0o777)
+    with pytest.raises(KeyFileError, match="chmod go-w"):
+        load_keys(learner_dir, "learner")
+
+
+def test_madi_keys_command(tmp_path, capsys):
+    from robot.cli import main
+
+    learner_dir, robot_dir = tmp_path / "L", tmp_path / "R"
+    assert main(["keys", "new", "--learner", str(learner_dir)]) == 0
+    assert main(["keys", "new", "--robot", str(robot_dir)]) == 0
+    assert main(["keys", "allow", "--learner", str(learner_dir), str(robot_dir / "robot.key"),
+                 "--name", "lab-pc"]) == 0
+    assert main(["keys", "pin", "--robot", str(robot_dir), str(learner_dir / "learner.key")]) == 0
+    assert (learner_dir / "robots" / "lab-pc.key").exists()
+    out = capsys.readouterr().out
+    assert "fingerprint" in out and "key_secret" in out
+    secret = load_keys(robot_dir, "robot").secret.decode()
+    assert secret not in out
+    assert main(["keys", "allow", "--learner", str(learner_dir),
+                 str(robot_dir / "robot.key_secret")]) == 2
+    assert main(["keys", "new", "--robot", str(robot_dir)]) == 2
+
+
+def test_tcp_beyond_loopback_needs_keys(keys, tcp_addresses, caplog):
+    port = free_port()
+    with pytest.raises(LinkError, match="madi keys new --learner DIR. and pass --keys DIR") as err:
+        LearnerLink(f"tcp://0.0.0.0:{port}", HASH, SPACES)
+    assert "\n" not in str(err.value)
+    with pytest.raises(LinkError, match="madi keys new --robot DIR. and pass --keys DIR"):
+        RobotLink("tcp://192.0.2.7:5555", HASH, SPACES)
+    with pytest.raises(LinkError, match="got robot keys"):
+        LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.robot)
+    with caplog.at_level(logging.WARNING, logger="learner.link"):
+        LearnerLink(tcp_addresses, HASH, SPACES).close()  # loopback: allowed, with a warning
+    assert "without keys" in caplog.text
+
+
+def test_ipc_directory_open_to_other_users_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # e.g. a directory another user made in /tmp
+    with pytest.raises(LinkError, match="open to other users"):
+        LearnerLink(f"ipc://{shared}", HASH, SPACES)

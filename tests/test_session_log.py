@@ -6,6 +6,8 @@ lockstep, into real MCAP files in tmp_path.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +17,9 @@ import textwrap
 import numpy as np
 import pytest
 import yaml
+from mcap.reader import FOOTER_SIZE, make_reader
+from mcap.records import Chunk, Message
+from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import Writer
 
 from learner.messages import Spaces
@@ -172,6 +177,128 @@ def test_foreign_and_corrupt_files_get_clear_errors(tmp_path):
     with pytest.raises(SessionLogError, match="not a madi session"):
         SessionLog(foreign)
     assert main(["sessions", "ls", str(tmp_path)]) == 0  # bad files are listed as bad
+
+
+def small_session(path, steps=8):
+    """A real session log of one chunk per message (the recorder flushes after each)."""
+    rng = np.random.default_rng(0)
+    rec = SessionRecorder(path, SPACES, {"config": "{}", "backend": "sim"}, flush_every=0.0)
+    o = obs(rng)
+    for step in range(steps):
+        nxt = {"image": np.concatenate([o["image"][3:], rng.integers(0, 256, (3, 8, 10),
+                                                                         dtype=np.uint8)]),
+               "proprio": rng.standard_normal(15).astype(np.float32)}
+        rec.transition(0, step, o, rng.uniform(-1, 1, 5).astype(np.float32), 0.5, nxt, False,
+                       step == steps - 1, step, step, 0)
+        state = ArmState(q=rng.standard_normal(6), qd=rng.standard_normal(6), t_ns=step)
+        rec.control_tick(0, step, step, state, np.zeros(6), stale=False)
+        o = nxt
+    rec.event("episode_end", episode=0)
+    rec.close({"stop_reason": "steps done"})
+    return rec.path
+
+
+def chunks_of(data):
+    """(first byte, end byte, messages) of each chunk of an intact file, by the mcap library."""
+    summary = make_reader(io.BytesIO(data)).get_summary()
+    out = []
+    for index in summary.chunk_indexes:
+        start, end = index.chunk_start_offset, index.chunk_start_offset + index.chunk_length
+        chunk = next(StreamReader(io.BytesIO(data[start:end]), skip_magic=True,
+                                  emit_chunks=True).records)
+        assert isinstance(chunk, Chunk)
+        out.append((start, end, [(summary.channels[r.channel_id].topic, r.log_time, r.data)
+                                 for r in breakup_chunk(chunk, validate_crc=True)
+                                 if isinstance(r, Message)]))
+    return out
+
+
+def assert_intact_chunks_read(log, chunks, damaged):
+    """Every chunk not ``damaged(first, end)`` is read whole, in order; nothing is invented."""
+    got = [(m.topic, m.log_time_ns, m.data) for m in log.messages()]
+    pos = 0
+    for start, end, messages in chunks:
+        if got[pos:pos + len(messages)] == messages:
+            pos += len(messages)
+        else:
+            assert damaged(start, end), f"the intact chunk at byte {start} was not read"
+    assert pos == len(got), "messages that are in no chunk of the original"
+
+
+def test_a_damaged_chunk_is_skipped_and_reported(tmp_path, caplog, capsys):
+    path = small_session(tmp_path / "whole" / "session.mcap")
+    data = path.read_bytes()
+    chunks = chunks_of(data)
+    assert len(chunks) == 17  # 8 transitions, 8 ticks, 1 event
+    start, end, _ = chunks[3]
+    bad = bytearray(data)
+    bad[(start + end) // 2] ^= 0x10  # in the compressed data: zstd or the CRC fails
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "session.mcap").write_bytes(bad)
+    log = SessionLog(tmp_path / "bad" / "session.mcap")
+    assert not log.cut and [s.offset for s in log.skipped] == [start]
+    assert_intact_chunks_read(log, chunks, lambda a, b: a == start)
+    assert len(list(log.messages())) == sum(len(c[2]) for c in chunks) - 1
+    assert f"skipped the damaged chunk at byte {start}" in caplog.text
+    assert log.info().skipped == 1 and log.end["stop_reason"] == "steps done"
+    # A damaged summary: the file is read in order, all of it.
+    footer = next(StreamReader(io.BytesIO(data[-FOOTER_SIZE - 8:]), skip_magic=True).records)
+    bad = bytearray(data)
+    bad[footer.summary_start + 20] ^= 0x01
+    (tmp_path / "bad" / "summary.mcap").write_bytes(bad)
+    log = SessionLog(tmp_path / "bad" / "summary.mcap")
+    assert not log.cut and not log.skipped and "summary is damaged" in caplog.text
+    assert_intact_chunks_read(log, chunks, lambda a, b: False)
+    assert main(["sessions", "ls", str(tmp_path / "bad" / "session.mcap")]) == 0
+    out = capsys.readouterr().out
+    assert "bad/session.mcap (1 damaged chunk skipped)" in out and "summary.mcap" not in out
+
+
+def test_fuzzed_session_logs_never_crash_and_keep_every_intact_chunk(tmp_path):
+    data = small_session(tmp_path / "session.mcap").read_bytes()
+    chunks = chunks_of(data)
+    rng = np.random.default_rng(9)
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    logging.disable(logging.WARNING)  # ~300 files' worth of skip and cut warnings
+    try:
+        for i in range(300):
+            if i < 200:  # one flipped bit; only the chunk holding it may be lost
+                at = int(rng.integers(len(data)))
+                variant = bytearray(data)
+                variant[at] ^= 1 << int(rng.integers(8))
+                damaged = lambda a, b, at=at: a <= at < b  # noqa: E731
+            else:  # cut: every chunk that ends before the cut is read
+                at = int(rng.integers(len(data)))
+                variant = data[:at]
+                damaged = lambda a, b, at=at: b > at  # noqa: E731
+            path = variants / f"v{i:03d}.mcap"
+            path.write_bytes(variant)
+            try:
+                log = SessionLog(path)
+                log.info()
+            except SessionLogError:
+                continue  # e.g. the magic or the 'session' metadata hit: a clear error
+            assert_intact_chunks_read(log, chunks, damaged)
+            assert {s.offset for s in log.skipped} <= {a for a, b, _ in chunks if damaged(a, b)}
+            if i >= 200:
+                assert log.cut and not log.skipped
+        assert main(["sessions", "ls", str(variants)]) == 0  # no traceback, every file listed
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_sessions_ls_takes_a_file_or_a_folder(tmp_path, capsys, caplog):
+    path = small_session(tmp_path / "run" / "session.mcap")
+    (tmp_path / "run" / "junk.mcap").write_bytes(b"not mcap")
+    assert main(["sessions", "ls", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1].endswith(f"whole  {path}") and " 8 " in out[1]
+    assert main(["sessions", "ls", str(tmp_path)]) == 0  # the bad file does not stop the rest
+    out = capsys.readouterr().out
+    assert f"whole  {path}" in out and "bad    " in out and "not an MCAP file" in out
+    assert main(["sessions", "ls", str(tmp_path / "nope")]) == 2
+    assert "no file or folder" in caplog.text
 
 
 def test_replay_backend_reproduces_rewards_and_actions(tmp_path):
