@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from robot.config import Config, ConfigError, load_config
@@ -118,3 +119,42 @@ def test_real_arm_requires_the_watchdog(tmp_path):
     assert load_config(write(tmp_path, "arm:\n  watchdog_hz: null\n")).arm.watchdog_hz is None
     with pytest.raises(ConfigError, match="watchdog"):
         load_config(write(tmp_path, "backend: ur5\narm:\n  host: 10.0.0.2\n  watchdog_hz: null\n"))
+
+
+def test_fuzzed_configs_load_or_raise_config_error(tmp_path):
+    # 100 mutations of a shipped config (bit flips, deleted or repeated spans, swapped
+    # lines, odd YAML values): each one loads or raises ConfigError, nothing else.
+    rng = np.random.default_rng(0)
+    original = (CONFIGS / "sim_quick.yaml").read_bytes()
+    odd_values = [b"[]", b"{}", b"null", b".nan", b"-.inf", b"2024-01-01", b"!!binary aGk=",
+                  b"&a [*a]", b"'", b"1e999", b"0x10", b"yes", b"\xff\xfe"]
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(100):
+        data = bytearray(original)
+        kind = i % 4
+        if kind == 0:
+            for pos in rng.integers(0, len(data), 3):
+                data[pos] ^= 1 << int(rng.integers(0, 8))
+        elif kind == 1:
+            a = int(rng.integers(0, len(data) - 40))
+            data[a:a + int(rng.integers(1, 40))] = b"" if i % 8 == 1 else data[a:a + 60]
+        elif kind == 2:
+            lines = data.split(b"\n")
+            a, b = rng.integers(0, len(lines), 2)
+            lines[a], lines[b] = lines[b], lines[a]
+            data = bytearray(b"\n".join(lines))
+        else:
+            lines = [ln for ln in data.split(b"\n") if b": " in ln and not ln.startswith(b"#")]
+            line = lines[int(rng.integers(0, len(lines)))]
+            key = line.split(b": ")[0]
+            value = odd_values[int(rng.integers(0, len(odd_values)))]
+            data = bytearray(bytes(data).replace(line, key + b": " + value, 1))
+        path = tmp_path / f"fuzz{i}.yaml"
+        path.write_bytes(bytes(data))
+        try:
+            load_config(path)
+            outcomes["loaded"] += 1
+        except ConfigError as err:
+            assert f"fuzz{i}.yaml" in str(err)  # names the file
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50, outcomes  # most mutations break something
