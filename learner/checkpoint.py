@@ -203,7 +203,7 @@ def _load(path: str | Path, kind: str) -> dict[str, Any]:
 def save_checkpoint(
     path: str | Path,
     agent: MadiSacAgent,
-    counters: dict[str, int | float] | None = None,
+    counters: dict[str, Any] | None = None,
     replay: Any | None = None,
 ) -> Path:
     """Write the full learner state atomically.
@@ -211,7 +211,8 @@ def save_checkpoint(
     Args:
         path: Destination ``.pt`` file.
         agent: The agent (networks, optimizers, ``log_alpha``, update count, aug RNG).
-        counters: Extra step counters, e.g. ``{"env_steps": 12000, "episodes": 80}``.
+        counters: Extra step counters, e.g. ``{"env_steps": 12000, "episodes": 80}``
+            (numbers, strings, lists and dicts of them).
         replay: Optional replay buffer with ``state_dict()`` (numpy arrays and ints).
 
     Returns:
@@ -238,7 +239,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     path: str | Path, agent: MadiSacAgent, replay: Any | None = None, require_replay: bool = True
-) -> dict[str, int | float]:
+) -> dict[str, Any]:
     """Restore a full learner checkpoint into ``agent`` (and optionally ``replay``).
 
     Args:
@@ -477,7 +478,8 @@ def load_policy_file(
 
 
 def save_run_checkpoints(
-    ckpt_dir: str | Path, agent: MadiSacAgent, counters: dict[str, int], replay: Any | None = None
+    ckpt_dir: str | Path, agent: MadiSacAgent, counters: dict[str, int], replay: Any | None = None,
+    last_transition: dict[str, Any] | None = None,
 ) -> None:
     """Write a run's checkpoint set, each file atomically.
 
@@ -490,12 +492,18 @@ def save_run_checkpoints(
         agent: The agent.
         counters: ``{"env_steps": int, "episodes": int}``.
         replay: Optional replay buffer to include in ``learner.pt``.
+        last_transition: ``{"robot_session": str, "episode": int, "step": int}`` of the
+            last transition the learner took, or None; kept in both files (as
+            ``last_transition``) for a restarted learner's refill.
     """
     ckpt_dir = Path(ckpt_dir)
+    mark = {} if last_transition is None else {"last_transition": dict(last_transition)}
     with torch.no_grad():
-        save_checkpoint(ckpt_dir / "learner.pt", agent, counters=counters, replay=replay)
+        save_checkpoint(ckpt_dir / "learner.pt", agent, counters={**counters, **mark},
+                        replay=replay)
         save_policy(ckpt_dir / "policy.pt", agent)
-    progress = {**{k: int(v) for k, v in counters.items()}, "updates": agent.num_updates}
+    progress = {**{k: int(v) for k, v in counters.items()}, "updates": agent.num_updates,
+                **mark}
     tmp = ckpt_dir / "progress.json.tmp"
     tmp.write_text(json.dumps(progress))
     tmp.replace(ckpt_dir / "progress.json")

@@ -13,7 +13,9 @@ to it), a replay buffer and a :class:`~learner.agent.MadiSacAgent`. Its loop:
 - write ``metrics.csv`` rows (episode returns rebuilt from transitions, losses,
   throughput, link counters) and checkpoints (``checkpoints/learner.pt`` full state,
   ``checkpoints/policy.pt``, ``checkpoints/progress.json``) every
-  ``train.checkpoint_every`` env steps, when the robot is lost, and on exit.
+  ``train.checkpoint_every`` env steps, when the robot is lost, and on exit; with them
+  the last transition taken, from which a learner restarted after a crash refills its
+  replay buffer out of the robot's session log (:meth:`LearnerProcess.refill`).
 
 Threads: the link's sockets belong to one I/O thread ("learner-link") that receives and
 assembles transitions, answers handshakes, sends heartbeats and publishes the newest
@@ -45,7 +47,7 @@ from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.link import LearnerLink
 from learner.messages import Shutdown, Transition, TransitionAssembler, Weights
-from learner.metrics import MetricsWriter
+from learner.metrics import MetricsWriter, SinkConfig
 from learner.replay import Batch, ReplayBuffer, sample_mixed
 
 __all__ = ["LearnerProcess", "read_progress"]
@@ -77,6 +79,14 @@ def read_progress(run_dir: str | Path) -> dict[str, int]:
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a valid progress file ({err}); resume from a run "
                          "whose checkpoint was written completely") from None
+
+
+def _assemble(transitions: Iterable[Transition], assembler: TransitionAssembler):
+    """``(transition, replay.add arguments)`` of each transition that assembles (no gap)."""
+    for t in transitions:
+        step = assembler.push(t)
+        if step is not None:
+            yield t, step
 
 
 @dataclass
@@ -112,6 +122,7 @@ class LearnerProcess:
             buffer (when its checkpoint holds one), in [0, 1); 0: start with an empty one.
         skip_random: Update from the first env step instead of after
             ``init_random_steps`` (the robot acts with the loaded policy from the start).
+        sinks: Where the metrics rows also go (TensorBoard, W&B); None: metrics.csv only.
 
     Raises:
         learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint, or
@@ -124,7 +135,7 @@ class LearnerProcess:
                  log_every: int = 1000, save_replay: bool = False,
                  resume: str | Path | None = None, exit_on_robot_shutdown: bool = False,
                  init_from: str | Path | None = None, prior_mix: float = 0.0,
-                 skip_random: bool = False):
+                 skip_random: bool = False, sinks: SinkConfig | None = None):
         spaces = link.spaces
         self.cfg = cfg
         self.link = link
@@ -135,6 +146,7 @@ class LearnerProcess:
         self.log_every = int(log_every)
         self.save_replay = bool(save_replay)
         self.exit_on_robot_shutdown = bool(exit_on_robot_shutdown)
+        self.sinks = sinks
         self.agent = MadiSacAgent(cfg, spaces.image_shape, spaces.proprio_dim, spaces.action_dim)
 
         def new_replay(seed: int) -> ReplayBuffer:
@@ -150,6 +162,10 @@ class LearnerProcess:
         self.prior_mix = float(prior_mix)
         self.prior: ReplayBuffer | None = None
         self.random_steps = 0 if skip_random else cfg.init_random_steps
+        #: ``{"robot_session", "episode", "step"}`` of the last transition taken (None:
+        #: none yet); saved with every checkpoint, read back by :meth:`refill`.
+        self.last_transition: dict[str, Any] | None = None
+        self._replay_restored = False
         # Serve weights from the start: a resumed run, or a loaded policy that acts at once.
         self._publish_at_start = resume is not None or (init_from is not None and skip_random)
         if resume is not None:
@@ -182,6 +198,8 @@ class LearnerProcess:
                            "the replay starts empty", path)
         self.env_steps = int(counters.get("env_steps", 0))
         self.episodes = int(counters.get("episodes", 0))
+        self.last_transition = counters.get("last_transition")
+        self._replay_restored = len(self.replay) > 0
         logger.info("learner: resumed from %s at env step %d, update %d", path, self.env_steps,
                     self.agent.num_updates)
 
@@ -206,11 +224,9 @@ class LearnerProcess:
         """
         assembler = TransitionAssembler(self.link.spaces)
         loaded = 0
-        for t in transitions:
-            step = assembler.push(t)
-            if step is not None:
-                self.replay.add(**step)
-                loaded += 1
+        for _, step in _assemble(transitions, assembler):
+            self.replay.add(**step)
+            loaded += 1
         n = round(self.cfg.updates_per_step * loaded) if updates is None else int(updates)
         n = n if len(self.replay) >= self.cfg.batch_size else 0
         for _ in range(n):
@@ -221,6 +237,48 @@ class LearnerProcess:
                   "bad_shape": assembler.counters["bad_shape"], "updates": n}
         logger.info("learner: pretrained on %d recorded transitions (%d updates, %d gaps, "
                     "%d of the wrong shape)", loaded, n, report["gaps"], report["bad_shape"])
+        return report
+
+    def refill(self, transitions: Iterable[Transition], robot_session: str) -> dict[str, int]:
+        """After a crash: take back the transitions the robot sent since the checkpoint.
+
+        ``madi train`` restarts a crashed learner with the robot's session log. Its
+        transitions after the checkpoint's last one (:attr:`last_transition`, when the
+        checkpoint was taken from the same robot session; else all of them) are added to
+        the replay buffer and counted as env steps and episodes, so the counters and the
+        update cap go on as if the learner had not stopped. When the checkpoint holds no
+        replay buffer (``train.save_replay: false``) the session's earlier transitions are
+        added too, without being counted again. Call before :meth:`run`.
+
+        Args:
+            transitions: The session's recorded transitions, in order
+                (:meth:`robot.session_log.SessionLog.transitions`).
+            robot_session: Link session id of the robot that recorded them (the session
+                log's ``link_session`` metadata; "" if unknown).
+
+        Returns:
+            ``{"added", "counted", "gaps"}``: transitions added to the replay buffer, those
+            of them counted as new env steps, and deltas left out for a missing keyframe.
+        """
+        mark = self.last_transition
+        after = None
+        if robot_session and mark is not None and mark.get("robot_session") == robot_session:
+            after = (int(mark["episode"]), int(mark["step"]))
+        assembler = TransitionAssembler(self.link.spaces)
+        added = counted = 0
+        for t, step in _assemble(transitions, assembler):
+            new = after is None or (t.episode_id, t.step_index) > after
+            if not new and self._replay_restored:
+                continue
+            self.replay.add(**step)
+            added += 1
+            if new:
+                counted += 1
+                self._count_step(t, step, robot_session)
+        report = {"added": added, "counted": counted, "gaps": assembler.counters["gaps"]}
+        logger.info("learner: refilled %d recorded transitions, %d of them since the checkpoint "
+                    "(counted as env steps; %d gaps); now at env step %d, %d in the replay "
+                    "buffer", added, counted, report["gaps"], self.env_steps, len(self.replay))
         return report
 
     # ------------------------------------------------------------------ control
@@ -238,14 +296,15 @@ class LearnerProcess:
 
         Returns:
             Summary: ``env_steps``, ``updates``, ``episodes``, ``stop_reason``,
-            ``link`` counters and ``assembler`` counters.
+            ``replay_size``, ``link`` counters and ``assembler`` counters.
 
         Raises:
             RuntimeError: If the link thread failed (the error is chained).
+            learner.metrics.MetricsSinkError: If a sink in ``sinks`` cannot be opened.
         """
         agent, link, replay = self.agent, self.link, self.replay
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsWriter(self.run_dir / "metrics.csv")
+        metrics = MetricsWriter(self.run_dir / "metrics.csv", self.sinks)
         t_start = time.perf_counter()
         deadline = None if max_seconds is None else t_start + max_seconds
         if agent.num_updates > 0 and self._publish_at_start:
@@ -303,7 +362,8 @@ class LearnerProcess:
                     self.stop_reason)
         return {"env_steps": self.env_steps, "updates": agent.num_updates,
                 "episodes": self.episodes, "stop_reason": self.stop_reason,
-                "link": link.counters(), "assembler": dict(self.assembler.counters)}
+                "replay_size": len(replay), "link": link.counters(),
+                "assembler": dict(self.assembler.counters)}
 
     def _log_window(self, metrics: MetricsWriter, w: _Window, t_start: float) -> _Window:
         """Write the losses/throughput row of the window ``w``; return a new window."""
@@ -341,10 +401,9 @@ class LearnerProcess:
                 time.sleep(0.002)
             return
         while True:
-            t, step = item
+            t, step, robot_session = item
             self.replay.add(**step)
-            self.env_steps += 1
-            self._last_version_seen = t.policy_version
+            self._count_step(t, step, robot_session)
             self._track_episode(t, step, metrics, t_start)
             try:
                 item = self._steps.get_nowait()
@@ -359,7 +418,7 @@ class LearnerProcess:
                 for t in link.recv_transitions(max_n=64, timeout_ms=2):
                     step = self.assembler.push(t)
                     if step is not None:
-                        self._steps.put((t, step))
+                        self._steps.put((t, step, link.peer_session_id or ""))
                         self._assembled += 1
                 # what the cap will allow once every step received is consumed
                 self._status["updates_due"] = self._updates_due(self._assembled)
@@ -393,12 +452,20 @@ class LearnerProcess:
         learning_steps = max(0, env_steps - self.random_steps)
         return math.floor(learning_steps * self.cfg.updates_per_step)
 
+    def _count_step(self, t: Transition, step: dict, robot_session: str) -> None:
+        """Count a transition added to the replay buffer: env step, episode end, position."""
+        self.env_steps += 1
+        if step["terminated"] or step["truncated"]:
+            self.episodes += 1
+        self._last_version_seen = t.policy_version
+        self.last_transition = {"robot_session": robot_session, "episode": t.episode_id,
+                                "step": t.step_index}
+
     def _track_episode(self, t: Any, step: dict, metrics: MetricsWriter, t_start: float) -> None:
         ep = t.episode_id
         self._episode_returns[ep] += float(step["reward"])
         self._episode_lengths[ep] += 1
         if step["terminated"] or step["truncated"]:
-            self.episodes += 1
             metrics.write({
                 "global_step": self.env_steps,
                 "time_s": round(time.perf_counter() - t_start, 3),
@@ -448,4 +515,4 @@ class LearnerProcess:
         """Write ``learner.pt``, ``policy.pt`` and ``progress.json`` (each atomically)."""
         save_run_checkpoints(self.ckpt_dir, self.agent,
                              {"env_steps": self.env_steps, "episodes": self.episodes},
-                             self.replay if self.save_replay else None)
+                             self.replay if self.save_replay else None, self.last_transition)

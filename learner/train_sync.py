@@ -5,8 +5,9 @@ robot/learner split of the design (ReLoD pattern). Works with any env whose obse
 is ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}`` and whose action space is a
 ``Box`` in [-1, 1]. The lead wires it to the sim env and the CLI (``madi train --sync``).
 
-Outputs in ``run_dir``: ``metrics.csv`` (one row per log event, namespaced keys),
-``checkpoints/learner.pt`` (full state, atomic) and ``checkpoints/policy.pt``.
+Outputs in ``run_dir``: ``metrics.csv`` (one row per log event, namespaced keys; the same
+rows in ``tb/`` and ``wandb/`` with ``sinks``), ``checkpoints/learner.pt`` (full state,
+atomic) and ``checkpoints/policy.pt``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import logging
 import math
 import time
 from collections import defaultdict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
-from learner.metrics import MetricsWriter
+from learner.metrics import MetricsWriter, SinkConfig
 
 __all__ = ["evaluate", "train_sync"]
 
@@ -92,6 +95,7 @@ def train_sync(
     eval_seed: int = 0,
     final_eval_episodes: int = 0,
     resume: bool = False,
+    sinks: SinkConfig | None = None,
 ) -> dict[str, Any]:
     """Train MaDi-SAC synchronously on ``env``.
 
@@ -119,7 +123,7 @@ def train_sync(
         checkpoint_every: Env steps between checkpoints (None: only at the end).
         log_every: Env steps between loss/throughput rows in metrics.csv.
         save_replay: Include the replay buffer in the full checkpoint.
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar (log lines are printed above it meanwhile).
         agent: Optional pre-built agent (e.g. restored from a checkpoint).
         init_from: Another run (directory or ``learner.pt``) to start from: its networks
             and temperature (:func:`learner.checkpoint.start_from`), e.g. a sim run
@@ -133,6 +137,7 @@ def train_sync(
         resume: Continue the run in ``run_dir`` from ``checkpoints/learner.pt`` (networks,
             optimizers, counters, and the replay buffer when the checkpoint holds one):
             env steps go on from the checkpoint's, metrics are appended.
+        sinks: Where the metrics rows also go (TensorBoard, W&B); None: metrics.csv only.
 
     Returns:
         Summary dict: ``agent``, ``env_steps``, ``updates``, ``episodes``,
@@ -143,6 +148,7 @@ def train_sync(
         ValueError: If the spaces are not as described or a count is out of range.
         learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent,
             or ``resume`` finds no usable checkpoint in ``run_dir``.
+        learner.metrics.MetricsSinkError: If a sink in ``sinks`` cannot be opened.
     """
     from learner.replay import ReplayBuffer, sample_mixed
 
@@ -188,7 +194,7 @@ def train_sync(
     policy = agent.make_policy()
     random_steps = 0 if skip_random else cfg.init_random_steps
     action_space.seed(cfg.seed)
-    metrics = MetricsWriter(run_dir / "metrics.csv")
+    metrics = MetricsWriter(run_dir / "metrics.csv", sinks)
     logger.info(
         "train_sync: variant=%s image=%s proprio=%d action=%d device=%s steps=%d run_dir=%s",
         cfg.variant, image_shape, proprio_dim, action_dim, agent.device, total_steps, run_dir,
@@ -210,8 +216,11 @@ def train_sync(
     obs, _ = env.reset(seed=_train_seed(cfg.seed, first_step - 1))
     obs = _obs(obs)
     policy.reset()
-    bar = tqdm(total=total_steps, initial=first_step - 1, disable=not progress, desc="train",
-               unit="step")
+    shown = ExitStack()  # the bar, and log lines above it while it is shown
+    bar = shown.enter_context(tqdm(total=total_steps, initial=first_step - 1,
+                                   disable=not progress, desc="train", unit="step"))
+    if progress:
+        shown.enter_context(logging_redirect_tqdm())
     try:
         for step in range(first_step, total_steps + 1):
             t0 = time.perf_counter()
@@ -320,7 +329,7 @@ def train_sync(
         final = _final_eval(eval_env or env, agent, final_eval_episodes, eval_seed, run_dir,
                             metrics, total_steps, time.perf_counter() - t_start)
     finally:
-        bar.close()
+        shown.close()
         metrics.close()
     wall = time.perf_counter() - t_start
     logger.info(

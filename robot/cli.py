@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from robot.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from robot.session_log import SessionLog
+    from robot.supervisor import LearnerSupervisor
 
 log = logging.getLogger("madi")
 
@@ -82,7 +85,20 @@ def _load(args: argparse.Namespace, path: Path):
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    """Run episodes in the mirror with a scripted policy and write what the camera saw."""
+    """Run episodes in the mirror with a scripted policy and write what the camera saw.
+
+    ``madi sim controller`` instead serves an emulated UR controller until Ctrl-C.
+    """
+    if args.action == "controller":
+        from sim.ur_controller import serve
+
+        try:
+            serve(args.model, args.host)
+        except OSError as err:
+            log.error("cannot open the controller's ports on %s: %s; pick another --host "
+                      "(any 127.x.y.z) or stop what holds them", args.host, err)
+            return 2
+        return 0
     from sim.rollout import run_episodes
 
     args.overrides.insert(0, "sim.pace=fast")  # videos need no wall-clock pacing
@@ -280,6 +296,7 @@ def _train_sync(cfg, run_dir: Path, args: argparse.Namespace) -> str:
             eval_seed=cfg.train.eval_seed,
             final_eval_episodes=cfg.train.final_eval_episodes,
             resume=args.resume is not None,
+            sinks=cfg.train.sinks(),
         )
     finally:
         env.close()
@@ -303,10 +320,20 @@ def _train_async(cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
-def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
+def _learner_command(address: str, run_dir: Path, args: argparse.Namespace, restart: bool,
+                     refill: Path | None) -> list[str]:
+    """The ``madi learner`` command line of ``madi train`` at ``address``.
+
+    ``restart``: after a crash, refilling from the session log ``refill`` (if any); it
+    continues from the run's checkpoint when there is one, else starts as the first did.
+    """
     cmd = [sys.executable, "-m", "robot.cli", "learner", "--config",
            str(run_dir / "config.yaml"), "--bind", address, "--out", str(run_dir),
            "--exit-with-robot"]
+    if refill is not None:
+        cmd += ["--refill", str(refill)]
+    if restart and (run_dir / "checkpoints" / "learner.pt").is_file():
+        return cmd + ["--resume", str(run_dir)]
     if args.resume is not None:
         cmd += ["--resume", str(args.resume)]
     if args.init_from is not None:
@@ -317,31 +344,32 @@ def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) 
         cmd += ["--pretrain", *map(str, args.pretrain)]
         if args.pretrain_updates is not None:
             cmd += ["--pretrain-updates", str(args.pretrain_updates)]
-    # The learner shares the CPUs with the real-time robot process: lower its priority.
-    learner = subprocess.Popen(cmd, preexec_fn=lambda: os.nice(10))
-    log.info("learner process %d bound to %s (log: %s)", learner.pid, address,
-             run_dir / "learner.log")
+    return cmd
+
+
+def _train_async_at(address: str, cfg, run_dir: Path, args: argparse.Namespace) -> str | None:
+    """Run the robot here with a supervised learner child bound to ``address``."""
+    from robot.supervisor import LearnerSupervisor
+
+    learner = LearnerSupervisor(
+        lambda restart, refill: _learner_command(address, run_dir, args, restart, refill),
+        run_dir, cfg.train.learner_restarts)
+    learner.start()
     try:
         result = _run_robot(cfg, address, run_dir, args, learner=learner)
     except BaseException:
         learner.terminate()  # it checkpoints and exits; no robot is coming
         raise
     finally:
-        try:
-            code = learner.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            log.error("learner did not exit within 60 s of the robot's shutdown; terminating")
-            learner.terminate()
-            code = learner.wait(timeout=10)
-        if code != 0:
-            log.error("learner exited with code %s; see %s", code, run_dir / "learner.log")
-    if result is None or code != 0:
+        code = learner.wait()
+    if learner.failure is not None:
+        log.error("%s", learner.failure)
         return None
-    return result
+    return result if code == 0 else None
 
 
 def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace,
-               learner: subprocess.Popen | None = None) -> str | None:
+               learner: LearnerSupervisor | None = None) -> str | None:
     """The robot process: rig, link, runner, progress bar; returns a summary line."""
     import torch
     from tqdm import tqdm
@@ -375,9 +403,8 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     def progress(runner) -> None:
         bar.n = runner.env_steps
         bar.set_postfix(runner.progress_fields(), refresh=True)
-        if learner is not None and learner.poll() is not None and not runner.stopping:
-            log.error("the learner process exited (code %s)", learner.returncode)
-            runner.request_stop("learner process exited")
+        if learner is not None:
+            learner.check(runner)
 
     recorder = None
     try:
@@ -385,7 +412,8 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
             recorder = SessionRecorder(session_path(run_dir), spaces_of(cfg),
                                        {"config": yaml.safe_dump(cfg.model_dump(mode="json"),
                                                                  sort_keys=False),
-                                        "backend": cfg.backend, "run": run_dir.name},
+                                        "backend": cfg.backend, "run": run_dir.name,
+                                        "link_session": link.session_id if link else ""},
                                        keyframe_every=cfg.link.keyframe_every)
             log.info("recording the session to %s", recorder.path)
         rig = make_rig(cfg)
@@ -665,16 +693,21 @@ def cmd_learner(args: argparse.Namespace) -> int:
             checkpoint_every=cfg.train.checkpoint_every, log_every=cfg.train.log_every,
             save_replay=cfg.train.save_replay, resume=args.resume,
             exit_on_robot_shutdown=args.exit_with_robot, init_from=args.init_from,
-            prior_mix=args.init_replay_mix, skip_random=args.init_skip_random)
+            prior_mix=args.init_replay_mix, skip_random=args.init_skip_random,
+            sinks=cfg.train.sinks())
         _on_signals(learner.request_stop)
         if args.pretrain:
             learner.pretrain(_recorded_transitions(cfg, args.pretrain),
                              args.pretrain_updates)
+        if args.refill:
+            session = _session_logs(cfg, [args.refill])[0]
+            learner.refill(session.transitions(), session.meta.get("link_session", ""))
         log.info("learner bound to %s, task hash %s, run dir %s", address, cfg.task_hash(),
                  run_dir)
         summary = learner.run()
-    log.info("learner done: %d env steps, %d updates (%s); link %s", summary["env_steps"],
-             summary["updates"], summary["stop_reason"], summary["link"])
+    log.info("learner done: %d env steps, %d updates, %d transitions in the replay buffer "
+             "(%s); link %s", summary["env_steps"], summary["updates"],
+             summary["replay_size"], summary["stop_reason"], summary["link"])
     return 0
 
 
@@ -705,8 +738,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recorded_transitions(cfg, sessions: list[Path]):
-    """Transitions of recorded sessions whose spaces fit ``cfg`` (for --pretrain).
+def _session_logs(cfg, sessions: list[Path]) -> list[SessionLog]:
+    """Open recorded sessions, each checked to record the spaces of ``cfg``.
 
     Raises:
         SessionLogError: If a session cannot be read or records other spaces.
@@ -715,7 +748,7 @@ def _recorded_transitions(cfg, sessions: list[Path]):
     from robot.runner import spaces_of
     from robot.session_log import SessionLog, SessionLogError
 
-    logs = [SessionLog(path) for path in sessions]  # all checked before any is loaded
+    logs = [SessionLog(path) for path in sessions]
     want = spaces_of(cfg)
     for session in logs:
         have = spaces_of(config_from_dict(yaml.safe_load(session.config_yaml()),
@@ -723,7 +756,16 @@ def _recorded_transitions(cfg, sessions: list[Path]):
         if have != want:
             raise SessionLogError(f"{session.path} records spaces {have}, this run needs "
                                   f"{want}: pretrain from sessions of the same task")
-    for session in logs:
+    return logs
+
+
+def _recorded_transitions(cfg, sessions: list[Path]):
+    """Transitions of recorded sessions whose spaces fit ``cfg`` (for --pretrain).
+
+    Raises:
+        SessionLogError: If a session cannot be read or records other spaces.
+    """
+    for session in _session_logs(cfg, sessions):  # all checked before any is loaded
         yield from session.transitions()
 
 
@@ -733,7 +775,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sim", help="run a scripted policy in the MuJoCo mirror")
+    p = sub.add_parser("sim", help="run a scripted policy in the MuJoCo mirror; `madi sim "
+                       "controller`: an emulated UR controller for ur_rtde")
+    p.add_argument("action", nargs="?", choices=["controller"],
+                   help="controller: serve RTDE, dashboard and script ports backed by the "
+                   "mirror until Ctrl-C (sim/ur_controller.py)")
+    p.add_argument("--model", choices=["ur5", "ur5e"], default="ur5",
+                   help="controller: ur5 = CB3 at 125 Hz, ur5e = e-series at 500 Hz")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="controller: address of its ports (any 127.x.y.z runs beside others)")
     _add_config_args(p, SIM_CONFIG)
     p.add_argument("--episodes", type=int, default=3)
     p.add_argument("--policy", choices=["servo", "random"], default="servo")
@@ -771,6 +821,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_init_args(p)
     p.add_argument("--exit-with-robot", action="store_true",
                    help="exit when the robot shuts down (used by madi train)")
+    p.add_argument("--refill", type=Path, default=None, metavar="SESSION",
+                   help="after a crash (madi train restarts its learner with it): add the "
+                   "transitions SESSION recorded since the checkpoint to the replay buffer, "
+                   "counted as env steps")
     p.add_argument("--keys", default=None, metavar="DIR",
                    help="CURVE keys (madi keys new --learner DIR): needed to bind tcp beyond "
                    "loopback (default: link.keys)")
@@ -885,6 +939,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.agent import NonFiniteError
     from learner.checkpoint import CheckpointError
     from learner.link import LinkError
+    from learner.metrics import MetricsSinkError
     from robot.backends.base import DeviceError
     from robot.distractions import DistractionError
     from robot.session_log import SessionLogError
@@ -900,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as err:
         log.error("learner stopped: %s", err)
         return 1
-    except (SessionLogError, CheckpointError, CalibrationError, DistractionError) as err:
+    except (SessionLogError, CheckpointError, CalibrationError, DistractionError,
+            MetricsSinkError) as err:
         log.error("%s", err)
         return 2
 

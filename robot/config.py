@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.config import AgentConfig
+from learner.metrics import SinkConfig
 from robot.kinematics import pose_matrix
 
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -519,6 +520,27 @@ class TrainConfig(_Section):
         False, description="Put the replay buffer in the learner checkpoint (for --resume; "
         "large: capacity x frame size)."
     )
+    learner_restarts: int = Field(
+        3, ge=0, description="Times `madi train` restarts a crashed learner (non-zero exit or "
+        "killed by a signal) from its last checkpoint, refilled with the transitions since "
+        "from the session log, the arm held meanwhile; one more crash ends the run (exit 1)."
+    )
+    tensorboard: bool | Literal["auto"] = Field(
+        "auto", description="TensorBoard event files in RUN_DIR/tb, the metrics.csv keys at "
+        "step global_step: true | false | auto (when the tensorboard package is installed)."
+    )
+    wandb: Literal["online", "offline"] | None = Field(
+        None, description="Also log the metrics to a Weights & Biases run (pip install "
+        "wandb): online | offline (no network; `wandb sync` later) | null (off)."
+    )
+    wandb_project: str = Field(
+        "madi-robot", pattern=r"^[^/\\#?%:]{1,128}$",
+        description="W&B project of the runs (train.wandb)."
+    )
+
+    def sinks(self) -> SinkConfig:
+        """Where the learner's metrics rows go besides metrics.csv."""
+        return SinkConfig(self.tensorboard, self.wandb, self.wandb_project)
 
 
 class Config(_Section):

@@ -155,6 +155,28 @@ class SessionRecorder:
         """Record an event (reset, episode end, safety, protective stop, link, ...)."""
         self._put(("event", time.monotonic_ns(), {"kind": kind, **details}))
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write what is queued and close the chunk in progress, then return.
+
+        Afterwards a reader of the file sees every item recorded before the call (a
+        restarted learner refilling its replay buffer from the session log).
+
+        Args:
+            timeout: Longest wait for the writer thread, s.
+
+        Returns:
+            True when done; False if the recorder is closed or the writer thread did not
+            get there within ``timeout``.
+        """
+        if self._closed:
+            return False
+        done = threading.Event()
+        try:
+            self._queue.put(("flush", 0, done), timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
         last_flush = time.monotonic()
@@ -165,7 +187,11 @@ class SessionRecorder:
                 item = None
             if item is not None and item[0] == "close":
                 break
-            if item is not None:
+            if item is not None and item[0] == "flush":
+                self._writer.flush()
+                last_flush = time.monotonic()
+                item[2].set()
+            elif item is not None:
                 try:
                     self._write(*item)
                 except Exception as err:  # keep recording the rest; report at close

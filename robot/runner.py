@@ -37,7 +37,9 @@ with the error. Commands carry the time of the frame they answer, so an action c
 from an old frame is already stale in the control loop. The learner going silent either leaves the
 robot acting with its last weights (``robot.on_learner_lost: continue``; transitions are
 dropped and counted) or ends the episode and holds the arm until a learner is back
-(``stop``).
+(``stop``). ``madi train`` restarts a crashed learner: it calls
+:meth:`RobotRunner.replace_learner`, and the arm is held until the new learner's hello is
+accepted, whatever ``on_learner_lost``.
 
 Outputs in ``run_dir``: ``episodes.csv`` (one row per episode), ``safety.csv`` (every
 safety intervention of the control thread: tick, what was changed and why, requested and
@@ -226,8 +228,11 @@ class RobotRunner:
         self._target_center = np.full(2, 0.5)
         #: ``(env_steps, mean return)`` of each periodic evaluation.
         self.eval_returns: list[tuple[int, float]] = []
-        #: True while the arm is held because the learner is lost (``on_learner_lost: stop``).
+        #: True while the arm is held because the learner is lost (``on_learner_lost: stop``
+        #: or :meth:`replace_learner`) or between episodes for its updates.
         self.waiting_for_learner = False
+        self._replacing_learner = False
+        self._old_learner: str | None = None  # link session of the learner being replaced
         self._timing_json = self.run_dir / "timing.json"
         self._t_start = time.monotonic()
         # The loops time with perf_counter; messages carry time.monotonic_ns (one offset,
@@ -244,6 +249,19 @@ class RobotRunner:
     def stopping(self) -> bool:
         """Whether a stop was requested."""
         return self._stop.is_set()
+
+    def replace_learner(self) -> None:
+        """Hold the arm until another learner session is accepted (the old one crashed).
+
+        For the supervisor of ``madi train``, which restarts a crashed learner: whatever
+        ``robot.on_learner_lost``, the episode ends at the next agent step
+        (``learner_lost``, its last transition made as usual) and the arm waits at rest,
+        the link serviced, until a learner session other than the current one has
+        accepted the hello; no transition is made meanwhile. Call it from the agent
+        thread (the ``progress`` callback).
+        """
+        self._replacing_learner = True
+        self._old_learner = self.link.peer_session_id if self.link is not None else None
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -320,17 +338,26 @@ class RobotRunner:
                            self.cfg.robot.learner_wait)
 
     def _learner_usable(self) -> bool:
-        if self.link is None or self.cfg.robot.on_learner_lost == "continue":
+        link = self.link
+        if link is None:
             return True
-        return self.link.learner_alive()
+        if self._replacing_learner:
+            if link.peer_session_id == self._old_learner or not link.learner_alive():
+                return False
+            self._replacing_learner = False
+        return self.cfg.robot.on_learner_lost == "continue" or link.learner_alive()
 
     def _hold_until_learner(self) -> None:
-        """``on_learner_lost: stop``: the arm is at rest; wait here, servicing the link."""
+        """Hold the arm at rest, servicing the link, until the learner is usable again.
+
+        Entered when the learner is lost under ``on_learner_lost: stop``, or after
+        :meth:`replace_learner`.
+        """
         logger.warning("robot: learner lost; arm stopped, waiting for a learner at %s",
                        self.link.addresses)
         self.waiting_for_learner = True
         try:
-            while not self.stopping and not self.link.learner_alive():
+            while not self.stopping and not self._learner_usable():
                 self._service_link()
                 self._report_progress()
                 time.sleep(0.02)

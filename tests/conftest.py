@@ -11,24 +11,46 @@ from rtde_server import FakeRTDEServer, random_loopback
 CB3 = (3, 15, 7, 0)
 
 
+def _started_on_free_loopback(build, started: list):
+    """``build(address)`` then ``start()`` on random 127.x addresses until one is free."""
+    for _ in range(10):
+        server = build(random_loopback())
+        try:
+            server.start()
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                continue
+            raise
+        started.append(server)
+        return server
+    pytest.fail("no free loopback address for the fixed UR ports")
+
+
 @pytest.fixture
 def make_server():
     """Start FakeRTDEServers on free loopback addresses (port 30004); closed at teardown."""
     servers: list[FakeRTDEServer] = []
 
     def make(controller_version=CB3) -> FakeRTDEServer:
-        for _ in range(10):
-            server = FakeRTDEServer(random_loopback(), controller_version=controller_version)
-            try:
-                server.start()
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    continue
-                raise
-            servers.append(server)
-            return server
-        pytest.fail("no free loopback address for port 30004")
+        return _started_on_free_loopback(
+            lambda host: FakeRTDEServer(host, controller_version=controller_version), servers)
 
     yield make
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def make_controller():
+    """Start emulated UR controllers (sim.ur_controller) on free loopback addresses."""
+    from sim.ur_controller import ControllerProcess
+
+    controllers: list[ControllerProcess] = []
+
+    def make(model: str = "ur5", **kwargs) -> ControllerProcess:
+        return _started_on_free_loopback(
+            lambda host: ControllerProcess(host, model, **kwargs), controllers)
+
+    yield make
+    for controller in controllers:
+        controller.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import zmq
 
 from learner.link import LinkAddresses
 from learner.messages import Hello, Spaces, encode
+from robot.session_log import SessionLog
 
 SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",
          "--set", "agent.init_random_steps=50", "--set", "agent.batch_size=16",
@@ -65,6 +67,19 @@ def timing(run: Path) -> dict:
         return json.loads((run / "timing.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def learner_pid(train: subprocess.Popen) -> int:
+    """The pid of the `madi learner` child of a `madi train` process."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == train.pid and b"learner" in cmdline:
+            return int(stat.parent.name)
+    raise AssertionError(f"madi train (pid {train.pid}) has no learner child")
 
 
 def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
@@ -258,3 +273,72 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
     assert [int(e["episode"]) for e in episodes] == [0, 1, 2, 3, 4]
     assert int(episodes[-1]["env_steps"]) == 125
     assert "resumed from" in (out / "learner.log").read_text()
+
+
+def test_killed_learner_restarts_from_its_checkpoint_and_gets_every_transition(tmp_path):
+    """kill -9 of the learner mid-run: the arm is held, a new learner continues from the
+    checkpoint refilled from session.mcap, and the run reaches its steps with the learner
+    holding every transition the robot made."""
+    out = tmp_path / "run"
+    progress = out / "checkpoints" / "progress.json"
+    proc = madi("train", "--config", QUICK, "--steps", "300", "--out", str(out),
+                "--no-progress", *SMALL, "--set", "train.checkpoint_every=100",
+                # the robot holds between episodes for the learner's updates (few of them)
+                "--set", "robot.hold_for_learner=true", "--set", "agent.updates_per_step=0.2",
+                "--set", "robot.learner_wait=300")
+
+    def robot_past_the_checkpoint() -> bool:  # so that there is something to refill
+        return progress.exists() and (timing(out).get("env_steps", 0)
+                                      >= json.loads(progress.read_text())["env_steps"] + 25)
+
+    try:
+        wait_for(robot_past_the_checkpoint, 300, "a checkpoint and an episode after it", [proc])
+        os.kill(learner_pid(proc), signal.SIGKILL)
+        log = finish(proc, timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-4000:]
+    robot_log = (out / "robot.log").read_text()
+    assert re.search(r"learner restart 1/3 after it crashed \(killed by SIGKILL\): process \d+ "
+                     r"from checkpoints/learner.pt \(env step [12]\d\d, update \d+\); "
+                     r"refilling the \d+ transitions since from session.mcap", robot_log), \
+        robot_log[-3000:]
+    learner_log = (out / "learner.log").read_text()
+    refill = re.search(r"refilled (\d+) recorded transitions, (\d+) of them since", learner_log)
+    assert refill is not None and int(refill[2]) > 0, learner_log[-3000:]
+    # The robot held the arm: the episode the crash cut ended as learner_lost.
+    episodes = rows(out / "episodes.csv")
+    assert "learner_lost" in {e["end"] for e in episodes}
+    assert sum(int(e["steps"]) for e in episodes) == 300
+    # Every transition the robot made is in the session log and in the learner's buffer,
+    # each counted once.
+    assert SessionLog(out / "session.mcap").info().steps == 300
+    done = [line for line in learner_log.splitlines() if "learner done" in line][-1]
+    assert "300 env steps" in done and "300 transitions in the replay buffer" in done, done
+    assert json.loads(progress.read_text())["env_steps"] == 300
+
+
+def test_learner_crash_with_no_restart_left_ends_the_run_with_one_error(tmp_path):
+    out = tmp_path / "run"
+    progress = out / "checkpoints" / "progress.json"
+    proc = madi("train", "--config", QUICK, "--steps", "100000", "--out", str(out),
+                "--no-progress", *SMALL, "--set", "train.checkpoint_every=50",
+                "--set", "train.learner_restarts=0", "--set", "robot.learner_wait=300")
+    try:
+        wait_for(progress.exists, 300, "the learner's first checkpoint", [proc])
+        os.kill(learner_pid(proc), signal.SIGKILL)
+        log = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, log[-4000:]
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, errors
+    assert ("the learner crashed (killed by SIGKILL) and no restart is left (0 done, "
+            "train.learner_restarts: 0)") in errors[0]
+    assert f"continue with madi train --resume {out}" in errors[0]
+    # The last good checkpoint and the session log stay for --resume.
+    assert (out / "checkpoints" / "learner.pt").is_file()
+    kept = json.loads(progress.read_text())["env_steps"]
+    assert SessionLog(out / "session.mcap").info().steps >= kept >= 50

@@ -141,3 +141,31 @@ def test_metrics_of_an_older_run_are_migrated_to_the_current_columns(tmp_path):
     path.write_text("global_step,no_such_metric\n1,2\n")
     with pytest.raises(KeyError, match="no_such_metric"):
         MetricsWriter(path)
+
+
+def test_log_lines_print_above_the_progress_bar(tmp_path, monkeypatch, capsys, caplog):
+    import sys
+
+    from tqdm import std
+
+    written = []
+    write = std.tqdm.write.__func__
+
+    def spy(cls, s, file=None, end="\n", nolock=False):
+        written.append(s)
+        write(cls, s, file=file, end=end, nolock=nolock)
+
+    monkeypatch.setattr(std.tqdm, "write", classmethod(spy))
+    caplog.set_level(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)  # as `madi`'s logging.basicConfig
+    root = logging.getLogger()
+    root.addHandler(console)
+    cfg = AgentConfig(variant="madi", init_random_steps=20, seed=1, **{**TOY, "batch_size": 8})
+    try:
+        train_sync(DotReacherEnv(horizon=10), cfg, tmp_path, total_steps=20, eval_every=20,
+                   eval_episodes=0, log_every=10, progress=True)
+        assert console in root.handlers  # back after the run
+    finally:
+        root.removeHandler(console)
+    assert any("step 10: updates 0" in line for line in written)  # while the bar was shown
+    assert "step 10: updates 0" in capsys.readouterr().err

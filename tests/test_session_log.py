@@ -102,6 +102,26 @@ def test_write_and_read_back_bit_exact(tmp_path):
     assert log.events() == [{"kind": "reset", "episode": 0, "target_center": [0.25, 0.5]}]
 
 
+def test_flush_makes_every_recorded_transition_readable_while_recording(tmp_path):
+    """What a learner restarted mid-run reads: everything recorded before the flush."""
+    rng = np.random.default_rng(0)
+    rec = SessionRecorder(tmp_path / "s.mcap", SPACES, {"config": "{}", "backend": "sim"},
+                          flush_every=3600.0)  # no timed flush: only the explicit one
+    o = obs(rng)
+    for step in range(12):
+        nxt = {"image": np.concatenate([o["image"][3:], rng.integers(0, 256, (3, 8, 10),
+                                                                         dtype=np.uint8)]),
+               "proprio": rng.standard_normal(15).astype(np.float32)}
+        rec.transition(0, step, o, np.zeros(5, np.float32), 0.0, nxt, False, False, step,
+                       step, 0)
+        o = nxt
+    assert rec.flush()
+    log = SessionLog(tmp_path / "s.mcap")  # still being written: no footer yet
+    assert log.cut and [t.step_index for t in log.transitions()] == list(range(12))
+    rec.close()
+    assert not rec.flush()  # closed: nothing to wait for
+
+
 def test_a_robot_run_records_what_it_did(tmp_path):
     cfg = small_config()
     path, runner = record_session(tmp_path, cfg, steps=50)

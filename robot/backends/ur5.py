@@ -12,8 +12,8 @@
   connect (``arm.control_mode: upload_script``, the robot in remote control) or started
   from the pendant through the ExternalControl URCap (``urcap``). speedJ is streamed by
   the caller's control loop, one command per controller tick; the controller's step time
-  (``getStepTime``) must equal ``arm.control_period``, or connect fails saying which
-  ``arm.model`` fits.
+  (measured on its RTDE clock) must equal ``arm.control_period``, or connect fails saying
+  which ``arm.model`` fits.
 
 Safety of every exit path: the script keeps executing ``speedj(last target)`` when the
 client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stopScript``
@@ -74,6 +74,8 @@ logger = logging.getLogger(__name__)
 UNLOCK_DELAY = 5.0
 #: CB3 controllers have major version <= 3 (ur_rtde's CB3_MAJOR_VERSION).
 CB3_MAJOR_VERSION = 3
+#: Distinct RTDE timestamps whose least step is taken as the controller tick.
+_CLOCK_SAMPLES = 20
 
 
 def load_ur_rtde() -> SimpleNamespace:
@@ -189,7 +191,7 @@ class UR5Arm(Arm):
             raise DeviceError(f"the UR controller at {cfg.host} refused the control script: "
                               f"{err}. Fix: {fix}") from None
         try:
-            self.step_time = float(self._ctrl.getStepTime())
+            self.step_time = self._measure_step_time()
             if abs(self.step_time - self.control_period) > 1e-6:
                 raise DeviceError(
                     f"the controller at {cfg.host} runs at {1 / self.step_time:.0f} Hz "
@@ -218,6 +220,29 @@ class UR5Arm(Arm):
         self._close_control()
         self._close_receive()
         self._watchdog_hz = None
+
+    def _measure_step_time(self) -> float:
+        """The controller tick, s: the least step between distinct RTDE timestamps.
+
+        Not ur_rtde's ``getStepTime``: it is a real-time command, so it returns output double
+        register 0 before the control script has answered (0.0 on a fresh controller), and
+        ur_rtde strips the script's ``get_steptime()`` below version 5.4 (every CB3).
+
+        Raises:
+            DeviceError: the RTDE clock does not advance.
+        """
+        seen = [float(self._rx.getTimestamp())]
+        end = time.monotonic() + 1.0
+        while len(seen) < _CLOCK_SAMPLES and time.monotonic() < end:
+            ts = float(self._rx.getTimestamp())
+            if ts != seen[-1]:
+                seen.append(ts)
+            time.sleep(0.0005)
+        steps = [b - a for a, b in zip(seen, seen[1:], strict=False) if b > a]
+        if not steps:
+            raise DeviceError(f"the RTDE clock of {self.host} does not advance: reboot the "
+                              "controller")
+        return round(min(steps), 6)
 
     def _close_control(self) -> None:
         ctrl, self._ctrl = self._ctrl, None
