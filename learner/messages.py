@@ -81,6 +81,7 @@ __all__ = [
     "Spaces",
     "Transition",
     "TransitionAssembler",
+    "TransitionBounds",
     "TransitionPacker",
     "Weights",
     "decode",
@@ -1078,6 +1079,36 @@ class TransitionPacker:
         return msg
 
 
+@dataclass(frozen=True)
+class TransitionBounds:
+    """Value ranges of a transition, checked by the learner before it trusts one.
+
+    Shapes and finiteness are checked on decode; these catch finite values no real robot
+    of the task can send (an injected reward of 1e6, a proprio vector from another arm).
+
+    Attributes:
+        reward_low / reward_high: Reward range of the task (dense: [0, dense_clip];
+            sparse: [-1, 0]).
+        proprio_high: float32 ``(P,)``; proprio and next_proprio must lie in
+            ``[-proprio_high, proprio_high]``.
+        action_high: Largest ``|action|`` (1.0: actions are fractions of ``speed_max``).
+    """
+
+    reward_low: float
+    reward_high: float
+    proprio_high: np.ndarray
+    action_high: float = 1.0
+
+    def contains(self, t: Transition) -> bool:
+        """True if the reward, proprio, next_proprio and action of ``t`` are in range."""
+        return bool(
+            self.reward_low <= t.reward <= self.reward_high
+            and np.all(np.abs(t.proprio) <= self.proprio_high)
+            and np.all(np.abs(t.next_proprio) <= self.proprio_high)
+            and np.all(np.abs(t.action) <= self.action_high)
+        )
+
+
 class TransitionAssembler:
     """Learner side: rebuilds ``ReplayBuffer.add`` arguments from :class:`Transition` s.
 
@@ -1087,16 +1118,20 @@ class TransitionAssembler:
 
     Args:
         spaces: The observation/action spaces.
+        bounds: Value ranges a transition must keep (None: shapes only).
 
     Attributes:
         counters: ``assembled``, ``keyframes``, ``gaps`` (deltas dropped because the
-            previous message is missing) and ``bad_shape`` (frames/proprio/action that do
-            not fit ``spaces``).
+            previous message is missing), ``bad_shape`` (frames/proprio/action that do
+            not fit ``spaces``) and ``out_of_bounds`` (a reward, proprio or action value
+            outside ``bounds``).
     """
 
-    def __init__(self, spaces: Spaces):
+    def __init__(self, spaces: Spaces, bounds: TransitionBounds | None = None):
         self.spaces = spaces
-        self.counters = {"assembled": 0, "keyframes": 0, "gaps": 0, "bad_shape": 0}
+        self.bounds = bounds
+        self.counters = {"assembled": 0, "keyframes": 0, "gaps": 0, "bad_shape": 0,
+                         "out_of_bounds": 0}
         self.reset()
 
     def reset(self) -> None:
@@ -1127,6 +1162,10 @@ class TransitionAssembler:
         """
         if not self.fits(t):
             self.counters["bad_shape"] += 1
+            self.reset()
+            return None
+        if self.bounds is not None and not self.bounds.contains(t):
+            self.counters["out_of_bounds"] += 1
             self.reset()
             return None
         k, (c, h, w) = self.spaces.frame_stack, self.spaces.frame_shape

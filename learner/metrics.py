@@ -55,6 +55,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "link/received",
     "link/assembled",
     "link/gaps",
+    "link/out_of_bounds",
     "link/rejected",
     "link/robot_dropped",
     "robot/overruns",

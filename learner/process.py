@@ -46,7 +46,13 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.link import LearnerLink
-from learner.messages import Shutdown, Transition, TransitionAssembler, Weights
+from learner.messages import (
+    Shutdown,
+    Transition,
+    TransitionAssembler,
+    TransitionBounds,
+    Weights,
+)
 from learner.metrics import MetricsWriter, SinkConfig
 from learner.replay import Batch, ReplayBuffer, sample_mixed
 
@@ -123,6 +129,9 @@ class LearnerProcess:
         skip_random: Update from the first env step instead of after
             ``init_random_steps`` (the robot acts with the loaded policy from the start).
         sinks: Where the metrics rows also go (TensorBoard, W&B); None: metrics.csv only.
+        bounds: Value ranges of a transition from the robot (:func:`robot.task.
+            transition_bounds`); one outside them is dropped and counted
+            (``link/out_of_bounds``). None: shapes and finiteness only.
 
     Raises:
         learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint, or
@@ -135,7 +144,8 @@ class LearnerProcess:
                  log_every: int = 1000, save_replay: bool = False,
                  resume: str | Path | None = None, exit_on_robot_shutdown: bool = False,
                  init_from: str | Path | None = None, prior_mix: float = 0.0,
-                 skip_random: bool = False, sinks: SinkConfig | None = None):
+                 skip_random: bool = False, sinks: SinkConfig | None = None,
+                 bounds: TransitionBounds | None = None):
         spaces = link.spaces
         self.cfg = cfg
         self.link = link
@@ -156,7 +166,7 @@ class LearnerProcess:
                                 gamma=cfg.gamma)
 
         self.replay = new_replay(cfg.seed)
-        self.assembler = TransitionAssembler(spaces)
+        self.assembler = TransitionAssembler(spaces, bounds)
         self.env_steps = 0
         self.episodes = 0
         self.prior_mix = float(prior_mix)
@@ -484,6 +494,7 @@ class LearnerProcess:
             "link/received": c.get("received_transitions", 0),
             "link/assembled": self.assembler.counters["assembled"],
             "link/gaps": self.assembler.counters["gaps"],
+            "link/out_of_bounds": self.assembler.counters["out_of_bounds"],
             "link/rejected": c.get("rejected", 0),
             "link/robot_dropped": peer.get("dropped_full", 0) + peer.get("dropped_no_peer", 0),
             "robot/overruns": peer.get("overruns", 0),

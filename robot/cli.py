@@ -664,6 +664,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
     from learner.link import LearnerLink, LinkAddresses, LinkError
     from learner.process import LearnerProcess
     from robot.runner import spaces_of
+    from robot.task import transition_bounds
 
     if args.keys:
         args.overrides.append(f"link.keys={args.keys}")
@@ -694,7 +695,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
             save_replay=cfg.train.save_replay, resume=args.resume,
             exit_on_robot_shutdown=args.exit_with_robot, init_from=args.init_from,
             prior_mix=args.init_replay_mix, skip_random=args.init_skip_random,
-            sinks=cfg.train.sinks())
+            sinks=cfg.train.sinks(), bounds=transition_bounds(cfg))
         _on_signals(learner.request_stop)
         if args.pretrain:
             learner.pretrain(_recorded_transitions(cfg, args.pretrain),

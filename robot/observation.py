@@ -15,6 +15,26 @@ import numpy as np
 
 from robot.config import ArmConfig
 
+#: UR5 (CB3 and e-series) joint range and top joint speed: +-360 deg, 180 deg/s (UR5
+#: technical specifications).
+JOINT_RANGE_RAD = 2 * np.pi
+JOINT_SPEED_MAX = np.pi
+
+
+def proprio_high(arm: ArmConfig) -> np.ndarray:
+    """Bound of :func:`proprio`'s absolute values for the arm's active joints.
+
+    Args:
+        arm: Gives ``active_joints`` and ``speed_max``.
+
+    Returns:
+        float32 (3n,): 2 pi rad for q, pi / speed_max for qd / speed_max, 1 for the
+        previous action.
+    """
+    n = len(arm.active_joints)
+    return np.concatenate([np.full(n, JOINT_RANGE_RAD), np.full(n, JOINT_SPEED_MAX / arm.speed_max),
+                           np.ones(n)]).astype(np.float32)
+
 
 class FrameStack:
     """The k newest frames as one channel-stacked image.

@@ -15,7 +15,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from robot.config import TargetConfig, TaskConfig
+from learner.messages import TransitionBounds
+from robot.config import Config, TargetConfig, TaskConfig
+from robot.observation import proprio_high
 
 
 def sample_target_center(rng: np.random.Generator, radius: float, aspect: float) -> np.ndarray:
@@ -149,3 +151,26 @@ class RedTargetReward:
         weighted = float(_centre_weights(h, w)[mask].sum())
         reward = min(max(self.task.dense_scale * weighted / (w * h), 0.0), self.task.dense_clip)
         return RewardInfo(reward, red_fraction, success)
+
+
+def reward_range(task: TaskConfig) -> tuple[float, float]:
+    """Lowest and highest step reward of :class:`RedTargetReward`.
+
+    Returns:
+        ``(0, dense_clip)`` for the dense reward, ``(-1, -1)`` for the sparse one.
+    """
+    return (0.0, task.dense_clip) if task.reward == "dense" else (-1.0, -1.0)
+
+
+def transition_bounds(cfg: Config) -> TransitionBounds:
+    """What a robot of this task can send: the learner drops any transition outside it.
+
+    Args:
+        cfg: The run's config (``task`` for the reward, ``arm`` for proprio bounds).
+
+    Returns:
+        Reward range, proprio bound (:func:`robot.observation.proprio_high`), actions in
+        [-1, 1].
+    """
+    low, high = reward_range(cfg.task)
+    return TransitionBounds(low, high, proprio_high(cfg.arm))

@@ -20,31 +20,11 @@ import numpy as np
 
 from robot.config import Config
 from robot.distractions import Distractions, Plain, screen
-from robot.observation import FrameStack, action_to_qd, proprio
+from robot.observation import FrameStack, action_to_qd, proprio, proprio_high
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, sample_target_center
 from sim.mirror import Mirror
 from sim.randomize import ImageEffects, sample
-
-#: UR5 (CB3 and e-series) joint range and top joint speed: +-360 deg, 180 deg/s.
-JOINT_RANGE_RAD = 2 * np.pi
-JOINT_SPEED_MAX = np.pi
-
-
-def proprio_space(n: int, speed_max: float) -> gym.spaces.Box:
-    """Bounds of :func:`robot.observation.proprio` for ``n`` active joints.
-
-    Args:
-        n: Active joints.
-        speed_max: rad/s that action 1.0 maps to (``arm.speed_max``).
-
-    Returns:
-        float32 Box (3n,): q in +-2 pi rad, qd / speed_max in +-pi / speed_max, previous
-        action in [-1, 1].
-    """
-    high = np.concatenate([np.full(n, JOINT_RANGE_RAD), np.full(n, JOINT_SPEED_MAX / speed_max),
-                           np.ones(n)]).astype(np.float32)
-    return gym.spaces.Box(-high, high, dtype=np.float32)
 
 
 class VisualReacherEnv(gym.Env):
@@ -98,7 +78,8 @@ class VisualReacherEnv(gym.Env):
         k, n = cfg.task.frame_stack, len(self.active)
         self.observation_space = gym.spaces.Dict({
             "image": gym.spaces.Box(0, 255, (3 * k, h, w), np.uint8),
-            "proprio": proprio_space(n, cfg.arm.speed_max),
+            "proprio": gym.spaces.Box(-proprio_high(cfg.arm), proprio_high(cfg.arm),
+                                      dtype=np.float32),
         })
         self.action_space = gym.spaces.Box(-1.0, 1.0, (n,), np.float32)
         self._frames = FrameStack(k)

@@ -14,7 +14,9 @@ id                                            arm      reward  episode end
 so that ``gymnasium.make("sim:MadiRobot/UR5VisualReacher-v0", render_mode="rgb_array")``
 works in any script (the ``sim:`` prefix imports this package first), and so do
 ``gymnasium.make_vec(..., vectorization_mode="sync" | "async")``, Stable-Baselines3 and
-CleanRL loops. The env runs at ``sim.pace: fast`` (as fast as the CPU allows); the
+CleanRL loops. For async workers in a process that already runs threads (torch, a
+renderer) pass ``vector_kwargs={"context": "spawn"}``: a forked worker can inherit a held
+lock and hang. The env runs at ``sim.pace: fast`` (as fast as the CPU allows); the
 project's own loops keep building :class:`sim.env.VisualReacherEnv` from a config.
 
 Keyword arguments of ``gymnasium.make`` (all optional): ``config`` (a YAML path or a

@@ -44,8 +44,11 @@ def test_make_validates_its_arguments(tmp_path):
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_vector_envs_step_in_lockstep(mode):
-    envs = gym.make_vec("MadiRobot/UR5VisualReacher-v0", num_envs=2, vectorization_mode=mode,
-                        overrides=SMALL)
+    # async: spawned workers (a fork of a process with threads and an EGL context can
+    # hang); the "sim:" prefix registers the ids in each worker
+    extra = {"vector_kwargs": {"context": "spawn"}} if mode == "async" else {}
+    envs = gym.make_vec("sim:MadiRobot/UR5VisualReacher-v0", num_envs=2,
+                        vectorization_mode=mode, overrides=SMALL, **extra)
     try:
         obs, _ = envs.reset(seed=[3, 4])
         assert obs["image"].shape == (2, 9, 45, 80) and obs["proprio"].shape == (2, 15)

@@ -387,6 +387,40 @@ def test_packer_assembler_rebuild_exact_replay_arguments():
         assert np.array_equal(np.asarray(a[key]), np.asarray(b[key])), key
 
 
+def test_out_of_bounds_transitions_are_dropped_and_counted():
+    from learner.messages import TransitionBounds
+
+    rng = np.random.default_rng(7)
+    packer = TransitionPacker(SPACES, keyframe_every=1)  # every message stands alone
+    bounds = TransitionBounds(0.0, 4.0, np.full(P, 3.0, np.float32))
+    assembler = TransitionAssembler(SPACES, bounds)
+    kept = []
+    for i, (ep, step, obs, action, _, next_obs, term, trunc) in enumerate(
+            episode_stream(rng, 6, 1)):
+        reward = [1.0, 1e6, 1.0, 1.0, -0.5, 1.0][i]  # an injected reward, a negative one
+        if i == 2:
+            next_obs = {**next_obs, "proprio": np.full(P, 50.0, np.float32)}
+        if i == 3:
+            action = np.full(A, 1.5, np.float32)
+        msg = packer.pack(ep, step, obs, action, reward, next_obs, term, trunc,
+                          frame_time_ns=0, action_time_ns=1, policy_version=0)
+        kept.append(assembler.push(decode([bytes(f) for f in encode(msg)])) is not None)
+    assert kept == [True, False, False, False, False, True]
+    assert assembler.counters["out_of_bounds"] == 4
+
+
+def test_task_bounds_hold_what_the_sim_sends():
+    from robot.config import Config
+    from robot.task import transition_bounds
+
+    cfg = Config()
+    bounds = transition_bounds(cfg)
+    assert (bounds.reward_low, bounds.reward_high) == (0.0, cfg.task.dense_clip)
+    assert bounds.proprio_high.shape == (15,) and bounds.action_high == 1.0
+    sparse = transition_bounds(Config(task={"reward": "sparse"}))
+    assert (sparse.reward_low, sparse.reward_high) == (-1.0, -1.0)
+
+
 def test_lost_delta_is_a_gap_until_the_next_keyframe():
     rng = np.random.default_rng(6)
     packer = TransitionPacker(SPACES, keyframe_every=0)
