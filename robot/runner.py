@@ -212,6 +212,7 @@ class RobotRunner:
         self.protective_stops = 0
         self.safety_ticks = 0
         self.stale_stops = 0
+        self._control_stuck = False  # the last episode's control thread did not stop
         self.held_for_learner_s = 0.0  #: Wall time waited for the learner between episodes.
         self._stop = threading.Event()
         self.stop_reason = ""
@@ -300,6 +301,7 @@ class RobotRunner:
                     record = self._episode()
                     writer.writerow(record.row())
                     f.flush()
+                    self._raise_if_control_stuck()
                     if record.end == "arm_link_lost":
                         self._reconnect_arm()
                     elif self._eval_due():
@@ -459,11 +461,7 @@ class RobotRunner:
         try:
             self._run_episode(control, record, evaluation)
         finally:
-            if not control.stop():
-                raise DeviceError(
-                    "the control thread is stuck in an arm call and did not stop; the arm "
-                    "is not confirmed stopped (the RTDE watchdog halts it): check the arm, "
-                    "then start again")
+            self._control_stuck = not control.stop()
             self._log_safety(record.episode, control)
             self._record("eval_episode_end" if evaluation else "episode_end",
                          episode=record.episode, end=record.end, steps=record.steps,
@@ -609,6 +607,19 @@ class RobotRunner:
             logger.warning("episode %d: protective stop (%s); the reset clears it",
                            record.episode, control.error)
 
+    def _raise_if_control_stuck(self) -> None:
+        """End the run if the last episode's control thread could not be stopped.
+
+        Raises:
+            DeviceError: The thread is stuck in an arm call; the arm is not confirmed
+                stopped (the controller's watchdog halts it).
+        """
+        if self._control_stuck:
+            raise DeviceError(
+                "the control thread is stuck in an arm call and did not stop; the arm is not "
+                "confirmed stopped (the RTDE watchdog halts it): check the arm, then start "
+                "again")
+
     def _eval_due(self) -> bool:
         train = self.cfg.train
         return (train.eval_episodes > 0 and not self.stopping
@@ -625,8 +636,10 @@ class RobotRunner:
             self._eval_source = make_distractions(cfg.train.eval_distractions,
                                                   self.rig.display.size_px, cfg.task)
         rng = np.random.default_rng(cfg.train.eval_seed)
-        records = [self._episode(self._eval_source, rng)
-                   for _ in range(cfg.train.eval_episodes)]
+        records = []
+        for _ in range(cfg.train.eval_episodes):
+            records.append(self._episode(self._eval_source, rng))
+            self._raise_if_control_stuck()
         new = not self._eval_csv.exists()
         with open(self._eval_csv, "a", newline="") as f:
             writer = csv.writer(f)

@@ -239,3 +239,32 @@ def test_fast_pace_is_refused_on_a_real_arm(tmp_path):
     cfg.backend = "ur5"
     with pytest.raises(ValueError, match="fast pace .* RealRig"):
         RobotRunner(cfg, RealRig(cfg), tmp_path, None, realtime=False)
+
+
+def test_a_stalled_control_thread_ends_the_episode_and_then_the_run(tmp_path):
+    # The sim arm's speedJ hangs from its 30th call on (a control thread stuck in an arm
+    # call): the agent step sees no tick for 2 agent periods, ends the episode, cannot stop
+    # the thread and ends the run, since the arm is not confirmed stopped.
+    from robot.backends.base import DeviceError
+
+    cfg = small_config()
+    cfg.sim.pace = "realtime"
+    rig = SimRig(cfg)
+    release, calls = threading.Event(), []
+    speedj = rig.arm._speedj
+
+    def hanging_speedj(qd, acceleration):
+        calls.append(1)
+        if len(calls) >= 30:
+            release.wait(20)
+        speedj(qd, acceleration)
+
+    rig.arm._speedj = hanging_speedj
+    runner = RobotRunner(cfg, rig, tmp_path, link=None, total_steps=40, realtime=True)
+    try:
+        with pytest.raises(DeviceError, match="control thread is stuck"):
+            runner.run()
+    finally:
+        release.set()
+    rows = episodes(tmp_path)
+    assert rows[-1]["end"] == "control_stalled" and int(rows[-1]["steps"]) < 20
