@@ -116,12 +116,17 @@ class Batch:
                         for f in fields(Batch)})
 
 
+class TooFewSteps(ValueError):
+    """No stored start has ``n_step`` steps ahead in its episode yet (see ``sample``)."""
+
+
 def sample_mixed(replay: Any, prior: Any | None, share: float, batch_size: int) -> Batch:
     """A batch with ``share`` of it from ``prior`` and the rest from ``replay``.
 
     Sim -> real fine-tuning (``--init-replay-mix``): ``prior`` is the init-from run's
-    replay buffer, ``replay`` the new run's. While ``replay`` is empty the whole batch
-    comes from ``prior``; without a prior (None or empty) from ``replay`` alone.
+    replay buffer, ``replay`` the new run's. While ``replay`` is empty (or, with n-step
+    windows, holds no start with n steps ahead yet) the whole batch comes from ``prior``;
+    without a prior (None or empty) from ``replay`` alone.
 
     Args:
         replay: The new run's buffer (``sample(n) -> Batch``, ``len``).
@@ -131,10 +136,14 @@ def sample_mixed(replay: Any, prior: Any | None, share: float, batch_size: int) 
     """
     if prior is None or len(prior) == 0:
         return replay.sample(batch_size)
-    if len(replay) == 0:
-        return prior.sample(batch_size)
     n_prior = round(batch_size * share)
-    return Batch.concatenate([prior.sample(n_prior), replay.sample(batch_size - n_prior)])
+    try:
+        new = replay.sample(batch_size - n_prior) if len(replay) else None
+    except TooFewSteps:  # n-step windows: the new run's first episode is still short
+        new = None
+    if new is None:
+        return prior.sample(batch_size)
+    return Batch.concatenate([prior.sample(n_prior), new])
 
 
 def frame_capacity_for(capacity: int, frame_stack: int) -> int:
@@ -756,7 +765,7 @@ class ReplayBuffer:
             todo = todo[~ok]
             if todo.size == 0:
                 return rows, reward, alive
-        raise ValueError(
+        raise TooFewSteps(
             f"no stored transition has n_step={n} steps ahead in its episode "
             f"({len(self)} stored); add longer episodes or lower agent.n_step"
         )

@@ -76,7 +76,7 @@ def test_resume_of_a_run_without_checkpoints_fails_before_starting(tmp_path, cap
     def no_learner(*args, **kwargs):
         raise AssertionError("the learner was started")
 
-    monkeypatch.setattr("robot.cli.subprocess.Popen", no_learner)
+    monkeypatch.setattr("robot.supervisor.subprocess.Popen", no_learner)
     run = tmp_path / "run"
     run.mkdir()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
