@@ -1,29 +1,39 @@
 """MaDi's claim in the sim: return kept under distractions, MaDi vs masker-off vs overlay-only.
 
-Reads training runs laid out as ``RUNS/<variant>_s<seed>/`` (each from
-``madi train --sync --config configs/sim_quick.yaml --seed S --set agent.variant=V``),
-evaluates every run's final ``checkpoints/policy.pt`` with ``madi eval``'s code on the
-``none``, ``easy`` and ``hard`` sets (deterministic policy, the same episodes and seeds for
-every run), and writes:
+Reads the seed sweep's run directories (``benchmarks/sweep.py``: ``RUNS/<recipe>/s<seed>/``,
+finished runs only), evaluates every run's final ``checkpoints/policy.pt`` with
+``madi eval``'s code (deterministic policy) on fixed episodes (the config's
+``train.eval_seed``: the same targets, start states and distractions for every run) under
+``none``, ``easy``, ``hard``, ``decoys`` and any ``--videos`` folders, and a random-action
+policy on the same episodes. Writes:
 
-- ``RUNS/claim.json``: every run's results;
-- a markdown table (printed): mean return per set (mean ± std over seeds) and the return
-  kept under ``easy`` and ``hard`` as a fraction of ``none``;
-- ``--plot``: a bar chart of the kept fractions;
-- ``--masks``: the Masker picture (frames and masks side by side under each set) of one
-  MaDi run.
+- ``RUNS/claim.json``: every run's per-episode returns and successes (and each run's own
+  ``distractions.json``, so an interrupted evaluation resumes where it stopped);
+- ``--table``: per recipe and set, the mean return, the success rate and the fraction of
+  the learned return kept above the random floor,
+  ``(R_set - R_random,set) / (R_none - R_random,none)`` per seed, each with a 95%
+  stratified-bootstrap CI over seeds (rliable; Agarwal et al., NeurIPS 2021). Subtracting
+  the random policy's return on the same set removes what a set adds to every policy's
+  reward (the dot's anti-aliased rim counts as red against dark backgrounds);
+- ``--plot``: the kept fractions with their CIs;
+- ``--masks``: camera frames beside the Masker's masks under every set, for one MaDi run.
 
 Usage::
 
-    python benchmarks/distraction_claim.py --runs runs/distractions --episodes 10 \\
-        --plot docs/distraction_claim.png --masks docs/masker.png
+    python benchmarks/distraction_claim.py --runs runs/sweep \\
+        --recipe nstep3 --recipe sac_crop --recipe svea_overlay --episodes 10 \\
+        --table docs/results/distraction_claim.md --plot docs/distraction_claim.png \\
+        --masks docs/masker.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import cv2
@@ -31,88 +41,167 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-SETS = ("none", "easy", "hard")
-VARIANTS = {"madi": "MaDi", "sac_crop": "masker off (SAC+crop)",
-            "svea_overlay": "overlay only (SVEA-style)", "random": "random actions"}
+from sweep import finished_runs, interval  # noqa: E402
+
+NAMED = ("none", "easy", "hard", "decoys")
+LABELS = {"madi": "MaDi", "sac_crop": "masker off (SAC+crop)",
+          "svea_overlay": "overlay only (SVEA-style)"}
 
 
-def evaluate_runs(runs: Path, episodes: int) -> dict:
+def evaluate_run(run: Path | None, sets: list[str], episodes: int) -> dict:
+    """Per-set returns and successes of ``run``'s final policy (random actions for None).
+
+    Results are cached in the run's ``distractions.json`` (or ``RUNS/random.json``) per
+    set, episode count and evaluation seed, so a stopped evaluation resumes.
+    """
+    import torch
+
     from learner.policy import MadiPolicy
-    from robot.config import load_config
-    from robot.evaluate import evaluate
-
-    out: dict = {}
-    for run in sorted(p for p in runs.iterdir() if (p / "checkpoints" / "policy.pt").exists()):
-        variant, seed = run.name.rsplit("_s", 1)
-        cfg = load_config(run / "config.yaml")
-        policy = MadiPolicy.from_checkpoint(run / "checkpoints" / "policy.pt")
-        results = {s: evaluate(cfg, policy, s, episodes, seed=1000) for s in SETS}
-        out.setdefault(variant, {})[seed] = {
-            s: {"mean_return": r.mean_return, "success_rate": r.success_rate,
-                "returns": r.returns} for s, r in results.items()}
-        print(f"{run.name}: " + ", ".join(f"{s} {r.mean_return:.1f}"
-                                          for s, r in results.items()), flush=True)
-    return out
-
-
-def evaluate_random(runs: Path, episodes: int) -> dict:
     from robot.config import load_config
     from robot.evaluate import RandomPolicy, evaluate
 
-    cfg = load_config(next(runs.glob("*/config.yaml")))
-    results = {s: evaluate(cfg, RandomPolicy(), s, episodes, seed=1000) for s in SETS}
-    return {"0": {s: {"mean_return": r.mean_return, "success_rate": r.success_rate,
-                      "returns": r.returns} for s, r in results.items()}}
+    torch.set_num_threads(1)
+    cfg = load_config(run / "config.yaml")
+    policy = RandomPolicy(seed=0) if run.name == "random" else \
+        MadiPolicy.from_checkpoint(run / "checkpoints" / "policy.pt")
+    cache_path = run / "distractions.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    for s in sets:
+        key = f"{s}|{episodes}|{cfg.train.eval_seed}"
+        if key not in cache:
+            r = evaluate(cfg, policy, s, episodes, seed=cfg.train.eval_seed)
+            cache[key] = {"returns": r.returns, "successes": r.successes}
+            cache_path.write_text(json.dumps(cache, indent=1))
+            print(f"{run}: {s} {np.mean(r.returns):.1f}", flush=True)
+    return {s: cache[f"{s}|{episodes}|{cfg.train.eval_seed}"] for s in sets}
 
 
-def table(data: dict) -> str:
-    lines = ["| method | seeds | none | easy | hard | kept under easy | kept under hard |",
-             "|---|---|---|---|---|---|---|"]
-    for variant, label in VARIANTS.items():
-        seeds = data.get(variant, {})
-        if not seeds:
+def evaluate_all(runs: Path, recipes: list[str], sets: list[str], episodes: int,
+                 jobs: int) -> dict:
+    """{recipe: {seed: {set: results}}} for every finished run, plus ``random``."""
+    todo = {(name, seed): d for name in recipes for seed, d in finished_runs(runs, name).items()}
+    if not todo:
+        raise SystemExit(f"no finished runs of {recipes} under {runs}")
+    random_dir = runs / "random"  # the random policy, on the first run's config
+    random_dir.mkdir(exist_ok=True)
+    first = next(iter(todo.values()))
+    (random_dir / "config.yaml").write_text((first / "config.yaml").read_text())
+    todo[("random", 0)] = random_dir
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {k: pool.submit(evaluate_run, d, sets, episodes) for k, d in todo.items()}
+        data: dict = {}
+        for (name, seed), fut in futures.items():
+            data.setdefault(name, {})[seed] = fut.result()
+    return data
+
+
+def variant_of(runs: Path, recipe: str) -> str:
+    """The ``agent.variant`` a recipe's runs trained."""
+    from robot.config import load_config
+
+    run = next(iter(finished_runs(runs, recipe).values()))
+    return load_config(run / "config.yaml").agent.variant
+
+
+def summarise(data: dict, sets: list[str]) -> dict:
+    """Per recipe and set: mean return, success rate and kept fraction with 95% CIs."""
+    from rliable import metrics
+
+    rand = data["random"][0]
+    floor = {s: float(np.mean(rand[s]["returns"])) for s in sets}
+    out: dict = {"random": {s: {"return": floor[s],
+                                "success": float(np.mean(rand[s]["successes"]))}
+                            for s in sets}}
+    for name, seeds in data.items():
+        if name == "random":
             continue
-        means = {s: np.array([seeds[k][s]["mean_return"] for k in sorted(seeds)]) for s in SETS}
-        kept = {s: means[s] / np.maximum(means["none"], 1e-9) for s in ("easy", "hard")}
-        cells = [f"{means[s].mean():.1f} ± {means[s].std():.1f}" for s in SETS]
-        cells += [f"{kept[s].mean():.2f} ± {kept[s].std():.2f}" for s in ("easy", "hard")]
-        lines.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows = {}
+        for s in sets:
+            ret = np.array([[np.mean(seeds[k][s]["returns"])] for k in sorted(seeds)])
+            succ = np.array([[np.mean(seeds[k][s]["successes"])] for k in sorted(seeds)])
+            none = np.array([[np.mean(seeds[k]["none"]["returns"])] for k in sorted(seeds)])
+            kept = (ret - floor[s]) / np.maximum(none - floor["none"], 1e-9)
+            rows[s] = {"per_seed": ret[:, 0].tolist(), "kept_per_seed": kept[:, 0].tolist()}
+            if len(seeds) >= 2:
+                rows[s].update(return_ci=interval(ret, metrics.aggregate_mean),
+                               success_ci=interval(succ, metrics.aggregate_mean),
+                               kept_ci=interval(kept, metrics.aggregate_mean))
+        out[name] = rows
+    return out
 
 
-def plot(data: dict, out: Path) -> None:
+def set_label(spec: str) -> str:
+    """A set's name in tables and plots: the name, or a folder's last component."""
+    return spec if spec in NAMED else Path(spec).name
+
+
+def markdown(summary: dict, sets: list[str], labels: dict[str, str]) -> str:
+    """Two Markdown tables: mean return (success rate), and the kept fractions."""
+    def ci(t, fmt):
+        return f"{fmt.format(t[0])} [{fmt.format(t[1])}, {fmt.format(t[2])}]"
+
+    names = [set_label(s) for s in sets]
+    head = "| method | seeds | " + " | ".join(names) + " |"
+    rule = "|---|---|" + "---|" * len(sets)
+    ret_lines = ["Mean return [95% CI] (success rate), fixed episodes:", "", head, rule]
+    kept_lines = ["Kept above the random floor, (R_set - R_rand,set) / (R_none - R_rand,none) "
+                  "[95% CI]:", "", "| method | seeds | " + " | ".join(names[1:]) + " |",
+                  "|---|---|" + "---|" * (len(sets) - 1)]
+    for name, rows in summary.items():
+        if name == "random":
+            continue
+        n = len(rows["none"]["per_seed"])
+        cells = [(ci(rows[s]["return_ci"], "{:.0f}") if "return_ci" in rows[s] else
+                  f"{rows[s]['per_seed'][0]:.0f}") +
+                 (f" ({rows[s]['success_ci'][0]:.0%})" if "success_ci" in rows[s] else "")
+                 for s in sets]
+        ret_lines.append(f"| {labels[name]} | {n} | " + " | ".join(cells) + " |")
+        kept = [ci(rows[s]["kept_ci"], "{:.2f}") if "kept_ci" in rows[s] else
+                f"{rows[s]['kept_per_seed'][0]:.2f}" for s in sets[1:]]
+        kept_lines.append(f"| {labels[name]} | {n} | " + " | ".join(kept) + " |")
+    rand = summary["random"]
+    ret_lines.append("| random actions | - | " + " | ".join(
+        f"{rand[s]['return']:.0f} ({rand[s]['success']:.0%})" for s in sets) + " |")
+    return "\n".join(ret_lines + [""] + kept_lines)
+
+
+def plot(summary: dict, sets: list[str], labels: dict[str, str], out: Path) -> None:
+    """Bar chart of the kept fractions with 95% CIs, one group per distraction set."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    width = 0.25
-    for i, (variant, label) in enumerate(VARIANTS.items()):
-        seeds = data.get(variant, {})
-        if not seeds:
-            continue
-        vals = []
-        for s in SETS:
-            per_seed = [seeds[k][s]["mean_return"] / max(seeds[k]["none"]["mean_return"], 1e-9)
-                        for k in sorted(seeds)]
-            vals.append(per_seed)
-        x = np.arange(len(SETS)) + (i - 1) * width
-        ax.bar(x, [np.mean(v) for v in vals], width, yerr=[np.std(v) for v in vals],
-               label=label, capsize=3)
-    ax.set_xticks(np.arange(len(SETS)), SETS)
-    ax.set_ylabel("return / return without distractions")
+    names = [n for n in summary if n != "random"]
+    shown = sets[1:]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        rows = summary[name]
+        point = [rows[s]["kept_ci"][0] if "kept_ci" in rows[s] else rows[s]["kept_per_seed"][0]
+                 for s in shown]
+        low = [p - rows[s]["kept_ci"][1] if "kept_ci" in rows[s] else 0
+               for p, s in zip(point, shown, strict=True)]
+        high = [rows[s]["kept_ci"][2] - p if "kept_ci" in rows[s] else 0
+                for p, s in zip(point, shown, strict=True)]
+        x = np.arange(len(shown)) + (i - (len(names) - 1) / 2) * width
+        ax.bar(x, point, width, yerr=[low, high], capsize=3, label=labels[name])
+    ax.set_xticks(np.arange(len(shown)), [set_label(s) for s in shown])
+    ax.set_ylabel("kept above the random floor")
     ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+    ax.axhline(0.0, color="0.3", lw=0.8)
     ax.legend(fontsize=8)
-    ax.set_title("Return kept under distractions (sim, deterministic policy)")
+    ax.set_title("Learned return kept under distractions (mean over seeds, 95% CI)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def masks(run: Path, out: Path, scale: int = 4) -> None:
-    """Camera frames and the Masker's masks under none / easy / hard, one row each."""
+def masks(run: Path, sets: list[str], out: Path, scale: int = 4, steps: int = 12) -> None:
+    """Camera frames and the Masker's masks after ``steps`` agent steps, one row per set."""
     from learner.policy import MadiPolicy
     from robot.config import load_config
     from robot.distractions import make_distractions
@@ -122,36 +211,49 @@ def masks(run: Path, out: Path, scale: int = 4) -> None:
     cfg = load_config(run / "config.yaml", ["sim.pace=fast"])
     policy = MadiPolicy.from_checkpoint(run / "checkpoints" / "policy.pt")
     rows = []
-    for s in SETS:
+    for s in sets:
         env = VisualReacherEnv(cfg, make_distractions(s, tuple(cfg.sim.texture_px), cfg.task))
-        obs, _ = env.reset(seed=1001)
+        obs, _ = env.reset(seed=cfg.train.eval_seed + 1)
         policy.reset()
-        for _ in range(12):  # a few steps in: the arm has moved toward the dot
+        for _ in range(steps):  # a few steps in: the arm has moved toward the dot
             obs, *_ = env.step(policy.act(obs, deterministic=True))
-        frame = env.render()
+        row = frame_with_mask(env.render(), policy, scale)
         env.close()
-        row = frame_with_mask(frame, policy, scale)
-        cv2.putText(row, s, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2)
+        cv2.putText(row, set_label(s), (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2)
         rows.append(row)
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "distractions")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sweep")
+    parser.add_argument("--recipe", action="append", required=True,
+                        help="a recipe folder under --runs (repeatable)")
+    parser.add_argument("--videos", action="append", default=[], metavar="DIR",
+                        help="a folder of videos or images as one more set (repeatable)")
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=2, help="runs evaluated at once")
+    parser.add_argument("--table", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--masks", type=Path, default=None)
-    parser.add_argument("--masks-run", default="madi_s0")
+    parser.add_argument("--masks-run", type=Path, default=None,
+                        help="run dir for --masks (default: the first recipe's first seed)")
     args = parser.parse_args()
-    data = evaluate_runs(args.runs, args.episodes)
-    data["random"] = evaluate_random(args.runs, args.episodes)
+    sets = list(NAMED) + [str(Path(v).resolve()) for v in args.videos]
+    data = evaluate_all(args.runs, args.recipe, sets, args.episodes, args.jobs)
     (args.runs / "claim.json").write_text(json.dumps(data, indent=1))
-    print(table(data))
+    summary = summarise(data, sets)
+    labels = {r: f"{LABELS[variant_of(args.runs, r)]} ({r})" for r in args.recipe}
+    text = markdown(summary, sets, labels)
+    print(text)
+    if args.table:
+        args.table.write_text(text + "\n")
+        args.table.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     if args.plot:
-        plot(data, args.plot)
+        plot(summary, sets, labels, args.plot)
     if args.masks:
-        masks(args.runs / args.masks_run, args.masks)
+        run = args.masks_run or next(iter(finished_runs(args.runs, args.recipe[0]).values()))
+        masks(run, sets, args.masks)
     return 0
 
 

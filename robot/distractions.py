@@ -14,6 +14,7 @@ Sources:
 - :class:`MovingImages`: pans and zooms over a natural image, changing every step.
 - :class:`MovingShapes`: procedural coloured discs and bars drifting over a coloured
   background.
+- :class:`Decoys`: discs that look like the dot in all but hue, on the plain screen.
 - :class:`VideoFolder`: frames of the videos (or images) in a user folder, e.g. DAVIS.
 - :class:`Mixed`: one of several sources, picked per episode.
 
@@ -26,6 +27,11 @@ augmentation's training images):
 - ``hard``: full-contrast images that pan and zoom every step, or moving shapes: the
   background changes at every step (nothing to get used to within an episode), and at
   full contrast the colour statistics are far from the white training screen.
+- ``decoys``: the plain training screen with discs of the dot's size, brightness and
+  anti-aliased edge in other hues, some fixed on the screen (so they move in the image
+  exactly as the dot does when the camera moves), some drifting. Only the colour tells
+  them from the dot: an agent that learned "a dark disc" rather than "the red disc" is
+  led astray, one that attends to the dot is not.
 
 No source ever paints target red: colours inside the task's red thresholds
 (``task.red_low_bgr`` .. ``red_high_bgr``) are shifted out of them, so the reward still
@@ -44,7 +50,7 @@ from robot.config import TargetConfig, TaskConfig
 from robot.task import draw_target
 
 #: Names of the built-in sets.
-NAMED_SETS = ("none", "easy", "hard")
+NAMED_SETS = ("none", "easy", "hard", "decoys")
 #: Video and image suffixes read from a user folder.
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -212,6 +218,70 @@ class MovingShapes(Distractions):
         return image
 
 
+class Decoys(Distractions):
+    """Discs like the target dot in size, brightness and edge, in any hue but red.
+
+    Each episode draws ``n_decoys`` discs with radii of 0.05-0.09 of the screen height
+    (the default dot: 0.07), a hue at least 60 degrees from red, and the colour's luma
+    (ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B) set to ``luma`` (pure red's: 76). Half of
+    them stay put on the screen; the others drift by up to ``speed`` screen heights per
+    step. The background is ``background_rgb`` (the training screen).
+
+    Args:
+        size_wh: Screen image size (width, height), px.
+        n_decoys: Discs per episode.
+        luma: Target luma of every disc colour, 0-255.
+        speed: Largest drift per agent step, fraction of the screen height.
+        background_rgb: Screen colour behind the discs.
+    """
+
+    dynamic = True
+
+    def __init__(self, size_wh: tuple[int, int], n_decoys: int = 4, luma: float = 76.0,
+                 speed: float = 0.01, background_rgb: tuple[int, int, int] = (255, 255, 255)):
+        super().__init__(size_wh)
+        self.n = int(n_decoys)
+        self.luma = float(luma)
+        self.speed = float(speed)
+        self.background = tuple(int(c) for c in background_rgb)
+        self._discs: list[tuple] = []
+
+    def colour(self, hue_deg: float) -> tuple[int, int, int]:
+        """The fully saturated colour of ``hue_deg`` moved to :attr:`luma` (RGB, 0-255)."""
+        hsv = np.array([[[hue_deg / 2.0, 255, 255]]], np.uint8)  # OpenCV hue: 0-179
+        rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float64)
+        weights = np.array([0.299, 0.587, 0.114])
+        luma = float(rgb @ weights)
+        if luma > self.luma:  # darken toward black
+            rgb *= self.luma / luma
+        else:  # lighten toward white
+            rgb += (255.0 - rgb) * (self.luma - luma) / (255.0 - luma)
+        return tuple(int(round(c)) for c in rgb)
+
+    def _reset(self) -> None:
+        rng = self._rng
+        aspect = self.size_wh[0] / self.size_wh[1]
+        self._discs = []
+        for i in range(self.n):
+            velocity = np.zeros(2) if i % 2 == 0 else \
+                self.speed * rng.uniform(-1, 1, 2) * np.array([1.0 / aspect, 1.0])
+            hue = rng.uniform(60.0, 300.0)
+            self._discs.append((rng.uniform(0.1, 0.9, 2), velocity,
+                                rng.uniform(0.05, 0.09), self.colour(hue)))
+
+    def _frame(self, step: int) -> np.ndarray:
+        w, h = self.size_wh
+        image = np.empty((h, w, 3), np.uint8)
+        image[:] = self.background
+        shift = 4  # sub-pixel centres and radii, as the dot is drawn (robot.task.draw_target)
+        one = 1 << shift
+        for start, velocity, radius, colour in self._discs:
+            x, y = 1.0 - np.abs(1.0 - (start + velocity * step) % 2.0)  # bounce at the edges
+            cv2.circle(image, (round(x * w * one), round(y * h * one)), round(radius * h * one),
+                       colour, -1, cv2.LINE_AA, shift)
+        return image
+
+
 class VideoFolder(Distractions):
     """Frames of the videos (or images) in a folder, one clip per episode, looped.
 
@@ -328,8 +398,8 @@ def make_distractions(spec: str, size_wh: tuple[int, int], task: TaskConfig) -> 
     """Build a distraction set by name or folder.
 
     Args:
-        spec: ``none``, ``easy``, ``hard`` (see module docstring) or a folder of videos or
-            images.
+        spec: ``none``, ``easy``, ``hard``, ``decoys`` (see module docstring) or a folder
+            of videos or images.
         size_wh: Screen image size (width, height), px.
         task: The task (its red thresholds are kept free of distractions).
 
@@ -342,6 +412,8 @@ def make_distractions(spec: str, size_wh: tuple[int, int], task: TaskConfig) -> 
         source: Distractions = StillImages(size_wh, held_out_images(), contrast=0.5)
     elif spec == "hard":
         source = Mixed([MovingImages(size_wh, held_out_images()), MovingShapes(size_wh)])
+    elif spec == "decoys":
+        source = Decoys(size_wh)
     elif Path(spec).exists() or "/" in spec or "\\" in spec:  # meant as a folder
         source = VideoFolder(size_wh, spec)
     else:

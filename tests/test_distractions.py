@@ -64,7 +64,7 @@ def test_sets_are_disjoint_from_the_augmentation_images():
         assert image.dtype == np.uint8 and image.shape[2] == 3
 
 
-@pytest.mark.parametrize("spec", ["none", "easy", "hard", "folder"])
+@pytest.mark.parametrize("spec", ["none", "easy", "hard", "decoys", "folder"])
 def test_the_dot_is_always_on_top_and_the_only_target_red(spec, tmp_path):
     cfg = small_config()
     if spec == "folder":
@@ -89,11 +89,31 @@ def test_the_dot_is_always_on_top_and_the_only_target_red(spec, tmp_path):
 
 def test_hard_changes_every_step_easy_stays_still():
     cfg = small_config()
-    for spec, dynamic in (("easy", False), ("hard", True)):
+    for spec, dynamic in (("easy", False), ("hard", True), ("decoys", True)):
         source = make_distractions(spec, SIZE, cfg.task)
         source.reset(np.random.default_rng(0))
         changed = not np.array_equal(source.frame(0), source.frame(1))
         assert source.dynamic == dynamic == changed
+
+
+def test_decoys_look_like_the_dot_but_for_its_hue():
+    cfg = small_config()
+    source = make_distractions("decoys", SIZE, cfg.task).source
+    dot_luma = float(np.dot(cfg.target.color_rgb, [0.299, 0.587, 0.114]))
+    for hue in np.linspace(60, 300, 25):
+        colour = np.array(source.colour(hue), np.float64)
+        assert abs(colour @ [0.299, 0.587, 0.114] - dot_luma) < 1.5
+        hsv = cv2.cvtColor(colour.astype(np.uint8)[None, None], cv2.COLOR_RGB2HSV)[0, 0]
+        assert 28 <= hsv[0] <= 152  # OpenCV hue (0-179): at least ~56 deg from red
+    w, h = SIZE
+    for seed in range(3):
+        source.reset(np.random.default_rng(seed))
+        frames = [source.frame(step) for step in (0, 30)]
+        background = np.all(frames[0] == 255, axis=2)
+        discs = np.count_nonzero(~background) / (np.pi * (0.07 * h) ** 2)
+        assert 0.4 * source.n < discs < 1.8 * source.n  # n discs of about the dot's size
+        still = np.all(frames[0] == frames[1], axis=2)
+        assert np.any(~background & still) and not np.all(still)  # half fixed, half drift
 
 
 def test_bad_distraction_folders_are_clear_errors(tmp_path):
