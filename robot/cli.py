@@ -8,7 +8,8 @@ Subcommands:
     madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``;
                   ``madi robot check --host IP [--move]``: preflight of the real rig
     madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
-    madi sessions ``ls DIR|FILE``: one line per recorded session
+    madi sessions ``ls DIR|FILE``: one line per recorded session; ``export FILE...
+                  --lerobot DIR``: a LeRobotDataset v3.0
     madi calibrate ``camera|hand-eye|monitor|colour|latency``: measure the rig
     madi eval     a policy under distraction sets (none, easy, hard, a folder)
     madi keys     ``new|allow|pin``: CURVE keys of a tcp link (docs/security.md)
@@ -648,12 +649,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    """``madi sessions ls PATH``: one line per session log (PATH a file, or a folder)."""
+    """``madi sessions ls|export PATH...``: list session logs, or export them.
+
+    ``ls``: one line per session log (PATH a file, or a folder). ``export ... --lerobot
+    DIR``: the sessions as one LeRobotDataset (robot/lerobot_export.py).
+    """
     from robot.replay import format_sessions, list_sessions
 
-    rows = list_sessions(args.dir)
+    if args.action == "export":
+        from robot.lerobot_export import export_command
+        return export_command(args.dir, args.lerobot)
+    rows = [row for path in args.dir for row in list_sessions(path)]
     if not rows:
-        print(f"no session logs (*.mcap) under {args.dir}")
+        print(f"no session logs (*.mcap) under {' '.join(map(str, args.dir))}")
         return 1
     print(format_sessions(rows))
     return 0
@@ -904,10 +912,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=10, help="latency: trials (default 10)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("sessions", help="list recorded sessions")
-    p.add_argument("action", choices=["ls"])
-    p.add_argument("dir", type=Path, nargs="?", default=Path("runs"), metavar="PATH",
-                   help="a session log, or a folder searched for them (default runs/)")
+    p = sub.add_parser("sessions", help="list recorded sessions; export them as a "
+                       "LeRobotDataset (export PATH... --lerobot DIR)")
+    p.add_argument("action", choices=["ls", "export"])
+    p.add_argument("dir", type=Path, nargs="*", default=[Path("runs")], metavar="PATH",
+                   help="session logs, or folders searched for them (default runs/)")
+    p.add_argument("--lerobot", type=Path, metavar="DIR", help="export: write a "
+                   "LeRobotDataset v3.0 into DIR (new or empty; robot/lerobot_export.py)")
     p.set_defaults(func=cmd_sessions)
 
     p = sub.add_parser("keys", help="CURVE keys of a tcp link: new key pairs, allow a robot "
