@@ -654,11 +654,11 @@ def cmd_sessions(args: argparse.Namespace) -> int:
     ``ls``: one line per session log (PATH a file, or a folder). ``export ... --lerobot
     DIR``: the sessions as one LeRobotDataset (robot/lerobot_export.py).
     """
-    from robot.replay import format_sessions, list_sessions
-
     if args.action == "export":
         from robot.lerobot_export import export_command
         return export_command(args.dir, args.lerobot)
+    from robot.replay import format_sessions, list_sessions
+
     rows = [row for path in args.dir for row in list_sessions(path)]
     if not rows:
         print(f"no session logs (*.mcap) under {' '.join(map(str, args.dir))}")

@@ -8,6 +8,7 @@ bundled ffmpeg, and compared frame by frame with what the agent saw.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import imageio_ffmpeg
 import numpy as np
@@ -95,6 +96,16 @@ def decode(path):
     return frames, meta
 
 
+def presentation_times(path):
+    """Each video packet's presentation time, s (ffmpeg's framecrc, no decoding)."""
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path),
+                          "-map", "0:v", "-c", "copy", "-f", "framecrc", "-"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    num, den = next(line for line in out if line.startswith("#tb 0:")).split()[-1].split("/")
+    pts = [int(line.split(",")[1]) for line in out if not line.startswith("#")]
+    return np.sort(np.array(pts)) * int(num) / int(den)
+
+
 def check_dataset(root, expected, fps=25):
     """Everything a LeRobot v3.0 reader relies on, against the recorded transitions."""
     info = json.loads((root / "meta" / "info.json").read_text())
@@ -168,6 +179,11 @@ def check_dataset(root, expected, fps=25):
                                                  file_index=ep[f"{key}/file_index"])
         if video not in video_cache:
             video_cache[video] = decode(video)
+            # LeRobot's decoders take the frame whose time is from_timestamp + timestamp,
+            # within 1e-4 s: the video is constant frame rate, frame j at j / fps
+            np.testing.assert_allclose(presentation_times(video),
+                                       np.arange(len(video_cache[video][0])) / fps,
+                                       rtol=0, atol=1e-6)
         frames, meta = video_cache[video]
         assert tuple(meta["size"]) == (w, h) and meta["fps"] == fps
         first = round(ep[f"{key}/from_timestamp"] * fps)
