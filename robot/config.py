@@ -18,7 +18,14 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from learner.config import AgentConfig
 from learner.metrics import SinkConfig
@@ -36,6 +43,9 @@ RGB = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, m
 
 #: Controller tick of each arm generation, s (CB3: 125 Hz, e-series: 500 Hz; UR RTDE guide).
 CONTROL_PERIOD = {"ur5": 0.008, "ur5e": 0.002}
+
+#: URL schemes ``camera.device`` may name (streams OpenCV's FFmpeg backend opens).
+_STREAM_SCHEMES = ("http", "https", "rtsp")
 
 #: Home pose of the MaDi / ReLoD UR5 visual reacher, rad.
 Q_HOME = [1.5707, -2.0, 2.17, -3.0415, -1.5707, 3.1415]
@@ -138,8 +148,10 @@ class CameraConfig(_Section):
     """
 
     device: int | str = Field(
-        0, description="OpenCV device index, /dev/video path, or a video file (played at "
-        "fps, for dry runs and tests).",
+        0, description="OpenCV device index, /dev/video path, a video file (played at "
+        "fps, for dry runs and tests) or a network stream URL (http://, https://, "
+        "rtsp://; e.g. an IP camera's MJPEG stream or the emulated controller's "
+        "http://127.0.0.2:8080/camera.mjpg).",
     )
     fourcc: str | None = Field(
         "MJPG", min_length=4, max_length=4,
@@ -173,6 +185,21 @@ class CameraConfig(_Section):
         description="Camera orientation in the flange frame (OpenCV axes: x right, y down, "
         "z forward), extrinsic roll-pitch-yaw, rad.",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: int | str) -> int | str:
+        if isinstance(device, int):
+            if device < 0:
+                raise ValueError(f"a device index is >= 0, got {device}")
+            return device
+        if not device.strip():
+            raise ValueError("camera.device is empty")
+        scheme, sep, rest = device.strip().partition("://")
+        if sep and (scheme.lower() not in _STREAM_SCHEMES or not rest.split("/")[0]):
+            raise ValueError(f"{device!r}: a stream URL must be "
+                             f"{', '.join(s + '://host...' for s in _STREAM_SCHEMES)}")
+        return device
 
     @property
     def obs_size(self) -> tuple[int, int]:
@@ -241,6 +268,23 @@ class MonitorConfig(_Section):
         description="Real rig: fullscreen = an OpenCV window on the monitor; offscreen = "
         "compose the image without a window (dry runs without a monitor, tests).",
     )
+    url: str | None = Field(
+        None,
+        description="Real rig: also send every target image to this HTTP URL (PUT, PNG), "
+        "besides the window of `output` (offscreen: instead of one); the emulated "
+        "controller shows it on the mirror's virtual monitor: "
+        "http://127.0.0.2:8080/screen (docs/real-robot.md). null: no URL.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme, sep, rest = url.strip().partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or not rest.split("/")[0]:
+            raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+        return url.strip()
 
 
 class TargetConfig(_Section):

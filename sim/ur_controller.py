@@ -18,6 +18,22 @@ and drives a physics-only :class:`sim.mirror.Mirror` of the arm in real time:
   brakes, in normal safety mode and, on an e-series, in remote control; the RTDE watchdog
   stops the program.
 
+Faults on demand (methods, also through :class:`ControllerProcess` and the emulator's HTTP
+control endpoint ``POST /fault/<name>``, :mod:`sim.emulator_io`):
+:meth:`URController.protective_stop`, :meth:`~URController.press_emergency_stop`,
+:meth:`~URController.set_remote_control` (off),
+:meth:`~URController.pull_cable` (every port goes silent while the sockets stay up: no RTDE
+output; RTDE inputs, script uploads and dashboard requests held back unanswered until
+:meth:`~URController.plug_cable`), :meth:`~URController.reset_connections` (every RTDE
+connection closed with a TCP RST), :meth:`~URController.kill_script` (the running program
+ends as after a runtime error: the arm brakes, ``runtime_state`` STOPPED) and
+:meth:`~URController.slow_down` (the tick loop runs ``factor`` times slower than real time:
+controller time, counted in ticks, falls behind the wall clock).
+
+With an HTTP port (``serve(http_port=...)``, ``madi sim controller``) the emulator also
+serves the mirror's wrist camera as an MJPEG stream and shows the target display's images on
+the mirror's virtual monitor (:mod:`sim.emulator_io`).
+
 Every tick (0.008 s CB3, 0.002 s e-series) the running program reads the input registers, the
 current motion (speedJ target, moveJ profile or stop ramp) commands the mirror, the mirror
 advances one tick and the state goes out on RTDE. The mirror's speedJ ramp bounds each
@@ -56,7 +72,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from robot.config import CONTROL_PERIOD, config_from_dict
+from robot.config import CONTROL_PERIOD, Config, config_from_dict
 from sim.mirror import Mirror
 from sim.rtde_server import RTDEServer, accept_loop, listen, zero_outputs
 from sim.ur_dashboard import DashboardServer
@@ -75,6 +91,7 @@ JOINT_SPEED_MAX = math.pi  # rad/s, UR5 and UR5e, every joint
 ACCELERATION_MAX = 40.0  # rad/s^2, the mirror's bound (ur_rtde's UR_JOINT_ACCELERATION_MAX)
 STOP_DECELERATION = 20.0  # rad/s^2, a program stop or a protective stop (emulator's choice)
 UNLOCK_DELAY = 5.0  # s, UR's wait between a protective stop and its unlock
+DEFAULT_HTTP_PORT = 8080  # camera stream, screen and faults (sim.emulator_io)
 
 # RTDE guide: robot modes, safety modes, runtime states, status bits.
 POWER_OFF, IDLE, RUNNING = 3, 5, 7
@@ -180,10 +197,13 @@ class URController:
         self._last_command: tuple[tuple[float, ...], float] | None = None
         self._snapshot: dict[str, Any] = {}
         self._qd_ref_prev = np.zeros(6)
-        self._rtde = RTDEServer(host, self.version, on_input=self._on_input)
-        self._dashboard = DashboardServer(host, self)
+        self._rtde = _CabledRTDEServer(self, host, self.version, on_input=self._on_input)
+        self._dashboard = DashboardServer(host, _BehindCable(self))
         self._script_listeners: list[socket.socket] = []
         self._stop = threading.Event()
+        self._wired = threading.Event()  # clear while the cable is pulled
+        self._wired.set()
+        self._slowdown = 1.0
         self._threads: list[threading.Thread] = []
         self._record_snapshot()
 
@@ -248,6 +268,95 @@ class URController:
         """e-series: switch the pendant to remote (True) or local (False) control."""
         with self._lock:
             self.remote_control = bool(on)
+
+    def pull_cable(self) -> None:
+        """Pull the network cable: the sockets stay open, nothing gets through.
+
+        Until :meth:`plug_cable`: no RTDE output package is sent (the clients' stream
+        stalls, their timestamps stop; ur_rtde's receive interface reports
+        ``isConnected() == False`` after its receive timeout, about 2.5 s); what the
+        clients send (RTDE inputs and handshakes, programs on the script ports, dashboard
+        requests) is held back unread and handled after the replug, as TCP delivers the
+        bytes of a link that was down, so an armed RTDE watchdog stops the program as on a
+        real controller. New connections are accepted but not answered (a real one would
+        not connect). The controller itself keeps ticking.
+        """
+        with self._lock:
+            if self._wired.is_set():
+                self._wired.clear()
+                self._event("network cable pulled")
+
+    def plug_cable(self) -> None:
+        """Plug the network cable back in: the RTDE stream resumes on the open sockets."""
+        with self._lock:
+            if not self._wired.is_set():
+                self._wired.set()
+                self._event("network cable plugged in")
+
+    def reset_connections(self) -> int:
+        """Reset every RTDE connection (TCP RST, as after a switch or controller hiccup).
+
+        The clients see a connection reset and may reconnect; the running program keeps
+        running (its RTDE watchdog, if armed, stops it when the inputs stay away).
+
+        Returns:
+            The number of RTDE connections reset.
+        """
+        count = self._rtde.stats()["client_count"]
+        self._rtde.drop_clients(graceful=False)
+        with self._lock:
+            self._event(f"{count} RTDE connection(s) reset")
+        return count
+
+    def kill_script(self, reason: str = "script killed") -> bool:
+        """End the running program now, as a runtime error or the pendant's stop does.
+
+        The arm brakes at the stop deceleration; ``runtime_state`` becomes STOPPED, so
+        ur_rtde's ``isProgramRunning()`` turns False and its commands fail until the script
+        is uploaded again (``reuploadScript``).
+
+        Returns:
+            Whether a program was running.
+        """
+        with self._lock:
+            running = self._program_running()
+            self._end_program(reason)
+            return running
+
+    def slow_down(self, factor: float = 1.0) -> None:
+        """Run the tick loop ``factor`` times slower than real time (1: normal speed).
+
+        Each tick still advances controller time (the RTDE ``timestamp``) by one tick, so a
+        client sees the controller clock run at 1/``factor`` of wall speed and samples
+        arrive ``factor`` times further apart (an overloaded controller).
+
+        Raises:
+            ValueError: ``factor`` is not a finite number >= 1.
+        """
+        factor = float(factor)
+        if not (math.isfinite(factor) and factor >= 1.0):
+            raise ValueError(f"slow-down factor must be a finite number >= 1, got {factor}")
+        with self._lock:
+            if factor != self._slowdown:
+                self._slowdown = factor
+                self._event(f"controller runs {factor:g} times slower than real time")
+
+    def faults(self) -> dict[str, Any]:
+        """The faults in force, as plain values (for RPC and HTTP).
+
+        Keys: ``cable_pulled``, ``slowdown`` (factor), ``remote_control``, ``safety_mode``
+        and ``robot_mode`` (dashboard names).
+        """
+        with self._lock:
+            return {"cable_pulled": not self._wired.is_set(), "slowdown": self._slowdown,
+                    "remote_control": self.remote_control,
+                    "safety_mode": SAFETY_NAMES[self._safety],
+                    "robot_mode": ROBOT_MODE_NAMES[self._robot_mode]}
+
+    def camera_q(self) -> np.ndarray:
+        """Actual joint positions at the last tick, float64 (6,), rad (for the camera)."""
+        with self._lock:
+            return np.array(self._snapshot["q"])
 
     def status(self) -> dict[str, Any]:
         """The controller's state at the last tick (plain Python values, for RPC).
@@ -459,6 +568,8 @@ class URController:
                     return
                 if not chunk:
                     return
+                if not _wait_for_cable(self):  # held back while the cable is out
+                    return
                 buf += chunk.decode("utf-8", "replace")
                 while (match := _PROGRAM.search(buf)) is not None:
                     self.run_program(match.group(2), match.group(0))
@@ -466,9 +577,9 @@ class URController:
 
     # ------------------------------------------------------------------ the tick
     def _tick_loop(self) -> None:
-        period = self.step_time
         next_t = time.monotonic()
         while not self._stop.is_set():
+            period = self.step_time * self._slowdown
             next_t += period
             delay = next_t - time.monotonic()
             if delay > 0:
@@ -480,7 +591,8 @@ class URController:
             except Exception:  # keep the controller alive whatever happened
                 log.exception("controller %s: tick failed", self.host)
                 continue
-            self._rtde.publish(values)
+            if self._wired.is_set():
+                self._rtde.publish(values)
 
     def _step(self) -> dict[str, Any]:
         """One controller tick; returns the RTDE output values of its end."""
@@ -597,6 +709,55 @@ class URController:
         return values
 
 
+class _CabledRTDEServer(RTDEServer):
+    """The RTDE server behind the controller's network cable.
+
+    While the cable is pulled (:meth:`URController.pull_cable`) the data packages of a
+    started stream wait unread until the replug, as TCP holds back the bytes of a link that
+    is down and delivers them late; output packages are not sent at all (the tick loop
+    skips :meth:`publish`). A connection that is still in its handshake (a client
+    reconnecting meanwhile) is reset: a real one would not get through at all, and
+    ur_rtde handles a failed connect, not a handshake that never ends.
+    """
+
+    def __init__(self, controller: URController, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._controller = controller
+
+    def _handle(self, client: Any, ptype: int, payload: bytes) -> None:
+        controller = self._controller
+        if not controller._wired.is_set() and not client.started:
+            client.abort(reset=True)  # its serving thread closes it (RST)
+            return
+        if _wait_for_cable(controller):  # False: the controller closes
+            super()._handle(client, ptype, payload)
+
+
+def _wait_for_cable(controller: URController) -> bool:
+    """Wait until the cable is in; False if the controller closes first."""
+    while not controller._wired.wait(0.1):
+        if controller._stop.is_set():
+            return False
+    return True
+
+
+class _BehindCable:
+    """The controller as the dashboard server sees it: unreachable while the cable is out.
+
+    Every attribute the dashboard reads waits for :meth:`URController.plug_cable`, so a
+    request sent meanwhile gets no answer (the client's read times out), as on a real
+    controller with the cable pulled.
+    """
+
+    def __init__(self, controller: URController):
+        self._controller = controller
+
+    def __getattr__(self, name: str) -> Any:
+        if not _wait_for_cable(self._controller):
+            raise OSError("controller closed")
+        return getattr(self._controller, name)
+
+
 def _pose_vector(pose: np.ndarray) -> tuple[float, ...]:
     """A 4x4 pose as UR's ``[x, y, z, rx, ry, rz]`` (m, rotation vector in rad)."""
     rvec, _ = cv2.Rodrigues(pose[:3, :3])
@@ -606,7 +767,9 @@ def _pose_vector(pose: np.ndarray) -> tuple[float, ...]:
 # ---------------------------------------------------------------------- its own process
 #: Methods :class:`ControllerProcess` forwards to the controller.
 RPC_METHODS = frozenset({"status", "trace", "protective_stop", "press_emergency_stop",
-                         "release_emergency_stop", "set_remote_control", "describe"})
+                         "release_emergency_stop", "set_remote_control", "describe",
+                         "pull_cable", "plug_cable", "reset_connections", "kill_script",
+                         "slow_down", "faults"})
 _START_TIMEOUT_S = 60.0
 
 
@@ -622,14 +785,31 @@ class ControllerProcess:
         model: ``ur5`` or ``ur5e``.
         unlock_delay: Least time between a protective stop and its unlock, s.
         remote_control: e-series: start in remote control.
+        http_port: Also serve the camera stream, the screen and the fault endpoint
+            (:mod:`sim.emulator_io`) on this TCP port of ``host`` (0: any free port, see
+            :attr:`http_port` after :meth:`start`); None (default): no HTTP server and no
+            renderer.
+        config: A rig config file (YAML) whose camera, monitor and sim sections the
+            emulated camera renders with; None: the defaults.
+
+    Attributes:
+        http_port: The bound HTTP port after :meth:`start` (None without HTTP).
     """
 
     def __init__(self, host: str, model: str = "ur5", unlock_delay: float = UNLOCK_DELAY,
-                 remote_control: bool = True):
+                 remote_control: bool = True, http_port: int | None = None,
+                 config: str | os.PathLike | None = None):
         self.host, self.model = host, model
         self._args = ["--host", host, "--model", model, "--unlock-delay", str(unlock_delay)]
         if not remote_control:
             self._args.append("--local-control")
+        if http_port is None:
+            self._args.append("--no-http")
+        else:
+            self._args += ["--http-port", str(int(http_port))]
+        if config is not None:
+            self._args += ["--config", os.fspath(config)]
+        self.http_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._call_lock = threading.Lock()
@@ -651,15 +831,26 @@ class ControllerProcess:
         try:
             if not self._conn.poll(_START_TIMEOUT_S):
                 raise RuntimeError(f"emulated controller silent for {_START_TIMEOUT_S} s")
-            ok, error = self._conn.recv()
+            ok, info = self._conn.recv()
         except EOFError:
             self.close()
             raise RuntimeError("the emulated controller died while starting: see its log") \
                 from None
         if not ok:
             self.close()
-            raise error
+            raise info
+        self.http_port = (info or {}).get("http_port")
         return self
+
+    def url(self, path: str = "/") -> str:
+        """``http://host:port`` + ``path`` of the emulator's HTTP server.
+
+        Raises:
+            RuntimeError: the controller was started without HTTP.
+        """
+        if self.http_port is None:
+            raise RuntimeError("this controller serves no HTTP: pass http_port")
+        return f"http://{self.host}:{self.http_port}{path}"
 
     def close(self) -> None:
         """End the child: its ports close."""
@@ -718,32 +909,51 @@ def _serve_rpc(controller: URController, conn: Connection) -> None:
 
 
 def serve(model: str, host: str, unlock_delay: float = UNLOCK_DELAY,
-          remote_control: bool = True, rpc: Connection | None = None) -> None:
+          remote_control: bool = True, rpc: Connection | None = None,
+          http_port: int | None = DEFAULT_HTTP_PORT, rig: Config | None = None) -> None:
     """Run an emulated controller until Ctrl-C (or, with ``rpc``, until its parent says so).
 
     With ``rpc`` (a :class:`ControllerProcess` child) it keeps a journal for ``trace()``.
+
+    Args:
+        model: ``ur5`` or ``ur5e``.
+        host: IPv4 address of every port.
+        unlock_delay: Least time between a protective stop and its unlock, s.
+        remote_control: e-series: start in remote control.
+        rpc: The pipe of a :class:`ControllerProcess` parent, or None.
+        http_port: TCP port of the camera stream, screen and fault endpoints
+            (:mod:`sim.emulator_io`; 8080 by default, 0 any free port); None: none.
+        rig: The config whose camera, monitor and sim sections the camera renders with
+            (None: the defaults, as ``configs/ur5_visual_reacher.yaml``).
 
     Raises:
         OSError: a port cannot be bound.
     """
     controller = URController(model, host, unlock_delay=unlock_delay,
                               remote_control=remote_control, journal=rpc is not None)
+    io = None
     try:
-        controller.start()
-    except OSError as e:
-        if rpc is None:
-            raise
-        rpc.send((False, e))
-        return
-    try:
+        try:
+            if http_port is not None:  # up before the controller's ports answer
+                from sim.emulator_io import EmulatorIO
+
+                io = EmulatorIO(controller, rig, port=http_port).start()
+            controller.start()
+        except OSError as e:
+            if rpc is None:
+                raise
+            rpc.send((False, e))
+            return
         if rpc is None:
             threading.Event().wait()
         else:
-            rpc.send((True, None))
+            rpc.send((True, {"http_port": None if io is None else io.port}))
             _serve_rpc(controller, rpc)
     except KeyboardInterrupt:
         pass
     finally:
+        if io is not None:
+            io.close()
         controller.close()
 
 
@@ -754,12 +964,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", choices=sorted(VERSIONS), default="ur5")
     p.add_argument("--unlock-delay", type=float, default=UNLOCK_DELAY)
     p.add_argument("--local-control", action="store_true")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help="camera stream, screen and faults over HTTP (0: any free port)")
+    p.add_argument("--no-http", action="store_true", help="no HTTP server, no renderer")
+    p.add_argument("--config", default=None,
+                   help="rig config (YAML) whose camera, monitor and sim the camera renders")
     p.add_argument("--rpc-fd", type=int, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rpc = Connection(args.rpc_fd) if args.rpc_fd is not None else None
-    serve(args.model, args.host, args.unlock_delay, not args.local_control, rpc)
+    rig = None
+    if args.config is not None:
+        from robot.config import load_config
+
+        rig = load_config(args.config)
+    serve(args.model, args.host, args.unlock_delay, not args.local_control, rpc,
+          http_port=None if args.no_http else args.http_port, rig=rig)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ machine that starves a process makes a test slower, not wrong.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 
 import dashboard_client
 import numpy as np
@@ -322,6 +324,9 @@ def test_madi_sim_controller_serves_until_interrupted():
         assert wait_for(connected, timeout=60, interval=0.1)
         assert dashboard.polyscopeVersion() == "5.11.2.108319"
         dashboard.disconnect()
+        # The camera, screen and fault endpoints (sim/emulator_io.py) on port 8080.
+        with urllib.request.urlopen(f"http://{host}:8080/status", timeout=30) as reply:
+            assert json.load(reply)["faults"]["cable_pulled"] is False
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
     finally:

@@ -11,6 +11,15 @@ its own thread: :meth:`WindowDisplay.show` hands the image over and waits (up to
 events every 20 ms. ``monitor.output: offscreen`` composes the same full-screen image
 without a window (dry runs without a monitor, tests): :attr:`WindowDisplay.screen` holds
 what the monitor would show in either mode.
+
+``monitor.url`` (an ``http://`` URL) sends each image besides (with ``output: offscreen``:
+instead of) the window: one HTTP ``PUT`` of the image as it was drawn (PNG,
+``Content-Type: image/png``), synchronously, like the window's draw, within
+:attr:`WindowDisplay.timeout`; any 2xx answer counts as shown. The emulated UR controller
+takes it on ``http://HOST:8080/screen`` and shows it on the mirror's virtual monitor
+(:mod:`sim.emulator_io`), so the real rig's code path runs on one machine
+(docs/real-robot.md, "Rehearse on the emulator"). :meth:`WindowDisplay.connect` sends a
+blank white screen first, so an unreachable URL fails at connect.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import logging
 import os
 import queue
 import threading
+import urllib.error
+import urllib.request
 
 import cv2
 import numpy as np
@@ -60,8 +71,9 @@ class WindowDisplay(TargetDisplay):
 
     Raises:
         DeviceError: On connect, if no display server is reachable (``DISPLAY`` /
-            ``WAYLAND_DISPLAY`` unset) or the window cannot be opened; on show, if the
-            window thread died or did not draw within :attr:`timeout`.
+            ``WAYLAND_DISPLAY`` unset) or the window cannot be opened, or ``monitor.url``
+            does not take a blank screen; on show, if the window thread died or did not
+            draw within :attr:`timeout`, or ``monitor.url`` did not take the image.
     """
 
     name = "target display"
@@ -94,9 +106,38 @@ class WindowDisplay(TargetDisplay):
         with self._lock:
             return None if self._screen is None else self._screen.copy()
 
+    def _send(self, image: np.ndarray) -> None:
+        """PUT ``image`` (uint8 (h, w, 3) RGB) to ``monitor.url`` as a PNG.
+
+        Raises:
+            DeviceError: No 2xx answer within :attr:`timeout` (refused, unreachable, an
+                HTTP error).
+        """
+        url = self._cfg.url
+        ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise DeviceError("cannot encode the target image as PNG")
+        request = urllib.request.Request(url, data=png.tobytes(), method="PUT",
+                                         headers={"Content-Type": "image/png"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+                reply.read()
+        except urllib.error.HTTPError as err:
+            raise DeviceError(f"monitor.url={url} refused the target image: HTTP "
+                              f"{err.code} {err.reason}") from err
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise DeviceError(f"monitor.url={url} did not take the target image within "
+                              f"{self.timeout} s: {reason} (is the emulated controller "
+                              "running, with its HTTP port?)") from err
+
     def _connect(self) -> None:
         self._screen = None
         self.shown = 0
+        if self._cfg.url is not None:
+            w, h = self.size_px
+            self._send(np.full((h, w, 3), 255, np.uint8))  # as the window starts: white
         if self._cfg.output == "offscreen":
             return
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -122,6 +163,8 @@ class WindowDisplay(TargetDisplay):
 
     def _show(self, image: np.ndarray) -> None:
         screen = compose_screen(image, self.size_px)
+        if self._cfg.url is not None:
+            self._send(image)
         if self._cfg.output == "fullscreen":
             if self._thread is None or not self._thread.is_alive():
                 raise DeviceError(f"the target window is gone ({self._error or 'closed'})")

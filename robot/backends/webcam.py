@@ -33,6 +33,16 @@ Video files: a regular file as ``camera.device`` is played back in real time at
 ``camera.fps`` (whatever rate the file declares), frames stamped like a live camera. The
 end of the file behaves like an unplugged camera. For dry runs and tests.
 
+Network streams: a URL as ``camera.device`` (``http://``, ``https://`` or ``rtsp://``, e.g.
+an IP camera's MJPEG stream or the emulated controller's ``http://127.0.0.2:8080/camera.mjpg``,
+:mod:`sim.emulator_io`) is opened with OpenCV's FFmpeg backend and read like a live camera,
+stamped on arrival. A stream is configured at its source, so no format, exposure or white
+balance is requested; its size must still be the configured one. FFmpeg's open and read
+waits are bounded (``CAP_PROP_OPEN_TIMEOUT_MSEC`` :data:`STREAM_OPEN_TIMEOUT`,
+``CAP_PROP_READ_TIMEOUT_MSEC`` the camera timeout, at least 1 s), so a stalled stream fails
+like an unplugged camera. A password in the URL (``http://user:pw@host/...``) is not
+written to logs or errors.
+
 Settings (V4L2): fourcc, width, height and fps are requested in that order (the driver
 picks the nearest mode it offers); exposure ``None`` selects auto exposure
 (``CAP_PROP_AUTO_EXPOSURE`` 3 = aperture priority), a number manual exposure (1 = manual,
@@ -72,6 +82,12 @@ logger = logging.getLogger(__name__)
 #: Longest wait for the first frame after opening, s (at least the camera timeout): UVC
 #: webcams take a few hundred ms to start streaming, more with auto exposure settling.
 START_TIMEOUT = 2.0
+
+#: Longest wait for a network stream to open (connect, first frames probed), s.
+STREAM_OPEN_TIMEOUT = 10.0
+
+#: URL schemes read as network streams (OpenCV's FFmpeg backend).
+STREAM_SCHEMES = ("http", "https", "rtsp")
 
 #: Pause between retries of a failed grab, s.
 _RETRY_PERIOD = 0.005
@@ -129,11 +145,25 @@ def list_video_devices() -> list[str]:
     return devices
 
 
+def stream_url(device: int | str) -> str | None:
+    """``device`` if it is a network stream URL (:data:`STREAM_SCHEMES`), else None."""
+    if not isinstance(device, str):
+        return None
+    scheme, sep, _ = device.strip().partition("://")
+    return device.strip() if sep and scheme.lower() in STREAM_SCHEMES else None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part replaced by ``***`` (for logs)."""
+    return re.sub(r"^(\w+://[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
 def _devices_hint() -> str:
     devices = list_video_devices()
     found = ", ".join(devices) if devices else "none found"
     return (f"video devices found: {found}. Set camera.device to a device index (0), a "
-            "/dev/video path (or a stable /dev/v4l/by-id link) or a video file")
+            "/dev/video path (or a stable /dev/v4l/by-id link), a video file or a stream "
+            "URL (http://host:port/camera.mjpg)")
 
 
 def _fourcc_str(value: float) -> str:
@@ -145,7 +175,7 @@ def _fourcc_str(value: float) -> str:
 
 
 class OpenCVCamera(Camera):
-    """The wrist webcam (or a video file) behind :class:`robot.backends.base.Camera`.
+    """The wrist webcam (a video file, a network stream) behind :class:`robot.backends.base.Camera`.
 
     See the module docstring for the capture thread, the timestamps and the settings.
     Frames are uint8 (H, W, 3) RGB at ``camera.obs_size``: the capture with every
@@ -192,6 +222,7 @@ class OpenCVCamera(Camera):
         self.frames_captured = 0
         self.stale_frames = 0
         self.settings: dict[str, float | str] = {}
+        self._stream = stream_url(camera.device) is not None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -228,11 +259,33 @@ class OpenCVCamera(Camera):
 
     # ------------------------------------------------------------------ lifecycle
     def _describe(self) -> str:
-        return f"camera.device={self.camera.device!r}"
+        url = stream_url(self.camera.device)
+        return f"camera.device={redact_url(url) if url else self.camera.device!r}"
+
+    def _open_stream(self, url: str) -> cv2.VideoCapture:
+        """Open a network stream with FFmpeg, its open and read waits bounded."""
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(STREAM_OPEN_TIMEOUT * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(max(self.timeout, 1.0) * 1000)]
+        try:
+            cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
+        except cv2.error as err:
+            raise DeviceError(f"cannot open {self._describe()}: {err}") from err
+        if not cap.isOpened():
+            cap.release()
+            raise DeviceError(
+                f"cannot open {self._describe()}: no video stream there within "
+                f"{STREAM_OPEN_TIMEOUT:g} s (is the server up, the URL right and the "
+                "stream MJPEG, H.264 or another format FFmpeg reads?)")
+        return cap
 
     def _open(self) -> tuple[cv2.VideoCapture, bool]:
         """Open ``camera.device``; returns the capture and whether it is a video file."""
         device = self.camera.device
+        url = stream_url(device)
+        if url is not None:
+            self._stream = True
+            return self._open_stream(url), False
+        self._stream = False
         linux = sys.platform.startswith("linux")
         api = cv2.CAP_V4L2 if linux else cv2.CAP_ANY
         is_file = False
@@ -265,7 +318,8 @@ class OpenCVCamera(Camera):
     def _configure(self, cap: cv2.VideoCapture, is_file: bool) -> None:
         """Apply the capture format and image controls, read them back, check the size."""
         cam = self.camera
-        if not is_file:
+        live = not is_file and not self._stream  # a local device we may configure
+        if live:
             requests: list[tuple[str, int, float]] = []
             if cam.fourcc:
                 requests.append(("fourcc", cv2.CAP_PROP_FOURCC,
@@ -296,17 +350,21 @@ class OpenCVCamera(Camera):
             "fps": float(cap.get(cv2.CAP_PROP_FPS)),
             "fourcc": _fourcc_str(cap.get(cv2.CAP_PROP_FOURCC)),
         }
-        if not is_file:
+        if live:
             got.update(auto_exposure=float(cap.get(cv2.CAP_PROP_AUTO_EXPOSURE)),
                        exposure=float(cap.get(cv2.CAP_PROP_EXPOSURE)),
                        auto_wb=float(cap.get(cv2.CAP_PROP_AUTO_WB)),
                        wb_temperature=float(cap.get(cv2.CAP_PROP_WB_TEMPERATURE)))
         self.settings = got
         logger.info("%s opened (%s): %s", self._describe(), "video file" if is_file
-                    else "live", ", ".join(f"{k}={v}" for k, v in got.items()))
+                    else "network stream" if self._stream else "live",
+                    ", ".join(f"{k}={v}" for k, v in got.items()))
         if (got["width"], got["height"]) != (cam.width, cam.height):
             fix = ("record the file at that size or set camera.width/camera.height to "
                    "the file's size" if is_file else
+                   "set the stream's size at its source (the emulator renders the size of "
+                   "its --config) or camera.width/camera.height to the stream's size"
+                   if self._stream else
                    "set camera.width/camera.height to a size the camera offers (v4l2-ctl "
                    "--list-formats-ext) and recalibrate the intrinsics for it")
             raise DeviceError(
@@ -317,6 +375,8 @@ class OpenCVCamera(Camera):
             if got["fps"] > 0 and abs(got["fps"] - cam.fps) > 1e-3:
                 logger.info("%s: the file declares %.3g fps; playing it at camera.fps=%.3g",
                             self._describe(), got["fps"], cam.fps)
+            return
+        if self._stream:  # encoded at the source; FFmpeg guesses a rate (often 25)
             return
         if cam.fourcc and got["fourcc"] != cam.fourcc:
             logger.warning("%s: asked for fourcc %s, the driver uses %s", self._describe(),
