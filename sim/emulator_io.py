@@ -447,8 +447,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault(self, clear: bool) -> None:
         parts = urlsplit(self.path)
         match = _FAULT_PATH.match(parts.path)
-        length = self.headers.get("Content-Length")
-        if length:
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit():
             self.rfile.read(min(int(length), 65536))  # a body is allowed, and ignored
         if match is None:
             self._error(HTTPStatus.NOT_FOUND, f"no such resource {parts.path}")

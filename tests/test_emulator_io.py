@@ -327,3 +327,39 @@ def test_config_takes_stream_urls_and_a_screen_url():
                      ({"monitor": {"url": "127.0.0.2:8080/screen"}}, "monitor.url")):
         with pytest.raises(ConfigError, match=key):
             config_from_dict(bad)
+
+
+# --------------------------------------------------------------------------- madi robot check
+
+
+def robot_check(controller, out, *extra):
+    """``madi robot check`` against ``controller`` (its camera and screen); the table."""
+    args = [sys.executable, "-m", "robot.cli", "robot", "check", "--host", controller.host,
+            "--set", f"camera.device={controller.url('/camera.mjpg')}",
+            "--set", "monitor.output=offscreen",
+            "--set", f"monitor.url={controller.url('/screen')}", "--out", str(out), *extra]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    table = json.loads((out / "preflight.json").read_text())
+    return proc.returncode, {c["name"]: (c["status"], c["detail"]) for c in table["checks"]}
+
+
+def test_madi_robot_check_passes_on_the_emulator_and_fails_on_a_pulled_cable(
+        make_controller, tmp_path):
+    controller = make_controller("ur5", http_port=0)
+    # A 1 s watchdog: at 10 Hz a starved check process on a loaded machine (not the
+    # emulator, whose watchdog counts its own ticks) misses a kick and fails the jog.
+    code, lines = robot_check(controller, tmp_path / "ok", "--move",
+                              "--set", "arm.watchdog_hz=1")
+    assert code == 0, lines
+    for name in ("controller", "robot mode", "safety status", "RTDE stream", "joint state",
+                 "control script", "target display", "jog joint 0", "jog joint 4"):
+        assert lines[name][0] == "pass", (name, lines[name])
+    assert lines["camera"][0] in ("pass", "warn")  # warn: a loaded machine's frame rate
+    assert "red target covers" in lines["camera"][1]
+    assert "not seen" not in lines["camera"][1]  # the target reached the virtual monitor
+
+    controller.pull_cable()
+    code, lines = robot_check(controller, tmp_path / "cable")
+    assert code == 1
+    assert lines["controller"][0] == "fail"
+    assert "no answer" in lines["controller"][1] and "cable" in lines["controller"][1]
