@@ -23,9 +23,10 @@ backend (:class:`robot.backends.real.RealRig`) runs against the emulator on one 
 ``PUT /screen`` (or ``POST``)
     An image (PNG, or any format ``cv2.imdecode`` reads; body with ``Content-Length``,
     at most 32 MiB) shown full-screen on the mirror's virtual monitor, resized to
-    ``sim.texture_px``; answers 204. The real target display backend sends each target
-    image here with ``monitor.url: http://HOST:8080/screen``
-    (:mod:`robot.backends.monitor`). ``GET /screen.png`` returns what the monitor shows.
+    ``sim.texture_px`` (area interpolation, as :meth:`sim.mirror.Mirror.set_screen`); answers
+    204. The real target display backend sends each target image here with
+    ``monitor.url: http://HOST:8080/screen`` (:mod:`robot.backends.monitor`).
+    ``GET /screen.png`` returns the last PNG received, as received.
 ``POST /fault/<name>``, ``DELETE /fault/<name>``
     Inject (POST) or clear (DELETE) a fault of :class:`sim.ur_controller.URController`:
     ``cable_pull`` (DELETE: plug back in), ``connection_reset``, ``protective_stop``
@@ -73,6 +74,7 @@ MAX_SCREEN_BYTES = 32 << 20
 JPEG_QUALITY = 90
 #: How long the camera keeps rendering after the last viewer left, s.
 _IDLE_AFTER = 1.0
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _FAULT_PATH = re.compile(r"^/fault/([a-z_]+)$")
 
 
@@ -277,10 +279,13 @@ class EmulatorIO:
             raise ValueError("the body is not an image OpenCV can decode (send a PNG)")
         if self._renderer is None:
             raise RuntimeError(self._render_error or "no renderer")
+        h, w = bgr.shape[:2]
+        tw, th = (int(v) for v in self.config.sim.texture_px)
+        if (w, h) != (tw, th):  # as Mirror.set_screen resizes, before the pipe
+            bgr = cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_AREA)
         self._renderer.set_screen(np.ascontiguousarray(bgr[..., ::-1]))
-        ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        self._screen_png = png.tobytes() if ok else None
-        return bgr.shape[1], bgr.shape[0]
+        self._screen_png = encoded if encoded[:8] == _PNG_MAGIC else None
+        return w, h
 
     # ------------------------------------------------------------------ faults
     def fault(self, name: str, clear: bool, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -352,7 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
         elif path == "/screen.png":
             if io._screen_png is None:
-                self._error(HTTPStatus.NOT_FOUND, "no screen image received yet")
+                self._error(HTTPStatus.NOT_FOUND, "no PNG screen image received yet")
             else:
                 self._reply(HTTPStatus.OK, io._screen_png, "image/png")
         elif path == "/status":

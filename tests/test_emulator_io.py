@@ -218,6 +218,7 @@ def test_cable_pull_stalls_the_stream_and_the_watchdog_stops_the_program(
     try:
         assert kicker.stdout.readline().strip() == "armed"
         controller.pull_cable()
+        time.sleep(0.2)  # a package already on its way still arrives
         stalled_at = receive.getTimestamp()
         # The socket stays up but nothing arrives: the controller clock seen by the client
         # stops, and ur_rtde gives the link up after its receive timeout.
@@ -350,7 +351,7 @@ def test_madi_robot_check_passes_on_the_emulator_and_fails_on_a_pulled_cable(
     # emulator, whose watchdog counts its own ticks) misses a kick and fails the jog.
     code, lines = robot_check(controller, tmp_path / "ok", "--move",
                               "--set", "arm.watchdog_hz=1")
-    assert code == 0, lines
+    assert code == 0, [(k, v) for k, v in lines.items() if v[0] == "fail"]
     for name in ("controller", "robot mode", "safety status", "RTDE stream", "joint state",
                  "control script", "target display", "jog joint 0", "jog joint 4"):
         assert lines[name][0] == "pass", (name, lines[name])
