@@ -6,6 +6,7 @@ sim mirror's arm at the controller rate, in real time, with the real controller'
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from types import SimpleNamespace
@@ -222,6 +223,9 @@ def test_the_real_receive_interface_stale_and_dropped_streams_are_refused(make_s
             assert wait_for(lambda: arm.read_state().protective_stopped)
             server.set_state(safety_status_bits=1)
             server.pause_stream()  # connected, but nothing new: ur_rtde serves its cache
+            time.sleep(0.05)  # packages sent before the pause have arrived
+            with contextlib.suppress(ArmLinkLostError):  # (already stale is fine too)
+                arm.read_state()  # the last of them: the clock of staleness starts here
             time.sleep(cfg.arm.state_timeout + 0.1)
             assert arm._rx.isConnected()
             with pytest.raises(ArmLinkLostError, match="no new joint state"):

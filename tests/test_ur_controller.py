@@ -304,6 +304,26 @@ def test_the_projects_ur5arm_connects_and_moves_home(make_controller):
     assert not controller.status()["program_running"]  # disconnect stopped the script
 
 
+def test_a_stopped_script_is_uploaded_again_and_its_watchdog_armed(make_controller):
+    controller = make_controller("ur5")
+    cfg = config_from_dict({
+        "backend": "ur5",
+        "arm": {"host": controller.host, "watchdog_hz": 2.0, "reset_duration": 0.5},
+        "camera": {"subsample": 8},
+    })
+    arm = UR5Arm(cfg.arm)
+    arm.connect()
+    try:
+        assert controller.kill_script()
+        assert wait_for(lambda: not arm._ctrl.isProgramRunning(), 5.0)
+        home = np.array(Q_HOME) + np.array([0.05, 0, 0, 0, 0, 0])
+        arm.move_home(home, 0.5)  # re-uploads, waits for the script, then arms the watchdog
+        np.testing.assert_allclose(arm.read_state().q, home, atol=2e-3)
+        assert controller.status()["watchdog"] == ("input_int_register_0", 2.0)
+    finally:
+        arm.disconnect()
+
+
 def test_madi_sim_controller_serves_until_interrupted():
     from rtde_server import random_loopback
 

@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 #: UR's rule: a protective stop can be unlocked no sooner than this after it happened, s.
 UNLOCK_DELAY = 5.0
+#: How long a re-uploaded control script may take to start running, s.
+SCRIPT_START_TIMEOUT = 5.0
 #: CB3 controllers have major version <= 3 (ur_rtde's CB3_MAJOR_VERSION).
 CB3_MAJOR_VERSION = 3
 #: Distinct RTDE timestamps whose least step is taken as the controller tick.
@@ -429,7 +431,33 @@ class UR5Arm(Arm):
             if not self._control_call("reuploadScript", lambda c: c.reuploadScript()):
                 raise ArmLinkLostError(f"could not restart the control script on {self.host}")
             self._parked = True
+            self._wait_for_script()
             self._arm_watchdog()  # a new script starts without one
+
+    def _wait_for_script(self, timeout: float = SCRIPT_START_TIMEOUT) -> None:
+        """Wait until the re-uploaded control script runs (``isProgramRunning``).
+
+        ur_rtde's ``reuploadScript`` returns once the script is sent, before the controller
+        runs it; ``setWatchdog`` before then is refused ("the control script is not
+        running").
+
+        Raises:
+            ArmLinkLostError: If it does not run within ``timeout`` s.
+        """
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                try:
+                    if self._ctrl.isProgramRunning():
+                        return
+                except RuntimeError as err:
+                    raise ArmLinkLostError(f"UR isProgramRunning on {self.host} failed: "
+                                           f"{err}") from None
+            if time.monotonic() > end:
+                raise ArmLinkLostError(
+                    f"the control script re-uploaded to {self.host} did not start within "
+                    f"{timeout:.0f} s; check the pendant (program state, popups) and start again")
+            time.sleep(0.02)
 
     def _wait_for_operator(self) -> None:
         cfg = self._cfg
