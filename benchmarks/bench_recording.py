@@ -53,7 +53,7 @@ def sim_frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    from learner.messages import Spaces
+    from link.messages import Spaces
     from robot.backends.base import ArmState
     from robot.recorder import SessionRecorder
 

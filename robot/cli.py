@@ -72,7 +72,7 @@ def _add_config_args(p: argparse.ArgumentParser, default: Path | None) -> None:
 
 def _link_keys(cfg, role: str):
     """The CURVE keys of ``role`` from ``link.keys``, or None without a keys directory."""
-    from learner.keys import load_keys
+    from link.keys import load_keys
 
     return load_keys(cfg.link.keys, role) if cfg.link.keys else None
 
@@ -375,8 +375,8 @@ def _run_robot(cfg, address: str | None, run_dir: Path, args: argparse.Namespace
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from learner.link import LinkAddresses, RobotLink
     from learner.process import read_progress
+    from link.endpoints import LinkAddresses, RobotLink
     from robot.backends import make_rig
     from robot.recorder import SessionRecorder, session_path
     from robot.runner import RobotRunner, spaces_of
@@ -661,8 +661,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 def cmd_learner(args: argparse.Namespace) -> int:
     """The learner process alone: bind, learn from a robot, publish weights."""
-    from learner.link import LearnerLink, LinkAddresses, LinkError
     from learner.process import LearnerProcess
+    from link.endpoints import LearnerLink, LinkAddresses, LinkError
     from robot.runner import spaces_of
     from robot.task import transition_bounds
 
@@ -714,7 +714,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """``madi keys new|allow|pin``: make key pairs, allow a robot, pin the learner."""
-    from learner.keys import allow_robot, fingerprint, new_keys, pin_learner, read_public_key
+    from link.keys import allow_robot, fingerprint, new_keys, pin_learner, read_public_key
 
     try:
         if args.action == "new":
@@ -939,8 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     from calibration.file import CalibrationError
     from learner.agent import NonFiniteError
     from learner.checkpoint import CheckpointError
-    from learner.link import LinkError
     from learner.metrics import MetricsSinkError
+    from link.endpoints import LinkError
     from robot.backends.base import DeviceError
     from robot.distractions import DistractionError
     from robot.session_log import SessionLogError

@@ -458,7 +458,7 @@ class RobotLoopConfig(_Section):
 
 
 class LinkConfig(_Section):
-    """The robot <-> learner link (ZeroMQ; learner/link.py)."""
+    """The robot <-> learner link (ZeroMQ; link/endpoints.py)."""
 
     address: str | None = Field(
         None,

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from learner.link import LinkAddresses
-from learner.messages import Hello, Spaces, encode
+from link.endpoints import LinkAddresses
+from link.messages import Hello, Spaces, encode
 from robot.session_log import SessionLog
 
 SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",

@@ -15,9 +15,9 @@ import pytest
 from test_learner_reference import SMALL
 
 from learner.config import AgentConfig
-from learner.link import LearnerLink
-from learner.messages import Spaces, TransitionPacker
 from learner.process import LearnerProcess
+from link.endpoints import LearnerLink
+from link.messages import Spaces, TransitionPacker
 
 SPACES = Spaces((9, 16, 20), 4, 3)
 EPISODES, STEPS = 4, 10  # 40 transitions; the checkpoint is taken after 23
