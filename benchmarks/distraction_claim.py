@@ -40,7 +40,7 @@ VARIANTS = {"madi": "MaDi", "sac_crop": "masker off (SAC+crop)",
 def evaluate_runs(runs: Path, episodes: int) -> dict:
     from learner.policy import MadiPolicy
     from robot.config import load_config
-    from robot.evaluate import evaluate
+    from sim.evaluate import evaluate
 
     out: dict = {}
     for run in sorted(p for p in runs.iterdir() if (p / "checkpoints" / "policy.pt").exists()):
@@ -58,7 +58,7 @@ def evaluate_runs(runs: Path, episodes: int) -> dict:
 
 def evaluate_random(runs: Path, episodes: int) -> dict:
     from robot.config import load_config
-    from robot.evaluate import RandomPolicy, evaluate
+    from sim.evaluate import RandomPolicy, evaluate
 
     cfg = load_config(next(runs.glob("*/config.yaml")))
     results = {s: evaluate(cfg, RandomPolicy(), s, episodes, seed=1000) for s in SETS}
@@ -116,7 +116,7 @@ def masks(run: Path, out: Path, scale: int = 4) -> None:
     from learner.policy import MadiPolicy
     from robot.config import load_config
     from robot.distractions import make_distractions
-    from robot.evaluate import frame_with_mask
+    from robot.observation import frame_with_mask
     from sim.env import VisualReacherEnv
 
     cfg = load_config(run / "config.yaml", ["sim.pace=fast"])

@@ -347,7 +347,7 @@ class MadiSacAgent:
         """Move a replay batch to the device and apply the augmentations.
 
         Args:
-            batch: A :class:`learner.replay.Batch` (numpy arrays, see its docstring).
+            batch: A :class:`learner.replay_buffer.Batch` (numpy arrays, see its docstring).
 
         Returns:
             The :class:`AugmentedBatch` (random shift always when ``shift_pad > 0``;
@@ -391,7 +391,7 @@ class MadiSacAgent:
         """One MaDi-SAC update from a replay batch (augment, then :meth:`update_from`).
 
         Args:
-            batch: A :class:`learner.replay.Batch`.
+            batch: A :class:`learner.replay_buffer.Batch`.
 
         Returns:
             Metrics, see :meth:`update_from`.

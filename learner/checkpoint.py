@@ -355,7 +355,7 @@ def start_from(path: str | Path, agent: MadiSacAgent, prior_mix: float,
 
     Loads ``path``'s networks into ``agent`` (:func:`init_from_checkpoint`) and, when
     ``prior_mix`` > 0, its replay buffer into a new one, to be mixed into every batch
-    (:func:`learner.replay.sample_mixed`).
+    (:func:`learner.replay_buffer.sample_mixed`).
 
     Args:
         path: Run directory or ``learner.pt``.

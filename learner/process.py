@@ -46,7 +46,7 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter, SinkConfig
-from learner.replay import Batch, ReplayBuffer, sample_mixed
+from learner.replay_buffer import Batch, ReplayBuffer, sample_mixed
 from link.endpoints import LearnerLink
 from link.messages import (
     Shutdown,

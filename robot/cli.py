@@ -494,8 +494,8 @@ def cmd_robot_check(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``madi replay SESSION``: view, replay as a backend, or reenact a recorded session."""
     from robot.config import config_from_dict
-    from robot.replay import render_view, replay_backend
     from robot.session_log import SessionLog
+    from robot.session_replay import render_view, replay_backend
 
     session = SessionLog(args.session)
     if session.cut:
@@ -527,7 +527,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _reenact(session, recorded: dict, args: argparse.Namespace) -> int:
     from robot.backends import make_rig
     from robot.config import config_from_dict
-    from robot.replay import reenact
+    from robot.session_replay import reenact
 
     target = args.config or "sim"
     if target == "sim":
@@ -618,7 +618,7 @@ def _screen_px(cfg) -> tuple[int, int]:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``madi eval``: deterministic-policy return and success under distraction sets."""
     from learner.policy import MadiPolicy
-    from robot.evaluate import evaluate, format_table, write_results
+    from sim.evaluate import evaluate, format_table, write_results
 
     config_path = args.config
     if config_path is None:  # the run the checkpoint came from
@@ -649,7 +649,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sessions(args: argparse.Namespace) -> int:
     """``madi sessions ls PATH``: one line per session log (PATH a file, or a folder)."""
-    from robot.replay import format_sessions, list_sessions
+    from robot.session_replay import format_sessions, list_sessions
 
     rows = list_sessions(args.dir)
     if not rows:

@@ -25,9 +25,9 @@ from robot.distractions import (
     make_distractions,
     screen,
 )
-from robot.evaluate import evaluate
 from robot.runner import RobotRunner, spaces_of
 from robot.task import RedTargetReward
+from sim.evaluate import evaluate
 
 SIZE = (480, 270)
 

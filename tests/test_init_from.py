@@ -20,7 +20,7 @@ from learner.checkpoint import (
 )
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.replay import ReplayBuffer, sample_mixed
+from learner.replay_buffer import ReplayBuffer, sample_mixed
 from robot.cli import CONFIGS, main
 
 IMAGE = (9, 24, 32)

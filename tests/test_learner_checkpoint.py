@@ -21,7 +21,7 @@ from learner.checkpoint import (
 )
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.replay import ReplayBuffer
+from learner.replay_buffer import ReplayBuffer
 
 
 def _agent(**kw):

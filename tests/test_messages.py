@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from learner.replay import ReplayBuffer
+from learner.replay_buffer import ReplayBuffer
 from link.messages import (
     HELLO_REQUIRED,
     MESSAGE_TYPES,

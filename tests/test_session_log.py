@@ -28,9 +28,9 @@ from robot.backends.sim import SimRig
 from robot.cli import main
 from robot.config import config_from_dict
 from robot.recorder import SessionRecorder
-from robot.replay import reenact, replay_backend
 from robot.runner import RobotRunner, spaces_of
 from robot.session_log import SessionLog, SessionLogError
+from robot.session_replay import reenact, replay_backend
 
 SPACES = Spaces((6, 8, 10), 15, 5)
 
