@@ -134,7 +134,7 @@ class LearnerProcess:
             (``link/out_of_bounds``). None: shapes and finiteness only.
 
     Raises:
-        learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint, or
+        learner.checkpoint_file.CheckpointError: If ``resume`` has no usable checkpoint, or
             ``init_from`` cannot initialise this agent.
         ValueError: If ``prior_mix`` is outside [0, 1).
     """

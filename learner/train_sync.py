@@ -146,7 +146,7 @@ def train_sync(
 
     Raises:
         ValueError: If the spaces are not as described or a count is out of range.
-        learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent,
+        learner.checkpoint_file.CheckpointError: If ``init_from`` cannot initialise this agent,
             or ``resume`` finds no usable checkpoint in ``run_dir``.
         learner.metrics.MetricsSinkError: If a sink in ``sinks`` cannot be opened.
     """

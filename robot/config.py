@@ -22,6 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from learner.config import AgentConfig
 from learner.metrics import SinkConfig
+from robot.calibration_file import (
+    CalibrationError,
+    config_overrides,
+    load_calibration,
+    randomize_defaults,
+)
 from robot.kinematics import pose_matrix
 
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -548,7 +554,7 @@ class Config(_Section):
 
     backend: Literal["sim", "ur5"] = Field("sim", description="Which rig drives the task.")
     calibration: str | None = Field(
-        None, description="Calibration file (calibration/file.py; relative to this config's "
+        None, description="Calibration file (robot/calibration_file.py; relative to this config's "
         "folder): its camera, hand-eye, monitor, colour and latency values replace the "
         "config's. null: none."
     )
@@ -650,7 +656,7 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
     """Validate a config mapping, applying the calibration file and overrides.
 
     Precedence, lowest first: the mapping, the calibration file it names (``calibration``;
-    see :mod:`calibration.file`), the ``dotted.key=value`` overrides. A relative
+    see :mod:`robot.calibration_file`), the ``dotted.key=value`` overrides. A relative
     calibration path is taken from ``base_dir`` when the mapping names it, and from the
     working directory when an override does (``--set calibration=PATH`` on the command
     line). The validated config holds the calibration's absolute path.
@@ -663,13 +669,6 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
     merged = json.loads(json.dumps(data))
     _apply_overrides(merged, overrides)
     if merged.get("calibration"):
-        from calibration.file import (
-            CalibrationError,
-            config_overrides,
-            load_calibration,
-            randomize_defaults,
-        )
-
         path = Path(merged["calibration"])
         if not path.is_absolute() and merged["calibration"] == data.get("calibration"):
             path = Path(base_dir or ".") / path

@@ -89,7 +89,7 @@ def test_refill_from_another_robot_session_counts_every_transition(tmp_path, lea
 
 
 def test_a_restarted_learner_resumes_from_the_checkpoint_if_there_is_one(tmp_path):
-    from robot.cli import _learner_command, build_parser
+    from madi.cli import _learner_command, build_parser
 
     args = build_parser().parse_args(["train", "--init-from", "sim_run", "--pretrain", "s.mcap"])
     session = tmp_path / "session.mcap"

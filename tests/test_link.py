@@ -597,7 +597,7 @@ def test_key_files_are_private_and_checked(tmp_path):
 
 
 def test_madi_keys_command(tmp_path, capsys):
-    from robot.cli import main
+    from madi.cli import main
 
     learner_dir, robot_dir = tmp_path / "L", tmp_path / "R"
     assert main(["keys", "new", "--learner", str(learner_dir)]) == 0

@@ -23,9 +23,9 @@ from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import Writer
 
 from link.messages import Spaces
+from madi.cli import main
 from robot.backends.base import ArmState
 from robot.backends.sim import SimRig
-from robot.cli import main
 from robot.config import config_from_dict
 from robot.recorder import SessionRecorder
 from robot.runner import RobotRunner, spaces_of

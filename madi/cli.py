@@ -204,7 +204,7 @@ def _check_resumable(run_dir: Path) -> None:
             ``checkpoints/learner.pt`` or no valid ``checkpoints/progress.json``; the
             message names the missing file and what to do instead.
     """
-    from learner.checkpoint import CheckpointError
+    from learner.checkpoint_file import CheckpointError
     from learner.process import read_progress
 
     if not (run_dir / "config.yaml").is_file():
@@ -327,7 +327,7 @@ def _learner_command(address: str, run_dir: Path, args: argparse.Namespace, rest
     ``restart``: after a crash, refilling from the session log ``refill`` (if any); it
     continues from the run's checkpoint when there is one, else starts as the first did.
     """
-    cmd = [sys.executable, "-m", "robot.cli", "learner", "--config",
+    cmd = [sys.executable, "-m", "madi.cli", "learner", "--config",
            str(run_dir / "config.yaml"), "--bind", address, "--out", str(run_dir),
            "--exit-with-robot"]
     if refill is not None:
@@ -555,8 +555,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """``madi calibrate STEP``: measure one section of the calibration file."""
     from calibration import measure
     from calibration.board import ScreenBoard
-    from calibration.file import save_section
     from robot.backends import make_rig
+    from robot.calibration_file import save_section
 
     config_path = args.config or SIM_CONFIG
     first = _load(args, config_path)
@@ -936,12 +936,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from calibration.file import CalibrationError
     from learner.agent import NonFiniteError
-    from learner.checkpoint import CheckpointError
+    from learner.checkpoint_file import CheckpointError
     from learner.metrics import MetricsSinkError
     from link.endpoints import LinkError
     from robot.backends.base import DeviceError
+    from robot.calibration_file import CalibrationError
     from robot.distractions import DistractionError
     from robot.session_log import SessionLogError
 
