@@ -1,7 +1,7 @@
 """Every message of the robot <-> learner link and its wire format (no pickle).
 
 Both processes import this module; it is the one definition of what crosses the link
-(design.md, "Messages"). It imports neither ZeroMQ nor torch, only numpy.
+(docs/architecture.md). It imports neither ZeroMQ nor torch, only numpy.
 
 Messages (dataclasses, validated on construction and on decoding):
 

@@ -606,11 +606,6 @@ class Config(_Section):
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def digest(self) -> str:
-        """Short SHA-256 of the validated config (hex, 12 chars), for handshakes and runs."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
