@@ -29,6 +29,7 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter, SinkConfig
+from learner.replay_buffer import ReplayBuffer, sample_mixed
 
 __all__ = ["policy_returns", "train_sync"]
 
@@ -150,8 +151,6 @@ def train_sync(
             or ``resume`` finds no usable checkpoint in ``run_dir``.
         learner.metrics.MetricsSinkError: If a sink in ``sinks`` cannot be opened.
     """
-    from learner.replay_buffer import ReplayBuffer, sample_mixed
-
     if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or log_every < 1:
         raise ValueError(
             "total_steps, eval_every and log_every must be >= 1 and eval_episodes >= 0, got "

@@ -25,6 +25,8 @@ from robot.backends.base import ProtectiveStopError, Rig
 from robot.backends.recorded import ReplayRig, load_episodes
 from robot.config import Config
 from robot.observation import frame_with_mask
+from robot.recorder import SessionRecorder
+from robot.runner import RobotRunner, spaces_of
 from robot.safety import SafetyLimits
 from robot.session_log import SessionInfo, SessionLog, SessionLogError
 from robot.timing import LoopTimer
@@ -55,9 +57,6 @@ def replay_backend(log: SessionLog, cfg: Config, out_dir: Path, policy: Any = No
     Raises:
         robot.backends.base.DeviceError: If the session has no whole episode.
     """
-    from robot.recorder import SessionRecorder
-    from robot.runner import RobotRunner, spaces_of
-
     rig = ReplayRig(log, cfg)
     out_dir = Path(out_dir)
     recorder = SessionRecorder(out_dir / "session.mcap", spaces_of(cfg),
