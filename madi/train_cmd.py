@@ -11,7 +11,6 @@ import torch
 
 from learner.checkpoint import check_init_source
 from learner.checkpoint_file import CheckpointError
-from learner.plots import plot_learning_curves
 from learner.process import read_progress
 from learner.train_sync import train_sync
 from madi.common import (
@@ -147,6 +146,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("stopped: %s; plot the curve with: python benchmarks/plot_curves.py "
                  "--run %s=%s --out curve.png", summary, cfg.agent.variant, run_dir)
         return 0
+    # Imported here: matplotlib (~3 s) only when a run ends, not in every madi command.
+    from learner.plots import plot_learning_curves
+
     png = plot_learning_curves({cfg.agent.variant: run_dir}, run_dir / "learning_curve.png",
                                title=f"{config_path.stem}, seed {cfg.seed}")
     log.info("done: %s; curve %s", summary, png)
