@@ -1,4 +1,4 @@
-"""Benchmark the robot <-> learner link (learner.link, learner.messages) on this machine.
+"""Benchmark the robot <-> learner link (link.endpoints, link.messages) on this machine.
 
 Two processes, as in a run: the parent holds the learner end (binds), a spawned child the
 robot end (connects). Over ipc:// and tcp://127.0.0.1 it measures:
@@ -17,7 +17,7 @@ robot end (connects). Over ipc:// and tcp://127.0.0.1 it measures:
 4. the robot-side cost of one ``RobotLink.send_step`` call (what the 40 ms loop pays).
 
 ``--curve`` adds the transport ``curve``: tcp://127.0.0.1 with ZeroMQ CURVE (encryption
-and, on the link, the ZAP allow-list; keys made in the temp dir by learner.keys), measured
+and, on the link, the ZAP allow-list; keys made in the temp dir by link.keys), measured
 in the same run as plain tcp for a like-for-like comparison. The raw round trip (2.) sets
 CURVE on both raw sockets without a ZAP handler: the per-message cost is the same.
 
@@ -38,9 +38,9 @@ import time
 import numpy as np
 import zmq
 
-from learner.keys import allow_robot, load_keys, new_keys
-from learner.link import LearnerLink, LinkAddresses, RobotLink
-from learner.messages import Heartbeat, Spaces, Transition, Weights, decode, encode, encode_packed
+from link.endpoints import LearnerLink, LinkAddresses, RobotLink
+from link.keys import allow_robot, load_keys, new_keys
+from link.messages import Heartbeat, Spaces, Transition, Weights, decode, encode, encode_packed
 
 K, H, W, P, A = 3, 90, 160, 15, 5
 SPACES = Spaces((3 * K, H, W), P, A)

@@ -47,7 +47,7 @@ def main() -> int:
     args = parser.parse_args()
 
     cfg_steps = round(args.minutes * 60 / 0.04)
-    cmd = [sys.executable, "-m", "robot.cli", "train", "--config", str(args.config),
+    cmd = [sys.executable, "-m", "madi.cli", "train", "--config", str(args.config),
            "--pace", "realtime", "--steps", str(cfg_steps), "--out", str(args.out),
            "--no-progress",
            "--set", "agent.updates_per_step=16",  # always credit: the learner never idles

@@ -53,7 +53,7 @@ def sim_frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    from learner.messages import Spaces
+    from link.messages import Spaces
     from robot.backends.base import ArmState
     from robot.recorder import SessionRecorder
 
@@ -110,7 +110,7 @@ def overhead(args: argparse.Namespace) -> dict:
     out = {}
     for record in (False, True):
         run = args.out / f"overhead_record_{str(record).lower()}"
-        cmd = [sys.executable, "-m", "robot.cli", "train", "--config",
+        cmd = [sys.executable, "-m", "madi.cli", "train", "--config",
                str(ROOT / "configs" / "sim_quick.yaml"), "--pace", "realtime", "--steps",
                str(round(args.minutes * 60 / 0.04)), "--out", str(run), "--no-progress",
                "--set", f"robot.record={str(record).lower()}",

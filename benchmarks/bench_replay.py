@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from learner.augment import OverlayBank, random_shift
-from learner.replay import ReplayBuffer, naive_nbytes, replay_nbytes
+from learner.replay_buffer import ReplayBuffer, naive_nbytes, replay_nbytes
 
 
 def median_ms(fn, repeats: int, warmup: int = 3) -> float:

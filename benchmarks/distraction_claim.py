@@ -60,7 +60,7 @@ def evaluate_run(run: Path | None, sets: list[str], episodes: int) -> dict:
 
     from learner.policy import MadiPolicy
     from robot.config import load_config
-    from robot.evaluate import RandomPolicy, evaluate
+    from sim.evaluate import RandomPolicy, evaluate
 
     torch.set_num_threads(1)
     cfg = load_config(run / "config.yaml")
@@ -205,7 +205,7 @@ def masks(run: Path, sets: list[str], out: Path, scale: int = 4, steps: int = 12
     from learner.policy import MadiPolicy
     from robot.config import load_config
     from robot.distractions import make_distractions
-    from robot.evaluate import frame_with_mask
+    from robot.observation import frame_with_mask
     from sim.env import VisualReacherEnv
 
     cfg = load_config(run / "config.yaml", ["sim.pace=fast"])

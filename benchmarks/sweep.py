@@ -41,7 +41,7 @@ RUN_SETTINGS = ["agent.cpu_threads=1", "train.save_replay=true", "train.checkpoi
 
 def run_command(run_dir: Path, config: Path, seed: int, steps: int, sets: list[str]) -> list[str]:
     """The `madi train --sync` command that starts or resumes one run."""
-    cmd = [sys.executable, "-m", "robot.cli", "train", "--sync", "--no-progress"]
+    cmd = [sys.executable, "-m", "madi.cli", "train", "--sync", "--no-progress"]
     if (run_dir / "checkpoints" / "progress.json").exists():
         return [*cmd, "--resume", str(run_dir)]
     cmd += ["--config", str(config), "--seed", str(seed), "--steps", str(steps),

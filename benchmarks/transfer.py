@@ -13,7 +13,7 @@ Reads the runs of BENCHMARKS.md's "Sim-to-sim transfer" commands, laid out as
 
 and prints two markdown tables (and writes ``RUNS/transfer.json``):
 
-1. Every nominal and randomized run's final policy evaluated (``robot.evaluate``,
+1. Every nominal and randomized run's final policy evaluated (``sim.evaluate``,
    deterministic, the same episodes for every policy) on the first rig and on the
    second, with the return kept on the second rig, raw and above the random-action
    floor: ``(R_second - random_second) / (R_first - random_first)``.
@@ -57,7 +57,7 @@ def rig_configs() -> dict:
 def evaluate_transfer(runs: Path, episodes: int) -> dict:
     """Table 1's numbers: each trained policy and random actions on both rigs."""
     from learner.policy import MadiPolicy
-    from robot.evaluate import RandomPolicy, evaluate
+    from sim.evaluate import RandomPolicy, evaluate
 
     rigs = rig_configs()
 

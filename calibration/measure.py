@@ -1,7 +1,7 @@
 """The five calibration procedures of ``madi calibrate``, on any rig (sim or real).
 
 Each takes a connected :class:`robot.backends.base.Rig` (or saved views) and returns one
-section of the calibration file (:mod:`calibration.file`). The maths is OpenCV's:
+section of the calibration file (:mod:`robot.calibration_file`). The maths is OpenCV's:
 ChArUco detection, ``cv2.calibrateCamera``, ``cv2.solvePnP``, ``cv2.calibrateHandEye``;
 rotations are averaged with SciPy.
 
@@ -26,7 +26,8 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from calibration.board import ScreenBoard
-from calibration.file import (
+from robot.backends.base import Frame, Rig
+from robot.calibration_file import (
     CalibrationError,
     CameraCalibration,
     ColourCalibration,
@@ -35,7 +36,6 @@ from calibration.file import (
     MonitorCalibration,
     now_iso,
 )
-from robot.backends.base import Frame, Rig
 from robot.config import Config
 from robot.kinematics import flange_pose
 from robot.safety import SafetyLimits

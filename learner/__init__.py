@@ -1,5 +1,5 @@
 """MaDi-SAC learner: networks, augmentation, replay buffer, update, checkpoints, policy.
 
-Also the robot <-> learner link messages and sockets (``messages``, ``link``), which both
-processes import. Imports nothing from ``robot``, ``sim`` or ``calibration``.
+Imports nothing from ``robot``, ``sim`` or ``calibration``; talks to the robot through
+``link``.
 """

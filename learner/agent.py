@@ -47,6 +47,7 @@ from torch.nn import functional as F
 from learner.augment import OverlayBank, random_shift
 from learner.config import AgentConfig
 from learner.networks import Actor, Critic, Masker, SpatialSoftmaxEncoder
+from learner.policy import MadiPolicy
 
 __all__ = ["AugmentedBatch", "MadiSacAgent", "NonFiniteError", "resolve_device",
            "tune_cpu_allocator"]
@@ -313,15 +314,13 @@ class MadiSacAgent:
         out.view(n, k, 3, *self.frame_hw).copy_(masked)
         return out
 
-    def make_policy(self):
+    def make_policy(self) -> MadiPolicy:
         """Build an inference policy that shares this agent's Masker, encoder and actor.
 
         Returns:
             A :class:`~learner.policy.MadiPolicy` on the agent's device. Call its
             ``invalidate()`` after updates so cached masks are recomputed.
         """
-        from learner.policy import MadiPolicy
-
         return MadiPolicy(
             self.masker,
             self.encoder,
@@ -347,7 +346,7 @@ class MadiSacAgent:
         """Move a replay batch to the device and apply the augmentations.
 
         Args:
-            batch: A :class:`learner.replay.Batch` (numpy arrays, see its docstring).
+            batch: A :class:`learner.replay_buffer.Batch` (numpy arrays, see its docstring).
 
         Returns:
             The :class:`AugmentedBatch` (random shift always when ``shift_pad > 0``;
@@ -391,7 +390,7 @@ class MadiSacAgent:
         """One MaDi-SAC update from a replay batch (augment, then :meth:`update_from`).
 
         Args:
-            batch: A :class:`learner.replay.Batch`.
+            batch: A :class:`learner.replay_buffer.Batch`.
 
         Returns:
             Metrics, see :meth:`update_from`.

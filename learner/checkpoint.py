@@ -12,11 +12,8 @@ spaces fails with :class:`CheckpointMismatchError`, listing every difference as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,49 +22,28 @@ import numpy as np
 import torch
 
 from learner.agent import MadiSacAgent
+from learner.checkpoint_file import (
+    FORMAT_VERSION,
+    KIND_FULL,
+    KIND_POLICY,
+    CheckpointError,
+    CheckpointMismatchError,
+    atomic_torch_save,
+    read_checkpoint,
+)
 from learner.config import AgentConfig
 
 __all__ = [
-    "FORMAT_VERSION",
     "numpy_to_torch",
     "torch_to_numpy",
-    "CheckpointError",
-    "CheckpointMismatchError",
-    "atomic_torch_save",
     "compare_settings",
     "load_checkpoint",
-    "load_policy_file",
     "save_checkpoint",
     "save_policy",
     "start_from",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Version of the checkpoint layout; bump when keys change.
-FORMAT_VERSION = 1
-_KIND_FULL = "madi_learner"
-_KIND_POLICY = "madi_policy"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or of the wrong kind."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint was made with another config or other spaces.
-
-    Attributes:
-        differences: ``{key: (checkpoint value, current value)}``.
-    """
-
-    def __init__(self, path: str | Path, differences: dict[str, tuple[Any, Any]]):
-        self.differences = differences
-        lines = [f"  {k}: checkpoint {a!r} vs current {b!r}" for k, (a, b) in differences.items()]
-        super().__init__(
-            f"checkpoint '{path}' does not match the current agent ({len(differences)} "
-            f"difference(s)):\n" + "\n".join(lines)
-        )
 
 
 def _spaces(agent: MadiSacAgent) -> dict[str, Any]:
@@ -115,32 +91,6 @@ def compare_settings(
     return diffs
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the target folder, fsync, then ``os.replace``.
-
-    Args:
-        obj: Object to save (tensors, dicts, lists, numbers, strings).
-        path: Destination file; its folder is created if needed.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def numpy_to_torch(obj: Any) -> Any:
     """Replace numpy arrays/scalars by tensors/Python numbers for ``weights_only`` loads.
 
@@ -179,27 +129,6 @@ def torch_to_numpy(obj: Any) -> Any:
     return obj
 
 
-def _load(path: str | Path, kind: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise CheckpointError(
-            f"checkpoint '{path}' cannot be read safely ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(data, dict) or data.get("kind") != kind:
-        got = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"checkpoint '{path}' is of kind {got!r}, expected {kind!r}")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint '{path}' has format_version {data.get('format_version')!r}, "
-            f"this code reads {FORMAT_VERSION}"
-        )
-    return data
-
-
 def save_checkpoint(
     path: str | Path,
     agent: MadiSacAgent,
@@ -223,7 +152,7 @@ def save_checkpoint(
     """
     agent.check_weights_finite(f"save checkpoint {path}")
     data = {
-        "kind": _KIND_FULL,
+        "kind": KIND_FULL,
         "format_version": FORMAT_VERSION,
         "config_json": json.dumps(agent.cfg.model_dump(mode="json"), sort_keys=True),
         "config_hash": agent.cfg.config_hash(),
@@ -257,7 +186,7 @@ def load_checkpoint(
             holds no replay while ``replay`` is given and ``require_replay``.
         CheckpointMismatchError: If config or spaces differ (each difference listed).
     """
-    data = _load(path, _KIND_FULL)
+    data = read_checkpoint(path, KIND_FULL)
     saved_cfg = AgentConfig.model_validate(json.loads(data["config_json"])).learning_dict()
     diffs = compare_settings(saved_cfg, data["spaces"], agent.cfg, _spaces(agent))
     if diffs:
@@ -284,7 +213,7 @@ def _init_source(path: str | Path, cfg: AgentConfig,
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "learner.pt"
-    data = _load(path, _KIND_FULL)
+    data = read_checkpoint(path, KIND_FULL)
     saved = AgentConfig.model_validate(json.loads(data["config_json"]))
     diffs = {f"agent.{k}": (getattr(saved, k), getattr(cfg, k)) for k in NETWORK_FIELDS
              if getattr(saved, k) != getattr(cfg, k)}
@@ -355,7 +284,7 @@ def start_from(path: str | Path, agent: MadiSacAgent, prior_mix: float,
 
     Loads ``path``'s networks into ``agent`` (:func:`init_from_checkpoint`) and, when
     ``prior_mix`` > 0, its replay buffer into a new one, to be mixed into every batch
-    (:func:`learner.replay.sample_mixed`).
+    (:func:`learner.replay_buffer.sample_mixed`).
 
     Args:
         path: Run directory or ``learner.pt``.
@@ -397,7 +326,7 @@ def policy_state_from_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "learner.pt"
-    modules = _load(path, _KIND_FULL)["agent"]
+    modules = read_checkpoint(path, KIND_FULL)["agent"]
     return {"masker": modules["modules"].get("masker"), "encoder": modules["modules"]["encoder"],
             "actor": modules["modules"]["actor"], "version": int(modules["num_updates"])}
 
@@ -425,7 +354,7 @@ def save_policy(path: str | Path, agent: MadiSacAgent, version: int | None = Non
         return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
     data = {
-        "kind": _KIND_POLICY,
+        "kind": KIND_POLICY,
         "format_version": FORMAT_VERSION,
         "version": agent.num_updates if version is None else int(version),
         "config_json": json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
@@ -444,37 +373,6 @@ def save_policy(path: str | Path, agent: MadiSacAgent, version: int | None = Non
         "actor": cpu_sd(agent.actor),
     }
     return atomic_torch_save(data, path)
-
-
-def load_policy_file(
-    path: str | Path,
-    expected_spaces: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Read a policy-only file (``torch.load(weights_only=True)``).
-
-    Args:
-        path: File written by :func:`save_policy`.
-        expected_spaces: Optional spaces the caller needs (image_shape, proprio_dim,
-            action_dim); a mismatch raises.
-
-    Returns:
-        The dict: ``net`` sizes, ``spaces``, state dicts ``masker`` (or None), ``encoder``,
-        ``actor``, ``version``, ``config_json``, ``config_hash``.
-
-    Raises:
-        CheckpointError: If the file is missing, unsafe/corrupt or not a policy file.
-        CheckpointMismatchError: If ``expected_spaces`` differ from the file's.
-    """
-    data = _load(path, _KIND_POLICY)
-    if expected_spaces is not None:
-        diffs = {
-            f"spaces.{k}": (data["spaces"].get(k), v)
-            for k, v in expected_spaces.items()
-            if data["spaces"].get(k) != (list(v) if isinstance(v, tuple) else v)
-        }
-        if diffs:
-            raise CheckpointMismatchError(path, diffs)
-    return data
 
 
 def save_run_checkpoints(

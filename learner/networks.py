@@ -132,21 +132,6 @@ class SpatialSoftmaxEncoder(nn.Module):
         self.feature_dim = 2 * self.filters + self.proprio_dim
         self.apply(weight_init)
 
-    def conv_out_hw(self, h: int, w: int) -> tuple[int, int]:
-        """Spatial size of the last feature map for an input of ``(h, w)`` pixels.
-
-        Args:
-            h: Input height, px.
-            w: Input width, px.
-
-        Returns:
-            ``(h_out, w_out)``.
-        """
-        for conv in self.convs:
-            s = conv.stride[0]
-            h, w = (h - 1) // s + 1, (w - 1) // s + 1
-        return h, w
-
     def forward(self, obs01: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
         """Encode a masked frame stack and proprioception.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from learner.checkpoint_file import load_policy_file
 from learner.config import AgentConfig
 from learner.networks import Actor, Masker, SpatialSoftmaxEncoder
 
@@ -79,10 +80,8 @@ class MadiPolicy:
             The policy, in eval mode.
 
         Raises:
-            learner.checkpoint.CheckpointError: If the file is not a policy checkpoint.
+            learner.checkpoint_file.CheckpointError: If the file is not a policy checkpoint.
         """
-        from learner.checkpoint import load_policy_file
-
         data = load_policy_file(path)
         policy = cls._build(data["net"], data["spaces"], device, **kwargs)
         state = {"masker": data["masker"], "encoder": data["encoder"], "actor": data["actor"]}

@@ -1,10 +1,10 @@
 """The learner process: transitions in, MaDi-SAC updates, weights out.
 
-:class:`LearnerProcess` owns a :class:`~learner.link.LearnerLink` (bound; robots connect
+:class:`LearnerProcess` owns a :class:`~link.endpoints.LearnerLink` (bound; robots connect
 to it), a replay buffer and a :class:`~learner.agent.MadiSacAgent`. Its loop:
 
 - receive transitions (without waiting while there is update work), rebuild them with a
-  :class:`~learner.messages.TransitionAssembler` and add them to the replay buffer;
+  :class:`~link.messages.TransitionAssembler` and add them to the replay buffer;
 - update while the cap allows: after ``init_random_steps`` env steps, at most
   ``updates_per_step`` updates per env step received (the same credit rule as the
   synchronous loop), never while the robot has paused the learner (episode resets);
@@ -45,16 +45,16 @@ from typing import Any
 from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
-from learner.link import LearnerLink
-from learner.messages import (
+from learner.metrics import MetricsWriter, SinkConfig
+from learner.replay_buffer import Batch, ReplayBuffer, sample_mixed
+from link.endpoints import LearnerLink
+from link.messages import (
     Shutdown,
     Transition,
     TransitionAssembler,
     TransitionBounds,
     Weights,
 )
-from learner.metrics import MetricsWriter, SinkConfig
-from learner.replay import Batch, ReplayBuffer, sample_mixed
 
 __all__ = ["LearnerProcess", "read_progress"]
 
@@ -134,7 +134,7 @@ class LearnerProcess:
             (``link/out_of_bounds``). None: shapes and finiteness only.
 
     Raises:
-        learner.checkpoint.CheckpointError: If ``resume`` has no usable checkpoint, or
+        learner.checkpoint_file.CheckpointError: If ``resume`` has no usable checkpoint, or
             ``init_from`` cannot initialise this agent.
         ValueError: If ``prior_mix`` is outside [0, 1).
     """
@@ -225,7 +225,7 @@ class LearnerProcess:
         the link's are and added before the robot's first step. Call before :meth:`run`.
 
         Args:
-            transitions: Recorded :class:`~learner.messages.Transition` messages, in order.
+            transitions: Recorded :class:`~link.messages.Transition` messages, in order.
             updates: Gradient updates to run on them afterwards (None:
                 ``updates_per_step`` x transitions loaded, the online ratio).
 

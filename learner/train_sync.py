@@ -29,8 +29,9 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
 from learner.metrics import MetricsWriter, SinkConfig
+from learner.replay_buffer import ReplayBuffer, sample_mixed
 
-__all__ = ["evaluate", "train_sync"]
+__all__ = ["policy_returns", "train_sync"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _obs(obs: Any) -> dict[str, np.ndarray]:
     }
 
 
-def evaluate(env: Any, policy: Any, episodes: int, seed: int = 0) -> list[float]:
+def policy_returns(env: Any, policy: Any, episodes: int, seed: int = 0) -> list[float]:
     """Run deterministic episodes and return their undiscounted returns.
 
     Episode ``i`` is reset with seed ``seed + i`` (the convention of ``madi eval``), so every
@@ -103,7 +104,7 @@ def train_sync(
     ``skip_random``, then a sample from the policy), step the env, store the transition,
     then run updates while the update credit (``updates_per_step`` per step after the
     random phase) allows. Evaluation (deterministic policy, ``eval_episodes`` fixed
-    episodes from ``eval_seed``, :func:`evaluate`) happens after every ``eval_every`` steps
+    episodes from ``eval_seed``, :func:`policy_returns`) happens after every ``eval_every`` steps
     at the next episode boundary, on ``eval_env`` when given, else on ``env`` itself (whose
     next training episode is then reseeded from the step, so training targets do not
     repeat the evaluation's). Each episode's row holds ``charts/safety_share``, the share
@@ -146,12 +147,10 @@ def train_sync(
 
     Raises:
         ValueError: If the spaces are not as described or a count is out of range.
-        learner.checkpoint.CheckpointError: If ``init_from`` cannot initialise this agent,
+        learner.checkpoint_file.CheckpointError: If ``init_from`` cannot initialise this agent,
             or ``resume`` finds no usable checkpoint in ``run_dir``.
         learner.metrics.MetricsSinkError: If a sink in ``sinks`` cannot be opened.
     """
-    from learner.replay import ReplayBuffer, sample_mixed
-
     if total_steps < 1 or eval_every < 1 or eval_episodes < 0 or log_every < 1:
         raise ValueError(
             "total_steps, eval_every and log_every must be >= 1 and eval_episodes >= 0, got "
@@ -276,7 +275,7 @@ def train_sync(
                 evaluated = eval_due and eval_episodes > 0
                 if evaluated:
                     eval_due = False
-                    rets = evaluate(eval_env or env, agent.make_policy(), eval_episodes,
+                    rets = policy_returns(eval_env or env, agent.make_policy(), eval_episodes,
                                     eval_seed)
                     eval_returns.append((step, float(np.mean(rets))))
                     metrics.write(
@@ -361,7 +360,7 @@ def _final_eval(env: Any, agent: MadiSacAgent, episodes: int, seed: int, run_dir
     """The fixed final evaluation: a metrics row and ``final_eval.json`` (or nothing)."""
     if episodes <= 0:
         return []
-    returns = evaluate(env, agent.make_policy(), episodes, seed)
+    returns = policy_returns(env, agent.make_policy(), episodes, seed)
     metrics.write({"global_step": step, "time_s": round(elapsed, 3),
                    "charts/final_eval_return": float(np.mean(returns)),
                    "charts/final_eval_return_std": float(np.std(returns))})

@@ -29,6 +29,12 @@ from pydantic import (
 
 from learner.config import AgentConfig
 from learner.metrics import SinkConfig
+from robot.calibration_file import (
+    CalibrationError,
+    config_overrides,
+    load_calibration,
+    randomize_defaults,
+)
 from robot.kinematics import pose_matrix
 
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
@@ -502,7 +508,7 @@ class RobotLoopConfig(_Section):
 
 
 class LinkConfig(_Section):
-    """The robot <-> learner link (ZeroMQ; learner/link.py)."""
+    """The robot <-> learner link (ZeroMQ; link/endpoints.py)."""
 
     address: str | None = Field(
         None,
@@ -592,7 +598,7 @@ class Config(_Section):
 
     backend: Literal["sim", "ur5"] = Field("sim", description="Which rig drives the task.")
     calibration: str | None = Field(
-        None, description="Calibration file (calibration/file.py; relative to this config's "
+        None, description="Calibration file (robot/calibration_file.py; relative to this config's "
         "folder): its camera, hand-eye, monitor, colour and latency values replace the "
         "config's. null: none."
     )
@@ -644,11 +650,6 @@ class Config(_Section):
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
-    def digest(self) -> str:
-        """Short SHA-256 of the validated config (hex, 12 chars), for handshakes and runs."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
@@ -694,7 +695,7 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
     """Validate a config mapping, applying the calibration file and overrides.
 
     Precedence, lowest first: the mapping, the calibration file it names (``calibration``;
-    see :mod:`calibration.file`), the ``dotted.key=value`` overrides. A relative
+    see :mod:`robot.calibration_file`), the ``dotted.key=value`` overrides. A relative
     calibration path is taken from ``base_dir`` when the mapping names it, and from the
     working directory when an override does (``--set calibration=PATH`` on the command
     line). The validated config holds the calibration's absolute path.
@@ -707,13 +708,6 @@ def config_from_dict(data: dict, source: str = "<dict>", overrides: list[str] = 
     merged = json.loads(json.dumps(data))
     _apply_overrides(merged, overrides)
     if merged.get("calibration"):
-        from calibration.file import (
-            CalibrationError,
-            config_overrides,
-            load_calibration,
-            randomize_defaults,
-        )
-
         path = Path(merged["calibration"])
         if not path.is_absolute() and merged["calibration"] == data.get("calibration"):
             path = Path(base_dir or ".") / path

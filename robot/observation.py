@@ -4,13 +4,16 @@ Observation (MaDi / ReLoD UR5 visual reacher): ``{"image": uint8 (3k, H, W), "pr
 float32 (3n,)}``: the k newest RGB wrist-camera frames stacked on the channel axis,
 oldest first, and proprioception ``[q (rad), qd / speed_max, previous action]`` of the
 n active joints. Action: float32 (n,) in [-1, 1], joint velocities of the active joints
-as fractions of ``speed_max`` (rad/s); the other joints get 0.
+as fractions of ``speed_max`` (rad/s); the other joints get 0. :func:`frame_with_mask`
+draws a frame as videos show it, with the policy's Masker mask beside it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
+import cv2
 import numpy as np
 
 from robot.config import ArmConfig
@@ -111,3 +114,24 @@ def action_to_qd(action: np.ndarray, arm: ArmConfig) -> np.ndarray:
     qd = np.zeros(6)
     qd[arm.active_joints] = np.clip(action, -1.0, 1.0) * arm.speed_max
     return qd
+
+
+def frame_with_mask(frame: np.ndarray, policy: Any, scale: int) -> np.ndarray:
+    """A camera frame with the policy's Masker mask beside it (white = kept), upscaled.
+
+    Args:
+        frame: uint8 (H, W, 3) RGB observation frame.
+        policy: A :class:`learner.policy.MadiPolicy` (or None); without a Masker only
+            the frame is shown.
+        scale: Nearest-neighbour upscaling.
+
+    Returns:
+        uint8 (H * scale, W * scale * panels, 3) RGB, panels = 2 with a Masker, else 1.
+    """
+    tiles = [frame]
+    if getattr(policy, "masker", None) is not None:
+        mask = (policy.mask(frame) * 255).astype(np.uint8)
+        tiles.append(np.repeat(mask[:, :, None], 3, axis=2))
+    row = np.concatenate(tiles, axis=1)
+    return cv2.resize(row, (row.shape[1] * scale, row.shape[0] * scale),
+                      interpolation=cv2.INTER_NEAREST)

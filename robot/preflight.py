@@ -48,6 +48,7 @@ from robot.backends.base import DeviceError
 from robot.backends.monitor import WindowDisplay
 from robot.backends.ur5 import CB3_MAJOR_VERSION, UR5Arm, load_ur_rtde
 from robot.backends.webcam import OpenCVCamera
+from robot.calibration_file import SECTIONS, CalibrationError, load_calibration
 from robot.config import Config
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target
@@ -297,8 +298,6 @@ class Preflight:
         return arm.read_state().q
 
     def _calibration(self) -> None:
-        from calibration.file import SECTIONS, CalibrationError, load_calibration
-
         path = self.cfg.calibration
         if not path:
             self.add("calibration", "warn", "no calibration file (config key calibration): "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from mcap.writer import CompressionType, Writer
 
-from learner.messages import Spaces, TransitionPacker, encode_packed
+from link.messages import Spaces, TransitionPacker, encode_packed
 from robot.backends.base import ArmState
 from robot.session_log import (
     ARM_STATE,
@@ -101,6 +101,7 @@ class SessionRecorder:
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self._writer.add_metadata("session", meta)
         self._channels = {
+            # the schema text recorded sessions carry (named before link/ left learner/)
             TRANSITION: self._channel(TRANSITION, "madi.Transition", "madi-link",
                                       b"learner.messages.Transition (encode_packed)"),
             ARM_STATE_TOPIC: self._channel(ARM_STATE_TOPIC, "madi.ArmState", "madi-struct",

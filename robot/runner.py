@@ -2,7 +2,7 @@
 
 :class:`RobotRunner` drives a :class:`~robot.backends.base.Rig` (the sim mirror or the
 real UR5; it never knows which) with a local :class:`~learner.policy.MadiPolicy` and a
-:class:`~learner.link.RobotLink` to the learner (the ReLoD "Remote-Local" pattern).
+:class:`~link.endpoints.RobotLink` to the learner (the ReLoD "Remote-Local" pattern).
 
 One agent step ``t`` of an episode (``task.agent_period`` apart, sleep then spin):
 
@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from learner.link import RobotLink
-from learner.messages import Shutdown, Spaces
 from learner.policy import MadiPolicy
+from link.endpoints import RobotLink
+from link.messages import Shutdown, Spaces
 from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop

@@ -123,20 +123,6 @@ class SafetyLimits:
         """Signed distance of each joint outside its range (0 inside), rad, float64 (6,)."""
         return np.minimum(q - self.q_low, 0.0) + np.maximum(q - self.q_high, 0.0)
 
-    def rest_position(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> np.ndarray:
-        """Where the arm comes to rest if it follows ``command`` for one horizon, then brakes.
-
-        Args:
-            q: (6,) joint positions, rad.
-            qd: (6,) actual joint velocities, rad/s.
-            command: (6,) commanded joint velocities, rad/s.
-
-        Returns:
-            float64 (6,) joint positions at rest, rad (the last row of
-            :meth:`predicted_path`).
-        """
-        return self.predicted_path(q, qd, command)[-1]
-
     def predicted_path(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray,
                        samples: int = 3) -> np.ndarray:
         """Joint positions along the path of ``command`` for one horizon, then a brake.

@@ -7,7 +7,7 @@ zstd-compressed per chunk, and opens in Foxglove Studio. The topics:
 =====================  ==========  ===========  ==========================================
 topic                  rate        encoding     content
 =====================  ==========  ===========  ==========================================
-``/agent/transition``  25 Hz       madi-link    the link's :class:`learner.messages.Transition`
+``/agent/transition``  25 Hz       madi-link    the link's :class:`link.messages.Transition`
                                                 (the same validated codec, no pickle): the
                                                 camera frame the agent saw, lossless (a
                                                 keyframe carries the whole frame stack),
@@ -57,7 +57,7 @@ from mcap.stream_reader import MAGIC_SIZE, StreamReader, breakup_chunk
 from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
-from learner.messages import MessageError, Transition, decode
+from link.messages import MessageError, Transition, decode
 
 logger = logging.getLogger(__name__)
 

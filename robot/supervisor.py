@@ -32,6 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from learner.process import read_progress
+
 if TYPE_CHECKING:
     from robot.runner import RobotRunner
 
@@ -144,8 +146,6 @@ class LearnerSupervisor:
 
     def _checkpoint(self) -> tuple[int, str]:
         """Env steps of the run's checkpoint (0 without one) and a phrase naming it."""
-        from learner.process import read_progress
-
         try:
             progress = read_progress(self.run_dir)
         except (FileNotFoundError, ValueError):

@@ -15,7 +15,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from learner.messages import TransitionBounds
+from link.messages import TransitionBounds
 from robot.config import Config, TargetConfig, TaskConfig
 from robot.observation import proprio_high
 

@@ -69,11 +69,6 @@ class TimingReport:
     skipped: int = 0
     cycles: int = 0
 
-    def as_dict(self, prefix: str = "control") -> dict[str, float]:
-        """Scalar fields under namespaced metric keys, e.g. ``control/jitter_p99_ms``."""
-        return {f"{prefix}/{k}": float(v) for k, v in self.__dict__.items()
-                if k != "overrun_sizes_ms"}
-
 
 class SampleRing:
     """Preallocated int64 ring of the newest ``size`` samples (e.g. durations, ns).

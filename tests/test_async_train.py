@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from learner.link import LinkAddresses
-from learner.messages import Hello, Spaces, encode
+from link.endpoints import LinkAddresses
+from link.messages import Hello, Spaces, encode
 from robot.session_log import SessionLog
 
 SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",
@@ -37,7 +37,7 @@ QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "sim_quick.yaml
 def madi(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "MUJOCO_GL": "egl"}
     kwargs.setdefault("start_new_session", True)  # its own group, for finish()'s kill
-    return subprocess.Popen([sys.executable, "-m", "robot.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "madi.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **kwargs)
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from scipy.spatial.transform import Rotation
 
-from calibration.file import load_calibration, save_section
+from madi.cli import CONFIGS, main
 from robot.backends.sim import SimRig
-from robot.cli import CONFIGS, main
+from robot.calibration_file import load_calibration, save_section
 from robot.config import ConfigError, load_config
 from robot.kinematics import rpy_matrix
 

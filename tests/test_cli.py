@@ -8,7 +8,7 @@ import cv2
 import pytest
 from test_real_rig import write_video
 
-from robot.cli import CONFIGS, main
+from madi.cli import CONFIGS, main
 
 TINY = ["--set", "agent.init_random_steps=40", "--set", "agent.batch_size=8",
         "--set", "task.episode_steps=30", "--set", "train.eval_every=60",

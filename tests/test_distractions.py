@@ -15,8 +15,8 @@ from skimage import io as skio
 
 from learner.augment import SKIMAGE_TEST_IMAGES, SKIMAGE_TRAIN_IMAGES
 from learner.policy import MadiPolicy
+from madi.cli import main
 from robot.backends.sim import SimRig
-from robot.cli import main
 from robot.config import config_from_dict
 from robot.distractions import (
     DistractionError,
@@ -25,9 +25,9 @@ from robot.distractions import (
     make_distractions,
     screen,
 )
-from robot.evaluate import evaluate
 from robot.runner import RobotRunner, spaces_of
 from robot.task import RedTargetReward
+from sim.evaluate import evaluate
 
 SIZE = (480, 270)
 

@@ -335,7 +335,7 @@ def test_config_takes_stream_urls_and_a_screen_url():
 
 def robot_check(controller, out, *extra):
     """``madi robot check`` against ``controller`` (its camera and screen); the table."""
-    args = [sys.executable, "-m", "robot.cli", "robot", "check", "--host", controller.host,
+    args = [sys.executable, "-m", "madi.cli", "robot", "check", "--host", controller.host,
             "--set", f"camera.device={controller.url('/camera.mjpg')}",
             "--set", "monitor.output=offscreen",
             "--set", f"monitor.url={controller.url('/screen')}", "--out", str(out), *extra]

@@ -11,17 +11,16 @@ import torch
 
 from learner.agent import MadiSacAgent
 from learner.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
     init_from_checkpoint,
     policy_state_from_checkpoint,
     save_checkpoint,
     save_policy,
 )
+from learner.checkpoint_file import CheckpointError, CheckpointMismatchError
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.replay import ReplayBuffer, sample_mixed
-from robot.cli import CONFIGS, main
+from learner.replay_buffer import ReplayBuffer, sample_mixed
+from madi.cli import CONFIGS, main
 
 IMAGE = (9, 24, 32)
 SMALL = dict(masker_filters=4, encoder_filters=8, mlp_hidden=[32, 32], batch_size=8,

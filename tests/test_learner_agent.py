@@ -12,6 +12,13 @@ from learner.config import AgentConfig
 from learner.networks import Actor, Critic, Masker, SpatialSoftmaxEncoder
 
 
+def conv_out_hw(enc: SpatialSoftmaxEncoder, h: int, w: int) -> tuple[int, int]:
+    for conv in enc.convs:
+        s = conv.stride[0]
+        h, w = (h - 1) // s + 1, (w - 1) // s + 1
+    return h, w
+
+
 def test_network_shapes_and_dtypes():
     masker = Masker(32)
     assert (
@@ -25,7 +32,7 @@ def test_network_shapes_and_dtypes():
     assert float(m.min()) >= 0.0 and float(m.max()) <= 1.0
 
     enc = SpatialSoftmaxEncoder(9, 15, 32, [2, 2, 2, 1])
-    assert enc.conv_out_hw(90, 160) == (12, 20)
+    assert conv_out_hw(enc, 90, 160) == (12, 20)
     feats = enc(torch.rand(2, 9, 90, 160), torch.zeros(2, 15))
     assert feats.shape == (2, 2 * 32 + 15) and enc.feature_dim == 79
     assert float(feats[:, :64].detach().abs().max()) <= 1.0  # keypoints in [-1, 1]

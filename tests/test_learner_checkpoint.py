@@ -12,16 +12,14 @@ from toy_env import DotReacherEnv
 
 from learner.agent import MadiSacAgent
 from learner.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
     load_checkpoint,
-    load_policy_file,
     save_checkpoint,
     save_policy,
 )
+from learner.checkpoint_file import CheckpointError, CheckpointMismatchError, load_policy_file
 from learner.config import AgentConfig
 from learner.policy import MadiPolicy
-from learner.replay import ReplayBuffer
+from learner.replay_buffer import ReplayBuffer
 
 
 def _agent(**kw):

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from learner.agent import AugmentedBatch, MadiSacAgent
 from learner.config import AgentConfig
-from learner.replay import Batch
+from learner.replay_buffer import Batch
 
 
 def plain_update(

@@ -15,9 +15,9 @@ import pytest
 from test_learner_reference import SMALL
 
 from learner.config import AgentConfig
-from learner.link import LearnerLink
-from learner.messages import Spaces, TransitionPacker
 from learner.process import LearnerProcess
+from link.endpoints import LearnerLink
+from link.messages import Spaces, TransitionPacker
 
 SPACES = Spaces((9, 16, 20), 4, 3)
 EPISODES, STEPS = 4, 10  # 40 transitions; the checkpoint is taken after 23
@@ -89,20 +89,21 @@ def test_refill_from_another_robot_session_counts_every_transition(tmp_path, lea
 
 
 def test_a_restarted_learner_resumes_from_the_checkpoint_if_there_is_one(tmp_path):
-    from robot.cli import _learner_command, build_parser
+    from madi.cli import build_parser
+    from madi.learner_cmd import learner_command
 
     args = build_parser().parse_args(["train", "--init-from", "sim_run", "--pretrain", "s.mcap"])
     session = tmp_path / "session.mcap"
-    first = _learner_command("ipc:///x", tmp_path, args, restart=False, refill=None)
+    first = learner_command("ipc:///x", tmp_path, args, restart=False, refill=None)
     assert "--init-from" in first and "--pretrain" in first and "--refill" not in first
     # before the first checkpoint: started as the first one was, refilled from the session
-    fresh = _learner_command("ipc:///x", tmp_path, args, restart=True, refill=session)
+    fresh = learner_command("ipc:///x", tmp_path, args, restart=True, refill=session)
     assert fresh[fresh.index("--refill") + 1] == str(session) and "--init-from" in fresh
     assert "--resume" not in fresh
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "learner.pt").touch()
-    resumed = _learner_command("ipc:///x", tmp_path, args, restart=True, refill=session)
+    resumed = learner_command("ipc:///x", tmp_path, args, restart=True, refill=session)
     assert resumed[resumed.index("--resume") + 1] == str(tmp_path) and "--refill" in resumed
     assert "--init-from" not in resumed and "--pretrain" not in resumed
     # robot.record: false leaves nothing to refill from; the checkpoint still counts
-    assert "--resume" in _learner_command("ipc:///x", tmp_path, args, restart=True, refill=None)
+    assert "--resume" in learner_command("ipc:///x", tmp_path, args, restart=True, refill=None)

@@ -13,7 +13,7 @@ from toy_env import DotReacherEnv, random_return
 from learner.config import AgentConfig
 from learner.metrics import METRIC_KEYS
 from learner.policy import MadiPolicy
-from learner.train_sync import evaluate, train_sync
+from learner.train_sync import policy_returns, train_sync
 
 TOY = dict(
     masker_filters=8,
@@ -61,7 +61,7 @@ def test_train_sync_smoke(tmp_path, caplog):
     assert any(r["charts/updates_per_s"] for r in rows)
     assert (tmp_path / "checkpoints" / "learner.pt").is_file()
     policy = MadiPolicy.from_checkpoint(tmp_path / "checkpoints" / "policy.pt")
-    assert len(evaluate(DotReacherEnv(horizon=5), policy, 1, seed=0)) == 1
+    assert len(policy_returns(DotReacherEnv(horizon=5), policy, 1, seed=0)) == 1
     assert "eval return" in caplog.text
 
 
@@ -96,10 +96,10 @@ def test_fixed_evaluation_episodes_repeat_and_do_not_disturb_training_targets():
 
     agent = MadiSacAgent(cfg, env.observation_space["image"].shape,
                          env.observation_space["proprio"].shape[0], 2)
-    first = evaluate(env, agent.make_policy(), 3, seed=7)
-    again = evaluate(DotReacherEnv(horizon=5), agent.make_policy(), 3, seed=7)
+    first = policy_returns(env, agent.make_policy(), 3, seed=7)
+    again = policy_returns(DotReacherEnv(horizon=5), agent.make_policy(), 3, seed=7)
     assert first == again  # the same episodes (seed + i), the same policy: the same returns
-    assert evaluate(env, agent.make_policy(), 3, seed=8)[:2] == first[1:]
+    assert policy_returns(env, agent.make_policy(), 3, seed=8)[:2] == first[1:]
 
 
 def test_train_sync_resume_final_eval_and_safety_share(tmp_path):

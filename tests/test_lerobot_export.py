@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from madi.cli import main
 from robot.backends.sim import SimRig
-from robot.cli import main
 from robot.config import config_from_dict
 from robot.lerobot_export import (
     CAMERA_KEY,

@@ -1,4 +1,4 @@
-"""Tests for learner.link over real ZeroMQ sockets (ipc in tmp_path, tcp on 127.0.0.1)."""
+"""Tests for link.endpoints over real ZeroMQ sockets (ipc in tmp_path, tcp on 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from learner.keys import KeyFileError, allow_robot, load_keys, new_keys, pin_learner
-from learner.link import LearnerLink, LinkAddresses, LinkError, RobotLink
-from learner.messages import (
+from link.endpoints import LearnerLink, LinkAddresses, LinkError, RobotLink
+from link.keys import KeyFileError, allow_robot, load_keys, new_keys, pin_learner
+from link.messages import (
     HELLO_REQUIRED,
     Heartbeat,
     Hello,
@@ -597,7 +597,7 @@ def test_key_files_are_private_and_checked(tmp_path):
 
 
 def test_madi_keys_command(tmp_path, capsys):
-    from robot.cli import main
+    from madi.cli import main
 
     learner_dir, robot_dir = tmp_path / "L", tmp_path / "R"
     assert main(["keys", "new", "--learner", str(learner_dir)]) == 0
@@ -624,7 +624,7 @@ def test_tcp_beyond_loopback_needs_keys(keys, tcp_addresses, caplog):
         RobotLink("tcp://192.0.2.7:5555", HASH, SPACES)
     with pytest.raises(LinkError, match="got robot keys"):
         LearnerLink(tcp_addresses, HASH, SPACES, keys=keys.robot)
-    with caplog.at_level(logging.WARNING, logger="learner.link"):
+    with caplog.at_level(logging.WARNING, logger="link.endpoints"):
         LearnerLink(tcp_addresses, HASH, SPACES).close()  # loopback: allowed, with a warning
     assert "without keys" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tests for learner.messages: bit-exact round trips, validation, fuzzing, frame deltas."""
+"""Tests for link.messages: bit-exact round trips, validation, fuzzing, frame deltas."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from learner.messages import (
+from learner.replay_buffer import ReplayBuffer
+from link.messages import (
     HELLO_REQUIRED,
     MESSAGE_TYPES,
     PACKED_MAGIC,
@@ -30,7 +31,6 @@ from learner.messages import (
     encode,
     encode_packed,
 )
-from learner.replay import ReplayBuffer
 
 K, H, W, P, A = 3, 6, 8, 4, 2
 SPACES = Spaces((3 * K, H, W), P, A)
@@ -388,7 +388,7 @@ def test_packer_assembler_rebuild_exact_replay_arguments():
 
 
 def test_out_of_bounds_transitions_are_dropped_and_counted():
-    from learner.messages import TransitionBounds
+    from link.messages import TransitionBounds
 
     rng = np.random.default_rng(7)
     packer = TransitionPacker(SPACES, keyframe_every=1)  # every message stands alone

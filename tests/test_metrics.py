@@ -120,7 +120,7 @@ def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
 
 
 def test_train_config_chooses_the_sinks():
-    from robot.cli import QUICK_CONFIG
+    from madi.cli import QUICK_CONFIG
     from robot.config import load_config
 
     assert load_config(QUICK_CONFIG).train.sinks() == SinkConfig()  # auto, no W&B
@@ -130,7 +130,7 @@ def test_train_config_chooses_the_sinks():
 
 
 def test_madi_train_names_the_missing_package(tmp_path, monkeypatch, caplog):
-    from robot.cli import main
+    from madi.cli import main
 
     monkeypatch.setitem(sys.modules, "wandb", None)
     assert main(["train", "--sync", "--steps", "5", "--out", str(tmp_path / "run"),

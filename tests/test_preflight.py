@@ -11,7 +11,7 @@ import yaml
 from fake_ur_rtde import running_controller
 from test_real_rig import rig_config, write_video
 
-from robot.cli import main
+from madi.cli import main
 from robot.preflight import Preflight, format_table
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from calibration.file import CameraCalibration, HandEyeCalibration, save_section
+from madi.cli import CONFIGS
 from robot.backends.sim import SimRig
-from robot.cli import CONFIGS
+from robot.calibration_file import CameraCalibration, HandEyeCalibration, save_section
 from robot.config import RandomizeConfig, config_from_dict, load_config
 from sim.env import VisualReacherEnv
 from sim.randomize import sample
@@ -130,7 +130,7 @@ def test_the_sim_rig_draws_a_new_rig_at_each_reset_reproducibly():
 
 
 def test_two_process_train_runs_on_a_randomized_sim(tmp_path):
-    from robot.cli import main
+    from madi.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--steps", "30", "--out", str(run), "--no-progress",

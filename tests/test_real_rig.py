@@ -22,7 +22,7 @@ from fake_ur_rtde import running_controller
 from polling import wait_for
 from test_robot_runner import LINK, FakeLearner
 
-from learner.link import LinkAddresses, RobotLink
+from link.endpoints import LinkAddresses, RobotLink
 from robot.backends.base import DeviceError
 from robot.backends.monitor import WindowDisplay, compose_screen
 from robot.backends.real import RealRig

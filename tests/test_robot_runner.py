@@ -17,9 +17,9 @@ import pytest
 import zmq
 from polling import wait_for
 
-from learner.link import LearnerLink, LinkAddresses, RobotLink
-from learner.messages import HelloAck, Weights, encode, encode_packed
 from learner.policy import MadiPolicy
+from link.endpoints import LearnerLink, LinkAddresses, RobotLink
+from link.messages import HelloAck, Weights, encode, encode_packed
 from robot.backends.sim import SimRig
 from robot.config import config_from_dict
 from robot.runner import RobotRunner, spaces_of

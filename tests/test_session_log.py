@@ -22,15 +22,15 @@ from mcap.records import Chunk, Message
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import Writer
 
-from learner.messages import Spaces
+from link.messages import Spaces
+from madi.cli import main
 from robot.backends.base import ArmState
 from robot.backends.sim import SimRig
-from robot.cli import main
 from robot.config import config_from_dict
 from robot.recorder import SessionRecorder
-from robot.replay import reenact, replay_backend
 from robot.runner import RobotRunner, spaces_of
 from robot.session_log import SessionLog, SessionLogError
+from robot.session_replay import reenact, replay_backend
 
 SPACES = Spaces((6, 8, 10), 15, 5)
 
@@ -156,7 +156,7 @@ def test_truncated_files_open_and_say_where_they_were_cut(tmp_path):
 def test_a_killed_recorder_leaves_a_readable_file(tmp_path):
     script = textwrap.dedent(f"""
         import time, numpy as np
-        from learner.messages import Spaces
+        from link.messages import Spaces
         from robot.backends.base import ArmState
         from robot.recorder import SessionRecorder
         rec = SessionRecorder({str(tmp_path / 'k.mcap')!r}, Spaces((6, 8, 10), 15, 5),

@@ -328,7 +328,7 @@ def test_madi_sim_controller_serves_until_interrupted():
     from rtde_server import random_loopback
 
     host = random_loopback()
-    proc = subprocess.Popen([sys.executable, "-m", "robot.cli", "sim", "controller",
+    proc = subprocess.Popen([sys.executable, "-m", "madi.cli", "sim", "controller",
                              "--model", "ur5e", "--host", host],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

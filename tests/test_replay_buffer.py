@@ -1,4 +1,4 @@
-"""Tests for learner.replay: bit-exact frame windows, wrap-around, flags, persistence.
+"""Tests for learner.replay_buffer: bit-exact frame windows, wrap-around, flags, persistence.
 
 Every behavioural test runs with both frame codecs ("none": raw frames, "png": lossless
 PNG arena); the frames are uniform random bytes, the hardest case for PNG.
@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from learner.checkpoint import numpy_to_torch, torch_to_numpy
-from learner.replay import (
+from learner.replay_buffer import (
     Batch,
     ReplayBuffer,
     default_frame_arena_bytes,

@@ -3,7 +3,7 @@
 The robot process owns a :class:`RobotLink`, the learner process a :class:`LearnerLink`;
 each process calls the link from its own loop (the link has no thread of its own; a
 learner with keys runs pyzmq's ZAP authenticator thread, which only answers handshakes).
-Messages are those of :mod:`learner.messages`.
+Messages are those of :mod:`link.messages`.
 
 Channels (the learner binds, the robot connects, so a learner on another machine is
 reached at ``tcp://host:port`` and the robot reconnects by itself when it restarts):
@@ -24,7 +24,7 @@ control         robot DEALER <-> learner ROUTER  hello / ack, heartbeats, pause 
 Why DEALER/ROUTER for control rather than PAIR: PAIR is meant for inproc; over tcp/ipc a
 bound PAIR serves a single connection, so a restarted robot (or a stray client) cannot
 be told apart or answered while the old pipe lingers. The ROUTER sees an identity per
-connection: it answers each :class:`~learner.messages.Hello` (accept or reject with a
+connection: it answers each :class:`~link.messages.Hello` (accept or reject with a
 reason) on the connection it came from, talks to the one accepted robot, and rejects
 messages of other peers. ``ROUTER_MANDATORY`` turns a send to a vanished robot into a
 counted drop instead of a silent one.
@@ -36,7 +36,7 @@ spaces equal its own (a restarted robot too) unless another robot holds the slot
 :class:`LearnerLink`), and answers a message from an unknown peer with
 ``HelloAck(accepted=False, reason=HELLO_REQUIRED)`` so that a robot whose learner
 restarted says hello again at once. Both sides send
-:class:`~learner.messages.Heartbeat` s every ``heartbeat_interval_s``; ``*_alive(now)``
+:class:`~link.messages.Heartbeat` s every ``heartbeat_interval_s``; ``*_alive(now)``
 is False when no valid control message came from the peer within ``peer_timeout_s``
 (ZeroMQ's own heartbeats, also enabled, only keep the TCP connections honest). The
 robot sends transitions only while its hello is accepted. The learner republishes its
@@ -68,7 +68,7 @@ Every received message is decoded and validated; an invalid, mismatched or unexp
 one is dropped, counted per reason in ``counters()["rejected_by_reason"]`` and logged
 (at most once per ``log_interval_s`` per reason). Receive calls never raise for bad input.
 
-Security (docs/security.md). With ``keys`` (:func:`learner.keys.load_keys`) every socket
+Security (docs/security.md). With ``keys`` (:func:`link.keys.load_keys`) every socket
 speaks ZeroMQ CURVE (RFC 26): traffic is encrypted, the robot pins the learner's public
 key (``CURVE_SERVERKEY``) and the learner's ZAP handler (RFC 27, ``zmq.auth``) admits only
 robot keys in its allow-list directory; a client without an allowed key never completes
@@ -101,7 +101,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from learner.messages import (
+from link.messages import (
     HELLO_REQUIRED,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -123,7 +123,7 @@ from learner.messages import (
 )
 
 if TYPE_CHECKING:
-    from learner.keys import CurveKeys
+    from link.keys import CurveKeys
 
 __all__ = [
     "DEFAULT_TCP_PORT",
@@ -262,7 +262,7 @@ def _check_keys(addresses: LinkAddresses, keys: CurveKeys | None, role: str, fix
     if keys is not None:
         if keys.role != role:
             raise LinkError(f"{role} link got {keys.role} keys; load them with "
-                            f"learner.keys.load_keys(DIR, {role!r})")
+                            f"link.keys.load_keys(DIR, {role!r})")
         return
     tcp = [addr for addr in addresses if addr.startswith("tcp://")]
     for addr in tcp:
@@ -362,7 +362,7 @@ class _Endpoint:
         keys: CurveKeys | None,
     ):
         if not isinstance(spaces, Spaces):
-            raise TypeError(f"spaces: expected learner.messages.Spaces, got {type(spaces)}")
+            raise TypeError(f"spaces: expected link.messages.Spaces, got {type(spaces)}")
         self.config_hash = str(config_hash)
         self.spaces = spaces
         self.run_id = str(run_id)
@@ -544,7 +544,7 @@ class RobotLink(_Endpoint):
         run_id: Run name, for logs.
         session_id: Id of this process instance (default: a random UUID).
         sndhwm: Transitions queued at most before sends fail (about 43 KB each).
-        keyframe_every: See :class:`~learner.messages.TransitionPacker`.
+        keyframe_every: See :class:`~link.messages.TransitionPacker`.
         hello_interval_s: Hello retry period while not accepted.
         heartbeat_interval_s: Heartbeat period.
         peer_timeout_s: The learner is dead after this long without a control message.
@@ -1046,7 +1046,7 @@ class LearnerLink(_Endpoint):
 
         Returns:
             Transitions in arrival order (read-only arrays; feed them to a
-            :class:`~learner.messages.TransitionAssembler`).
+            :class:`~link.messages.TransitionAssembler`).
         """
         out: list[Transition] = []
         if timeout_ms > 0 and not self._pull.poll(timeout_ms, zmq.POLLIN):

@@ -1,7 +1,7 @@
 """What ``madi replay`` and ``madi sessions`` do with a session log.
 
 - :func:`replay_backend`: the robot process's agent loop on the recorded session
-  (:class:`robot.backends.replay.ReplayRig`), recorded again, and compared with the
+  (:class:`robot.backends.recorded.ReplayRig`), recorded again, and compared with the
   original: rewards recomputed from the frames, and actions.
 - :func:`reenact`: the recorded control-tick commands sent again to an arm (the sim, or
   the real arm at a speed cap), episode by episode from the home pose; the new joint
@@ -22,9 +22,11 @@ import cv2
 import numpy as np
 
 from robot.backends.base import ProtectiveStopError, Rig
-from robot.backends.replay import ReplayRig, load_episodes
+from robot.backends.recorded import ReplayRig, load_episodes
 from robot.config import Config
-from robot.evaluate import frame_with_mask
+from robot.observation import frame_with_mask
+from robot.recorder import SessionRecorder
+from robot.runner import RobotRunner, spaces_of
 from robot.safety import SafetyLimits
 from robot.session_log import SessionInfo, SessionLog, SessionLogError
 from robot.timing import LoopTimer
@@ -55,9 +57,6 @@ def replay_backend(log: SessionLog, cfg: Config, out_dir: Path, policy: Any = No
     Raises:
         robot.backends.base.DeviceError: If the session has no whole episode.
     """
-    from robot.recorder import SessionRecorder
-    from robot.runner import RobotRunner, spaces_of
-
     rig = ReplayRig(log, cfg)
     out_dir = Path(out_dir)
     recorder = SessionRecorder(out_dir / "session.mcap", spaces_of(cfg),

@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from robot.config import Config
 from robot.distractions import make_distractions
+from robot.observation import frame_with_mask
+from sim.env import VisualReacherEnv
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +101,6 @@ def evaluate(cfg: Config, policy: Any, distractions: str, episodes: int, seed: i
         robot.distractions.DistractionError: For a bad distraction set.
         ValueError: If ``episodes`` < 1.
     """
-    from sim.env import VisualReacherEnv
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"pace": "fast"})})
@@ -137,27 +136,6 @@ def evaluate(cfg: Config, policy: Any, distractions: str, episodes: int, seed: i
         if writer is not None:
             writer.close()
     return result.finish()
-
-
-def frame_with_mask(frame: np.ndarray, policy: Any, scale: int) -> np.ndarray:
-    """A camera frame with the policy's Masker mask beside it (white = kept), upscaled.
-
-    Args:
-        frame: uint8 (H, W, 3) RGB observation frame.
-        policy: A :class:`learner.policy.MadiPolicy` (or None); without a Masker only
-            the frame is shown.
-        scale: Nearest-neighbour upscaling.
-
-    Returns:
-        uint8 (H * scale, W * scale * panels, 3) RGB, panels = 2 with a Masker, else 1.
-    """
-    tiles = [frame]
-    if getattr(policy, "masker", None) is not None:
-        mask = (policy.mask(frame) * 255).astype(np.uint8)
-        tiles.append(np.repeat(mask[:, :, None], 3, axis=2))
-    row = np.concatenate(tiles, axis=1)
-    return cv2.resize(row, (row.shape[1] * scale, row.shape[0] * scale),
-                      interpolation=cv2.INTER_NEAREST)
 
 
 def write_results(results: list[EvalResult], out: Path, meta: dict[str, Any]) -> Path:

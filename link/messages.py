@@ -1,7 +1,7 @@
 """Every message of the robot <-> learner link and its wire format (no pickle).
 
 Both processes import this module; it is the one definition of what crosses the link
-(design.md, "Messages"). It imports neither ZeroMQ nor torch, only numpy.
+(docs/architecture.md). It imports neither ZeroMQ nor torch, only numpy.
 
 Messages (dataclasses, validated on construction and on decoding):
 
@@ -44,7 +44,7 @@ would cost 259,200 bytes per step (6.5 MB/s at 25 Hz) against about 1.16 MB/s he
 (keyframe every 50 steps), which matters on a remote learner over a shared network.
 :class:`TransitionPacker` (robot side) makes these messages from full observations and
 :class:`TransitionAssembler` (learner side) rebuilds the exact ``obs`` / ``next_obs``
-dicts that :meth:`learner.replay.ReplayBuffer.add` takes.
+dicts that :meth:`learner.replay_buffer.ReplayBuffer.add` takes.
 """
 
 from __future__ import annotations

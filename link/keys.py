@@ -34,7 +34,7 @@ from pathlib import Path
 import zmq.auth
 from zmq.utils import z85
 
-from learner.link import LinkError
+from link.endpoints import LinkError
 
 __all__ = [
     "ALLOW_DIR",

@@ -1,0 +1,125 @@
+"""``madi replay SESSION`` (view, replay as a backend, reenact) and ``madi sessions ls|export``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from learner.policy import MadiPolicy
+from madi.common import UR5_CONFIG, load_args_config, log
+from robot.backends import make_rig
+from robot.config import config_from_dict
+from robot.lerobot_export import export_command
+from robot.session_log import SessionLog
+from robot.session_replay import (
+    format_sessions,
+    list_sessions,
+    reenact,
+    render_view,
+    replay_backend,
+)
+
+
+def add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``replay`` subcommand and its arguments."""
+    p = sub.add_parser("replay", help="look at, replay or reenact a recorded session")
+    p.add_argument("session", type=Path, help="a session log (runs/<run>/session.mcap)")
+    p.add_argument("--view", type=Path, default=None, metavar="OUT.mp4",
+                   help="write a video: frames (+ masks with --checkpoint), reward, joints")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="policy.pt: show its Masker's masks / act with it in --backend")
+    p.add_argument("--backend", action="store_true",
+                   help="run the agent loop on the recording and compare rewards/actions")
+    p.add_argument("--reenact", action="store_true",
+                   help="send the recorded commands to an arm and compare the joint paths")
+    p.add_argument("--config", default=None, metavar="sim|ur5|PATH",
+                   help="reenact on: sim (default), ur5 (the real arm), or a config file")
+    p.add_argument("--confirm-real-arm", action="store_true",
+                   help="reenact on the real arm (it moves, at --speed-cap)")
+    p.add_argument("--speed-cap", type=float, default=0.3,
+                   help="largest joint speed of a real-arm reenactment, rad/s")
+    p.add_argument("--out", type=Path, default=None, help="folder of the --backend run")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a field of the recorded config")
+    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_replay)
+
+
+def add_sessions_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``sessions`` subcommand (``ls``, ``export``)."""
+    p = sub.add_parser("sessions", help="list recorded sessions; export them as a "
+                       "LeRobotDataset (export PATH... --lerobot DIR)")
+    p.add_argument("action", choices=["ls", "export"])
+    p.add_argument("dir", type=Path, nargs="*", default=[Path("runs")], metavar="PATH",
+                   help="session logs, or folders searched for them (default runs/)")
+    p.add_argument("--lerobot", type=Path, metavar="DIR", help="export: write a "
+                   "LeRobotDataset v3.0 into DIR (new or empty; robot/lerobot_export.py)")
+    p.set_defaults(func=cmd_sessions)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``madi replay SESSION``: view, replay as a backend, or reenact a recorded session."""
+    session = SessionLog(args.session)
+    if session.cut:
+        log.warning("%s was cut (%s); using what is readable", args.session,
+                    session.cut_detail)
+    recorded = yaml.safe_load(session.config_yaml())
+    policy = None
+    if args.checkpoint is not None:
+        policy = MadiPolicy.from_checkpoint(args.checkpoint)
+    if not (args.view or args.backend or args.reenact):
+        log.error("say what to do: --view OUT.mp4, --backend or --reenact")
+        return 2
+    if args.view:
+        render_view(session, args.view, policy=policy)
+        print(f"wrote {args.view}")
+    if args.backend:
+        cfg = config_from_dict(recorded, str(args.session), args.overrides)
+        out = args.out or Path(args.session).with_suffix("").parent / "replay"
+        report = replay_backend(session, cfg, out, policy=policy,
+                                policy_version=1 if policy is not None else 0)
+        print(yaml.safe_dump({"replay": report}, sort_keys=False), end="")
+    if args.reenact:
+        return _reenact(session, recorded, args)
+    return 0
+
+
+def _reenact(session: SessionLog, recorded: dict, args: argparse.Namespace) -> int:
+    target = args.config or "sim"
+    if target == "sim":
+        cfg = config_from_dict({**recorded, "backend": "sim"}, str(args.session),
+                               ["sim.pace=fast", *args.overrides])
+    elif target == "ur5" and recorded.get("backend") == "ur5":
+        cfg = config_from_dict(recorded, str(args.session), args.overrides)
+    else:
+        cfg = load_args_config(args, UR5_CONFIG if target == "ur5" else Path(target))
+    real = cfg.backend != "sim"
+    if real and not args.confirm_real_arm:
+        log.error("--reenact on the real arm moves it: add --confirm-real-arm (speed cap "
+                  "%.2f rad/s; keep the emergency stop in reach)", args.speed_cap)
+        return 2
+    rig = make_rig(cfg)
+    with rig:
+        report = reenact(session, cfg, rig, realtime=real,
+                         speed_cap=args.speed_cap if real else None)
+    print(yaml.safe_dump({"reenact": {"backend": cfg.backend, **report}}, sort_keys=False),
+          end="")
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    """``madi sessions ls|export PATH...``: list session logs, or export them.
+
+    ``ls``: one line per session log (PATH a file, or a folder). ``export ... --lerobot
+    DIR``: the sessions as one LeRobotDataset (robot/lerobot_export.py).
+    """
+    if args.action == "export":
+        return export_command(args.dir, args.lerobot)
+    rows = [row for path in args.dir for row in list_sessions(path)]
+    if not rows:
+        print(f"no session logs (*.mcap) under {' '.join(map(str, args.dir))}")
+        return 1
+    print(format_sessions(rows))
+    return 0
