@@ -9,7 +9,8 @@ Directions:
 - ``learner`` imports ``link`` only: nothing of ``robot``, ``sim`` or ``calibration``;
 - ``sim`` and ``calibration`` import of ``robot`` only :data:`ROBOT_SHARED`, never the
   robot process itself (runner, control, recorder, session logs, timing, real devices);
-- nothing imports ``cli``, the launch layer on top.
+- ``robot`` imports ``sim`` only in its sim rig (:data:`ROBOT_SIM_RIG`);
+- nothing imports ``madi``, the command on top.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("link", "learner", "robot", "sim", "calibration", "cli")
+PACKAGES = ("link", "learner", "robot", "sim", "calibration", "madi")
 
 #: The robot modules that ``sim`` and ``calibration`` may import. What the sim mirrors: the
 #: config, the kinematics, the task (target and reward), the observation and action mapping,
@@ -31,13 +32,16 @@ ROBOT_SHARED = {
     "robot.backends.base", "robot.calibration_file",
 }
 
+#: The one robot module that imports the sim: the sim rig behind the device interface.
+ROBOT_SIM_RIG = "robot.backends.sim"
+
 #: Package -> the project packages it must not import.
 FORBIDDEN = {
-    "link": {"learner", "robot", "sim", "calibration", "cli"},
-    "learner": {"robot", "sim", "calibration", "cli"},
-    "robot": {"calibration", "cli"},
-    "sim": {"learner", "calibration", "cli"},
-    "calibration": {"learner", "sim", "cli"},
+    "link": {"learner", "robot", "sim", "calibration", "madi"},
+    "learner": {"robot", "sim", "calibration", "madi"},
+    "robot": {"calibration", "madi"},
+    "sim": {"learner", "calibration", "madi"},
+    "calibration": {"learner", "sim", "madi"},
 }
 
 
@@ -135,6 +139,10 @@ def test_cycle_finder_names_the_circle():
     assert find_cycles(graph) == [["a", "b", "c", "a"]]
 
 
+def test_every_package_is_in_the_graph():
+    assert {m.split(".")[0] for m in GRAPH} == set(PACKAGES)
+
+
 def test_no_import_cycle():
     cycles = find_cycles(GRAPH)
     assert cycles == [], "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
@@ -150,4 +158,7 @@ def test_import_direction():
             elif (package in ("sim", "calibration") and target.split(".")[0] == "robot"
                   and target not in ROBOT_SHARED):
                 offenders.append(f"{module} imports {target}, not one of ROBOT_SHARED")
+            elif package == "robot" and target.split(".")[0] == "sim" and \
+                    module != ROBOT_SIM_RIG:
+                offenders.append(f"{module} imports {target}; only {ROBOT_SIM_RIG} may")
     assert offenders == []
