@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from madi.common import SIM_CONFIG, add_config_args, load_args_config, log
+from madi.common import SIM_CONFIG, UR5_CONFIG, add_config_args, load_args_config, log
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="controller: ur5 = CB3 at 125 Hz, ur5e = e-series at 500 Hz")
     p.add_argument("--host", default="127.0.0.1",
                    help="controller: address of its ports (any 127.x.y.z runs beside others)")
-    p.add_argument("--http-port", type=int, default=8080,
+    p.add_argument("--http-port", type=int, default=8080,  # sim.ur_controller.DEFAULT_HTTP_PORT
                    help="controller: port of the wrist-camera stream (/camera.mjpg), the "
                    "target screen (/screen) and the faults (/fault/NAME) (sim/emulator_io.py)")
     add_config_args(p, SIM_CONFIG)
@@ -41,7 +41,9 @@ def cmd_sim(args: argparse.Namespace) -> int:
         from sim.ur_controller import serve
 
         try:
-            serve(args.model, args.host, http_port=args.http_port)
+            # the rig the camera renders: the real config's, or the one given
+            rig = load_args_config(args, UR5_CONFIG if args.config == SIM_CONFIG else args.config)
+            serve(args.model, args.host, http_port=args.http_port, rig=rig)
         except OSError as err:
             log.error("cannot open the controller's ports on %s: %s; pick another --host "
                       "(any 127.x.y.z) or stop what holds them", args.host, err)
