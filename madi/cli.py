@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             MetricsSinkError) as err:
         log.error("%s", err)
         return 2
+    except ModuleNotFoundError as err:  # an optional extra (sim/__init__.py names it)
+        if "extra" not in str(err):
+            raise
+        log.error("madi %s: %s", args.command, err)
+        return 2
 
 
 if __name__ == "__main__":

@@ -88,15 +88,15 @@ def load_ur_rtde() -> SimpleNamespace:
         ``DashboardClient``.
 
     Raises:
-        DeviceError: If ur_rtde is not installed (``pip install ur-rtde``).
+        DeviceError: If ur_rtde is not installed (the ``real`` extra).
     """
     try:
         import dashboard_client
         import rtde_control
         import rtde_receive
     except ImportError as err:
-        raise DeviceError(f"the real arm needs ur_rtde ({err}); install it with "
-                          "`pip install ur-rtde`") from None
+        raise DeviceError(f"the real arm needs the [real] extra ({err}): "
+                          "pip install 'madi-robot[real]'") from None
     return SimpleNamespace(RTDEControlInterface=rtde_control.RTDEControlInterface,
                            RTDEReceiveInterface=rtde_receive.RTDEReceiveInterface,
                            DashboardClient=dashboard_client.DashboardClient)
