@@ -54,3 +54,34 @@ def make_controller():
     yield make
     for controller in controllers:
         controller.close()
+
+
+@pytest.fixture
+def clients():
+    """Connect the installed ur_rtde's clients to an emulated controller; disconnect at teardown.
+
+    ``clients(kind, host, *args)`` with kind ``receive``, ``control`` or ``dashboard``.
+    Teardown runs before the controller's (the fixture is requested after it) and ignores
+    a client whose link is already gone.
+    """
+    import dashboard_client
+    import rtde_control
+    import rtde_receive
+
+    made = []
+
+    def connect(kind, host, *args):
+        client = {"receive": rtde_receive.RTDEReceiveInterface,
+                  "control": rtde_control.RTDEControlInterface,
+                  "dashboard": dashboard_client.DashboardClient}[kind](host, *args)
+        if kind == "dashboard":
+            client.connect()
+        made.append(client)
+        return client
+
+    yield connect
+    for client in reversed(made):
+        try:
+            client.disconnect()
+        except RuntimeError:
+            pass

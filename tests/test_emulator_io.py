@@ -18,11 +18,8 @@ import urllib.error
 import urllib.request
 
 import cv2
-import dashboard_client
 import numpy as np
 import pytest
-import rtde_control
-import rtde_receive
 from polling import wait_for
 
 from robot.backends.base import DeviceError
@@ -34,28 +31,6 @@ from sim.emulator_io import render_config
 from sim.mirror import Mirror
 
 SCREEN_WH = (1920, 1080)
-
-
-@pytest.fixture
-def clients():
-    """Connect ur_rtde clients; disconnected at teardown (before the controller closes)."""
-    made = []
-
-    def connect(kind, host, *args):
-        client = {"receive": rtde_receive.RTDEReceiveInterface,
-                  "control": rtde_control.RTDEControlInterface,
-                  "dashboard": dashboard_client.DashboardClient}[kind](host, *args)
-        if kind == "dashboard":
-            client.connect()
-        made.append(client)
-        return client
-
-    yield connect
-    for client in reversed(made):
-        try:
-            client.disconnect()
-        except RuntimeError:
-            pass
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import dashboard_client
 import numpy as np
 import pytest
 import rtde_control
-import rtde_receive
 from polling import wait_for
 
 from robot.backends.ur5 import UR5Arm
@@ -28,25 +27,6 @@ from robot.config import CONTROL_PERIOD, Q_HOME, config_from_dict
 from sim.ur_controller import STOP_DECELERATION, build_mirror
 
 HZ = {"ur5": 125.0, "ur5e": 500.0}
-
-
-@pytest.fixture
-def clients():
-    """Connect ur_rtde clients; disconnected at teardown."""
-    made = []
-
-    def connect(kind, host, *args):
-        client = {"receive": rtde_receive.RTDEReceiveInterface,
-                  "control": rtde_control.RTDEControlInterface,
-                  "dashboard": dashboard_client.DashboardClient}[kind](host, *args)
-        if kind == "dashboard":
-            client.connect()
-        made.append(client)
-        return client
-
-    yield connect
-    for client in reversed(made):
-        client.disconnect()
 
 
 def replay(trace, model):
