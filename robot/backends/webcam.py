@@ -282,10 +282,8 @@ class OpenCVCamera(Camera):
         """Open ``camera.device``; returns the capture and whether it is a video file."""
         device = self.camera.device
         url = stream_url(device)
-        if url is not None:
-            self._stream = True
+        if url is not None:  # self._stream, set from the same device at construction
             return self._open_stream(url), False
-        self._stream = False
         linux = sys.platform.startswith("linux")
         api = cv2.CAP_V4L2 if linux else cv2.CAP_ANY
         is_file = False
