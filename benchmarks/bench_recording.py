@@ -55,9 +55,12 @@ def sim_frames(n: int, seed: int = 0) -> np.ndarray:
 def throughput(args: argparse.Namespace) -> dict:
     from link.messages import Spaces
     from robot.backends.base import ArmState
+    from robot.config import load_config
     from robot.recorder import SessionRecorder
+    from robot.session_schemas import SceneFrames
 
     base = sim_frames(200)
+    frames_tf = SceneFrames.from_config(load_config(ROOT / "configs" / "sim_quick.yaml"))
     rng = np.random.default_rng(1)
     results = {}
     for kind in ("sim", "webcam_like"):
@@ -69,7 +72,7 @@ def throughput(args: argparse.Namespace) -> dict:
         spaces = Spaces((9, 90, 160), 15, 5)
         path = args.out / f"throughput_{kind}.mcap"
         rec = SessionRecorder(path, spaces, {"config": "{}", "backend": "bench"},
-                              queue_size=1 << 16)
+                              queue_size=1 << 16, frames=frames_tf)
         state = ArmState(q=np.zeros(6), qd=np.zeros(6), t_ns=0)
         applied = np.zeros(6)
         proprio = np.zeros(15, np.float32)

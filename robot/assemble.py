@@ -28,6 +28,7 @@ from robot.backends import make_rig
 from robot.config import Config
 from robot.recorder import SessionRecorder, session_path
 from robot.runner import RobotRunner, spaces_of
+from robot.session_schemas import SceneFrames
 from robot.supervisor import LearnerSupervisor
 from robot.timing import configure_process
 
@@ -106,7 +107,10 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
                                                                  sort_keys=False),
                                         "backend": cfg.backend, "run": run_dir.name,
                                         "link_session": link.session_id if link else ""},
-                                       keyframe_every=cfg.link.keyframe_every)
+                                       keyframe_every=cfg.link.keyframe_every,
+                                       frames=SceneFrames.from_config(cfg))
+            log_lines = recorder.log_handler()
+            logging.getLogger().addHandler(log_lines)
             log.info("recording the session to %s", recorder.path)
         rig = make_rig(cfg)
         runner = RobotRunner(cfg, rig, run_dir, link, realtime=realtime, start_step=start_step,
@@ -126,6 +130,7 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
     finally:
         bar.close()
         if recorder is not None:
+            logging.getLogger().removeHandler(log_lines)
             recorder.close({"stop_reason": "robot error"})  # no-op after a clean run
         if link is not None:
             link.close()

@@ -4,9 +4,11 @@ The real-time threads never touch the file. :meth:`SessionRecorder.transition`,
 :meth:`~SessionRecorder.arm_state`, :meth:`~SessionRecorder.control_tick` and
 :meth:`~SessionRecorder.event` put a small tuple on a bounded queue and return (a few
 microseconds; when the queue is full the item is dropped and counted, never waited for).
-The writer thread encodes the items (the link codec for transitions, numpy records for
-states and ticks, JSON for events), hands them to the MCAP writer, and closes a chunk at
-least every ``flush_every`` seconds, so a crash loses at most that much.
+The writer thread encodes the items (the link codec for transitions; JSON for states,
+ticks and events; Foxglove's protobuf schemas for the camera image, the arm's frames and
+log lines), hands them to the MCAP writer, and closes a chunk at least every
+``flush_every`` seconds, so a crash loses at most that much. :meth:`~SessionRecorder.
+log_handler` puts the process's log lines on the same queue.
 Format: :mod:`robot.session_log`.
 """
 
@@ -24,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
+from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
+from foxglove_schemas_protobuf.Log_pb2 import Log
 from mcap.writer import CompressionType, Writer
 
 from link.messages import Spaces, TransitionPacker, encode_packed
@@ -37,8 +42,18 @@ from robot.session_log import (
     FORMAT_VERSION,
     PROFILE,
     TRANSITION,
-    dtype_schema,
-    struct_bytes,
+)
+from robot.session_schemas import (
+    CAMERA_TOPIC,
+    EVENT_SCHEMA,
+    LOG_TOPIC,
+    TF_TOPIC,
+    SceneFrames,
+    compressed_image,
+    json_record,
+    json_schema,
+    log_line,
+    protobuf_schema,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,13 +97,15 @@ class SessionRecorder:
         queue_size: Items buffered before new ones are dropped.
         flush_every: Longest time between chunk closes, s (bounds the loss on a crash).
         keyframe_every: A full frame stack at least every this many transitions.
+        frames: The rig's fixed frames, for the ``/tf`` channel (none without them).
 
     Raises:
         OSError: If the file cannot be created.
     """
 
     def __init__(self, path: str | Path, spaces: Spaces, meta: dict[str, str],
-                 queue_size: int = 8192, flush_every: float = 1.0, keyframe_every: int = 250):
+                 queue_size: int = 8192, flush_every: float = 1.0, keyframe_every: int = 250,
+                 frames: SceneFrames | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "wb")
@@ -100,16 +117,21 @@ class SessionRecorder:
                 "host": platform.node(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         self._writer.add_metadata("session", meta)
+        self._frames = frames
         self._channels = {
             # the schema text recorded sessions carry (named before link/ left learner/)
-            TRANSITION: self._channel(TRANSITION, "madi.Transition", "madi-link",
+            TRANSITION: self._channel(TRANSITION, "madi-link", "madi-link", "madi.Transition",
                                       b"learner.messages.Transition (encode_packed)"),
-            ARM_STATE_TOPIC: self._channel(ARM_STATE_TOPIC, "madi.ArmState", "madi-struct",
-                                           dtype_schema(ARM_STATE)),
-            CONTROL_TICK_TOPIC: self._channel(CONTROL_TICK_TOPIC, "madi.ControlTick",
-                                              "madi-struct", dtype_schema(CONTROL_TICK)),
-            EVENTS: self._channel(EVENTS, "madi.Event", "json", b"{}"),
+            ARM_STATE_TOPIC: self._json_channel(ARM_STATE_TOPIC,
+                                                json_schema("madi.ArmState", ARM_STATE)),
+            CONTROL_TICK_TOPIC: self._json_channel(CONTROL_TICK_TOPIC,
+                                                   json_schema("madi.ControlTick", CONTROL_TICK)),
+            EVENTS: self._json_channel(EVENTS, EVENT_SCHEMA),
+            CAMERA_TOPIC: self._protobuf_channel(CAMERA_TOPIC, CompressedImage),
+            LOG_TOPIC: self._protobuf_channel(LOG_TOPIC, Log),
         }
+        if frames is not None:
+            self._channels[TF_TOPIC] = self._protobuf_channel(TF_TOPIC, FrameTransforms)
         self._packer = TransitionPacker(spaces, keyframe_every)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._flush_every = float(flush_every)
@@ -121,13 +143,22 @@ class SessionRecorder:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
-    def _channel(self, topic: str, schema: str, encoding: str, schema_data: bytes) -> int:
-        schema_id = self._writer.register_schema(schema, "json" if encoding == "json"
-                                                 else encoding, schema_data)
+    def _channel(self, topic: str, encoding: str, schema_encoding: str, schema: str,
+                 schema_data: bytes) -> int:
+        schema_id = self._writer.register_schema(schema, schema_encoding, schema_data)
         return self._writer.register_channel(topic, encoding, schema_id)
+
+    def _json_channel(self, topic: str, schema: dict) -> int:
+        return self._channel(topic, "json", "jsonschema", schema["title"],
+                             json.dumps(schema).encode())
+
+    def _protobuf_channel(self, topic: str, message: type) -> int:
+        return self._channel(topic, "protobuf", "protobuf", *protobuf_schema(message))
 
     # ------------------------------------------------------------------ producers
     def _put(self, item: tuple) -> None:
+        if self._closed:
+            return
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -155,6 +186,22 @@ class SessionRecorder:
     def event(self, kind: str, **details: Any) -> None:
         """Record an event (reset, episode end, safety, protective stop, link, ...)."""
         self._put(("event", time.monotonic_ns(), {"kind": kind, **details}))
+
+    def log_handler(self, level: int = logging.INFO) -> logging.Handler:
+        """A logging handler that records the log lines it gets on ``/log``.
+
+        Add it to a logger (``logging.getLogger().addHandler(...)``) while the recorder is
+        open and remove it before :meth:`close`. Like every producer it never blocks.
+        """
+        recorder = self
+
+        class _Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                line = logging.makeLogRecord({**record.__dict__, "msg": record.getMessage(),
+                                              "args": None})  # formatted now, not later
+                recorder._put(("log", time.monotonic_ns(), line))
+
+        return _Handler(level)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Write what is queued and close the chunk in progress, then return.
@@ -207,20 +254,27 @@ class SessionRecorder:
             *args, frame_ns, action_ns, version = payload
             msg = self._packer.pack(*args, frame_time_ns=frame_ns, action_time_ns=action_ns,
                                     policy_version=version)
-            data, topic = bytes(encode_packed(msg)), TRANSITION
+            self._add(TRANSITION, t_ns, bytes(encode_packed(msg)))
+            newest = args[5]["image"][-3:].transpose(1, 2, 0)  # next_obs: (3k, H, W)
+            self._add(CAMERA_TOPIC, t_ns, compressed_image(newest, frame_ns))
         elif kind == "arm_state":
             episode, step, s = payload
-            data = struct_bytes(ARM_STATE, episode=episode, step=step, t_ns=s.t_ns, q=s.q,
-                                qd=s.qd, protective_stopped=s.protective_stopped,
-                                emergency_stopped=s.emergency_stopped)
-            topic = ARM_STATE_TOPIC
+            self._add(ARM_STATE_TOPIC, t_ns, json_record(
+                ARM_STATE, episode=episode, step=step, t_ns=s.t_ns, q=s.q, qd=s.qd,
+                protective_stopped=s.protective_stopped, emergency_stopped=s.emergency_stopped))
+            if self._frames is not None:
+                self._add(TF_TOPIC, t_ns, self._frames.transforms(s.q, t_ns))
         elif kind == "tick":
             episode, tick, tick_ns, q, qd, applied, stale = payload
-            data = struct_bytes(CONTROL_TICK, episode=episode, tick=tick, t_ns=tick_ns, q=q,
-                                qd=qd, applied=applied, stale=stale)
-            topic = CONTROL_TICK_TOPIC
+            self._add(CONTROL_TICK_TOPIC, t_ns, json_record(
+                CONTROL_TICK, episode=episode, tick=tick, t_ns=tick_ns, q=q, qd=qd,
+                applied=applied, stale=stale))
+        elif kind == "log":
+            self._add(LOG_TOPIC, t_ns, log_line(payload, t_ns))
         else:
-            data, topic = json.dumps(payload, default=_json_default).encode(), EVENTS
+            self._add(EVENTS, t_ns, json.dumps(payload, default=_json_default).encode())
+
+    def _add(self, topic: str, t_ns: int, data: bytes) -> None:
         self._writer.add_message(self._channels[topic], log_time=t_ns, data=data,
                                  publish_time=t_ns, sequence=self._seq)
         self._seq += 1

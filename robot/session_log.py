@@ -2,31 +2,44 @@
 
 A session log (``session.mcap`` in the run folder) holds every robot run, sim or real.
 MCAP (https://mcap.dev) keeps multi-rate topics with nanosecond log times, indexed and
-zstd-compressed per chunk, and opens in Foxglove Studio. The topics:
+zstd-compressed per chunk. Format 2 (this version) opens in Foxglove with the camera, the
+arm's frames in 3D, plots and log lines; the training data is in this project's codec.
 
-=====================  ==========  ===========  ==========================================
-topic                  rate        encoding     content
-=====================  ==========  ===========  ==========================================
-``/agent/transition``  25 Hz       madi-link    the link's :class:`link.messages.Transition`
-                                                (the same validated codec, no pickle): the
-                                                camera frame the agent saw, lossless (a
-                                                keyframe carries the whole frame stack),
-                                                proprio, action, reward, done flags, policy
-                                                version, frame and action times
-``/agent/arm_state``   25 Hz       madi-struct  the arm state each agent step read
-                                                (:data:`ARM_STATE`)
-``/control/tick``      125/500 Hz  madi-struct  every control tick: joint state read, command
-                                                applied, stale flag (:data:`CONTROL_TICK`)
-``/events``            sparse      json         resets, episode ends, safety interventions,
-                                                protective stops, arm and learner link events
-=====================  ==========  ===========  ==========================================
+=====================  ==========  =============  ========================================
+topic                  rate        encoding       content
+=====================  ==========  =============  ========================================
+``/agent/transition``  25 Hz       madi-link      the link's :class:`link.messages.Transition`
+                                                  (the same validated codec, no pickle):
+                                                  the camera frame the agent saw, lossless
+                                                  (a keyframe carries the whole frame
+                                                  stack), proprio, action, reward, done
+                                                  flags, policy version, frame and action
+                                                  times
+``/agent/arm_state``   25 Hz       json           the arm state each agent step read
+                                                  (:data:`ARM_STATE`'s fields)
+``/control/tick``      125/500 Hz  json           every control tick: joint state read,
+                                                  command applied, stale flag
+                                                  (:data:`CONTROL_TICK`'s fields)
+``/events``            sparse      json           resets, episode ends, safety interventions,
+                                                  protective stops, arm and learner link
+                                                  events
+``/camera/image``      25 Hz       protobuf       ``foxglove.CompressedImage``: the newest
+                                                  frame of each step, JPEG (for viewing)
+``/tf``                25 Hz       protobuf       ``foxglove.FrameTransforms``: arm links,
+                                                  flange, camera and monitor in ``base``
+``/log``               sparse      protobuf       ``foxglove.Log``: the process's log lines
+=====================  ==========  =============  ========================================
 
-Metadata records: ``session`` at the start (config YAML, code version, backend, host,
-start time) and ``session_end`` just before the file is closed (steps, episodes, why the
-run ended). "madi-struct" messages are one record of a little-endian numpy structured
-dtype, described in the channel's schema (JSON ``{"dtype": [[name, type, shape], ...]}``).
-Log times are ``time.monotonic_ns()`` of the robot machine; fast-pace sim sessions
-stamp the same clock although their sim time runs faster.
+JSON channels carry a JSON Schema; protobuf channels Foxglove's schemas
+(:mod:`robot.session_schemas`). Metadata records: ``session`` at the start (config YAML,
+code version, backend, host, start time, format version) and ``session_end`` just before
+the file is closed (steps, episodes, why the run ended). Log times are
+``time.monotonic_ns()`` of the robot machine; fast-pace sim sessions stamp the same clock
+although their sim time runs faster.
+
+Format 1 (sessions recorded before Foxglove channels) is read too: it has no camera, tf
+or log channels, and its arm states and ticks are "madi-struct" records (one
+little-endian record of the numpy dtype).
 
 Crash safety: the recorder closes a chunk at least every second, so a process killed at
 any moment leaves a file readable up to its last complete chunk. :class:`SessionLog`
@@ -46,7 +59,6 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zstandard
@@ -58,13 +70,16 @@ from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
 from link.messages import MessageError, Transition, decode
+from robot.session_schemas import records_from_json
 
 logger = logging.getLogger(__name__)
 
 #: MCAP profile of madi session logs.
 PROFILE = "madi-session"
-#: Format version, in the ``session`` metadata; readers refuse newer majors.
-FORMAT_VERSION = "1"
+#: Format version written, in the ``session`` metadata.
+FORMAT_VERSION = "2"
+#: Format majors this reader reads (it refuses others, naming the version).
+READABLE_FORMATS = ("1", "2")
 
 TRANSITION = "/agent/transition"
 ARM_STATE_TOPIC = "/agent/arm_state"
@@ -89,21 +104,6 @@ class SessionLogError(ValueError):
 #: field can ask for an impossible buffer: MemoryError, or OverflowError past 2**63.
 _DAMAGE = (McapError, ValueError, EOFError, struct.error, zstandard.ZstdError, MemoryError,
            OverflowError)
-
-
-def dtype_schema(dtype: np.dtype) -> bytes:
-    """The schema text of a madi-struct channel: JSON of the dtype's fields."""
-    fields = [[name, dtype.fields[name][0].base.str, list(dtype.fields[name][0].shape)]
-              for name in dtype.names]
-    return json.dumps({"dtype": fields}).encode()
-
-
-def struct_bytes(dtype: np.dtype, **values: Any) -> bytes:
-    """Pack one record of ``dtype`` (little-endian) from keyword values."""
-    rec = np.zeros((), dtype)
-    for key, value in values.items():
-        rec[key] = value
-    return rec.tobytes()
 
 
 @dataclass
@@ -254,6 +254,7 @@ class SessionLog:
             not finish) or a record whose length is damaged ends the scan.
         cut_detail: Where the readable part ends (byte offset, last log time).
         skipped: The damaged chunks left out (each also logged as a warning).
+        format: The file's format major (``"1"`` or ``"2"``).
     """
 
     def __init__(self, path: str | Path):
@@ -278,10 +279,11 @@ class SessionLog:
             raise SessionLogError(f"{self.path} is an MCAP file but not a madi session (no "
                                   f"readable 'session' metadata{cut}); pass a session.mcap "
                                   "recorded by madi robot/train")
-        major = self.meta.get("format_version", "0").split(".")[0]
-        if major != FORMAT_VERSION:
-            raise SessionLogError(f"{self.path} has session format {major}; this madi reads "
-                                  f"{FORMAT_VERSION}: use the madi version that wrote it")
+        self.format = self.meta.get("format_version", "0").split(".")[0]
+        if self.format not in READABLE_FORMATS:
+            raise SessionLogError(f"{self.path} has session format {self.format}; this madi "
+                                  f"reads {', '.join(READABLE_FORMATS)}: use the madi "
+                                  "version that wrote it")
 
     def _read(self) -> None:
         """Read every intact record: by the chunk index when the summary is sound."""
@@ -426,6 +428,12 @@ class SessionLog:
 
     def _structs(self, topic: str, dtype: np.dtype) -> np.ndarray:
         rows = [m.data for m in self.messages(topic)]
+        if self.format != "1":
+            try:
+                return records_from_json(rows, dtype)
+            except ValueError as err:
+                raise SessionLogError(f"{self.path}: a corrupt {topic} record: {err}") \
+                    from None
         if any(len(r) != dtype.itemsize for r in rows):
             raise SessionLogError(f"{self.path}: a {topic} record has the wrong size")
         return np.frombuffer(b"".join(rows), dtype) if rows else np.zeros(0, dtype)

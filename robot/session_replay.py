@@ -26,9 +26,9 @@ from robot.backends.recorded import ReplayRig, load_episodes
 from robot.config import Config
 from robot.observation import frame_with_mask
 from robot.recorder import SessionRecorder
-from robot.runner import RobotRunner, spaces_of
 from robot.safety import SafetyLimits
 from robot.session_log import SessionInfo, SessionLog, SessionLogError
+from robot.session_schemas import SceneFrames
 from robot.timing import LoopTimer
 
 logger = logging.getLogger(__name__)
@@ -57,11 +57,16 @@ def replay_backend(log: SessionLog, cfg: Config, out_dir: Path, policy: Any = No
     Raises:
         robot.backends.base.DeviceError: If the session has no whole episode.
     """
+    # Imported here: the agent loop brings PyTorch (its policy), which listing, viewing
+    # and reenacting sessions do without.
+    from robot.runner import RobotRunner, spaces_of
+
     rig = ReplayRig(log, cfg)
     out_dir = Path(out_dir)
     recorder = SessionRecorder(out_dir / "session.mcap", spaces_of(cfg),
                                {"config": log.config_yaml(), "backend": "replay",
-                                "replay_of": str(log.path)})
+                                "replay_of": str(log.path)},
+                               frames=SceneFrames.from_config(cfg))
     runner = RobotRunner(cfg, rig, out_dir, link=None, total_steps=rig.steps, realtime=False,
                          policy=policy, recorder=recorder)
     runner.policy_version = int(policy_version)

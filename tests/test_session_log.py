@@ -84,7 +84,7 @@ def test_write_and_read_back_bit_exact(tmp_path):
 
     log = SessionLog(tmp_path / "s.mcap")
     assert not log.cut and log.end["stop_reason"] == "steps done"
-    assert log.meta["backend"] == "sim" and log.meta["format_version"] == "1"
+    assert log.meta["backend"] == "sim" and log.meta["format_version"] == "2"
     got = list(log.transitions())
     assert len(got) == 30 and got[0].keyframe and not got[1].keyframe
     assert got[5].reward == 5 / 7 and got[29].truncated and got[3].policy_version == 3
