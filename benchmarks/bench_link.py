@@ -40,7 +40,16 @@ import zmq
 
 from link.endpoints import LearnerLink, LinkAddresses, RobotLink
 from link.keys import allow_robot, load_keys, new_keys
-from link.messages import Heartbeat, Spaces, Transition, Weights, decode, encode, encode_packed
+from link.messages import (
+    Heartbeat,
+    Spaces,
+    Step,
+    Transition,
+    Weights,
+    decode,
+    encode,
+    encode_packed,
+)
 
 K, H, W, P, A = 3, 90, 160, 15, 5
 SPACES = Spaces((3 * K, H, W), P, A)
@@ -330,10 +339,10 @@ def bench_send_step(tmp: str, n: int) -> list[float]:
             next_obs = {"image": np.concatenate(frames), "proprio": np.ones(P, np.float32)}
             action = np.zeros(A, np.float32)
             t0 = time.perf_counter_ns()
-            ok = robot.send_step(
+            ok = robot.send_step(Step(
                 0, step, obs, action, 0.0, next_obs, False, False,
                 frame_time_ns=0, action_time_ns=0, policy_version=0,
-            )  # fmt: skip
+            ))  # fmt: skip
             samples.append((time.perf_counter_ns() - t0) / 1e3)
             if not ok:
                 raise RuntimeError(f"send_step dropped step {step}: {robot.counters()}")

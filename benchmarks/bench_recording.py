@@ -53,7 +53,7 @@ def sim_frames(n: int, seed: int = 0) -> np.ndarray:
 
 
 def throughput(args: argparse.Namespace) -> dict:
-    from link.messages import Spaces
+    from link.messages import Spaces, Step
     from robot.backends.base import ArmState
     from robot.config import load_config
     from robot.recorder import SessionRecorder
@@ -84,8 +84,8 @@ def throughput(args: argparse.Namespace) -> dict:
             new = frames[step % len(frames)].transpose(2, 0, 1)
             nxt = np.concatenate([stack[3:], new])
             ep, t = divmod(step, 150)
-            rec.transition(ep, t, {"image": stack, "proprio": proprio}, action, 0.1,
-                           {"image": nxt, "proprio": proprio}, False, t == 149, step, step, 1)
+            rec.transition(Step(ep, t, {"image": stack, "proprio": proprio}, action, 0.1,
+                           {"image": nxt, "proprio": proprio}, False, t == 149, step, step, 1))
             rec.arm_state(ep, t, state)
             for k in range(ticks):
                 rec.control_tick(ep, step * ticks + k, step, state, applied, False)

@@ -46,6 +46,7 @@ from torch.nn import functional as F
 
 from learner.augment import OverlayBank, random_shift
 from learner.config import AgentConfig
+from learner.errors import NonFiniteError
 from learner.networks import Actor, Critic, Masker, SpatialSoftmaxEncoder
 from learner.policy import MadiPolicy
 
@@ -54,9 +55,6 @@ __all__ = ["AugmentedBatch", "MadiSacAgent", "NonFiniteError", "resolve_device",
 
 logger = logging.getLogger(__name__)
 
-
-class NonFiniteError(RuntimeError):
-    """A NaN or inf in the learner's loss or weights that must not reach a file or the robot."""
 
 _ALLOCATOR_TUNED = False
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from learner.errors import CheckpointError
+
 __all__ = [
     "FORMAT_VERSION",
     "KIND_FULL",
@@ -30,10 +32,6 @@ __all__ = [
 FORMAT_VERSION = 1
 KIND_FULL = "madi_learner"
 KIND_POLICY = "madi_policy"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or of the wrong kind."""
 
 
 class CheckpointMismatchError(CheckpointError):

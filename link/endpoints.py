@@ -114,6 +114,7 @@ from link.messages import (
     Resume,
     Shutdown,
     Spaces,
+    Step,
     Transition,
     TransitionPacker,
     Weights,
@@ -679,35 +680,8 @@ class RobotLink(_Endpoint):
             self._count("keyframes")
         return True
 
-    def send_step(
-        self,
-        episode_id: int,
-        step_index: int,
-        obs: dict,
-        action: Any,
-        reward: float,
-        next_obs: dict,
-        terminated: bool,
-        truncated: bool,
-        *,
-        frame_time_ns: int,
-        action_time_ns: int,
-        policy_version: int,
-    ) -> bool:
+    def send_step(self, step: Step) -> bool:
         """Pack one step (delta or keyframe, :attr:`packer`) and send it without blocking.
-
-        Args:
-            episode_id: Episode counter.
-            step_index: Step in the episode (0 first).
-            obs: ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}``.
-            action: float32 ``(A,)``, the applied action.
-            reward: Reward.
-            next_obs: Same layout, ``obs`` shifted by one frame.
-            terminated: Terminal ``next_obs``.
-            truncated: Time-limit end at ``next_obs``.
-            frame_time_ns: Capture time of the newest frame of ``obs`` (monotonic ns).
-            action_time_ns: Time the action was sent (monotonic ns).
-            policy_version: Weights version that chose the action (0: random).
 
         Returns:
             As :meth:`send_transition`.
@@ -720,20 +694,7 @@ class RobotLink(_Endpoint):
             self._count("dropped_no_peer")
             self.packer.force_keyframe()
             return False
-        msg = self.packer.pack(
-            episode_id,
-            step_index,
-            obs,
-            action,
-            reward,
-            next_obs,
-            terminated,
-            truncated,
-            frame_time_ns=frame_time_ns,
-            action_time_ns=action_time_ns,
-            policy_version=policy_version,
-        )
-        return self.send_transition(msg)
+        return self.send_transition(self.packer.pack(step))
 
     # ------------------------------------------------------------------ weights
     def poll_weights(self) -> Weights | None:

@@ -965,6 +965,42 @@ def _image(name: str, obs: Any, shape: tuple[int, ...]) -> np.ndarray:
     return image
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One agent step as the robot loop lived it: what the link packs and the recorder keeps.
+
+    The robot process builds one per step (:class:`robot.runner.RobotRunner`) and hands the
+    same record to :meth:`link.endpoints.RobotLink.send_step` and
+    :meth:`robot.recorder.SessionRecorder.transition`; :meth:`TransitionPacker.pack` turns
+    it into the wire :class:`Transition` (a delta or a keyframe).
+
+    Attributes:
+        episode_id: Episode counter.
+        step_index: Step in the episode (0 first).
+        obs: ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}``.
+        action: float32 ``(A,)``, the applied action.
+        reward: Reward.
+        next_obs: Same layout; its image must be ``obs`` shifted by one frame.
+        terminated: Terminal ``next_obs``.
+        truncated: Time-limit end at ``next_obs``.
+        frame_time_ns: Capture time of the newest frame of ``obs`` (monotonic ns).
+        action_time_ns: Time the action was sent (monotonic ns).
+        policy_version: Weights version that chose the action (0: random).
+    """
+
+    episode_id: int
+    step_index: int
+    obs: Mapping[str, np.ndarray]
+    action: np.ndarray
+    reward: float
+    next_obs: Mapping[str, np.ndarray]
+    terminated: bool
+    truncated: bool
+    frame_time_ns: int
+    action_time_ns: int
+    policy_version: int
+
+
 class TransitionPacker:
     """Robot side: turns full observations into :class:`Transition` messages.
 
@@ -994,35 +1030,8 @@ class TransitionPacker:
         """Make the next message a keyframe (e.g. after the previous one was dropped)."""
         self._force = True
 
-    def pack(
-        self,
-        episode_id: int,
-        step_index: int,
-        obs: Mapping[str, np.ndarray],
-        action: np.ndarray,
-        reward: float,
-        next_obs: Mapping[str, np.ndarray],
-        terminated: bool,
-        truncated: bool,
-        *,
-        frame_time_ns: int,
-        action_time_ns: int,
-        policy_version: int,
-    ) -> Transition:
-        """Build the message for one step (arguments as for :class:`Transition`).
-
-        Args:
-            episode_id: Episode counter.
-            step_index: Step in the episode (0 first).
-            obs: ``{"image": uint8 (3k, H, W), "proprio": float32 (P,)}``.
-            action: float32 ``(A,)``, the applied action.
-            reward: Reward.
-            next_obs: Same layout; its image must be ``obs`` shifted by one frame.
-            terminated: Terminal ``next_obs``.
-            truncated: Time-limit end at ``next_obs``.
-            frame_time_ns: Capture time of the newest frame of ``obs`` (monotonic ns).
-            action_time_ns: Time the action was sent (monotonic ns).
-            policy_version: Weights version that chose the action.
+    def pack(self, step: Step) -> Transition:
+        """Build the message for one step: a delta when it follows the last one packed.
 
         Returns:
             The transition (a delta or a keyframe).
@@ -1031,6 +1040,7 @@ class TransitionPacker:
             ValueError: If an image has the wrong shape/dtype or ``next_obs`` is not
                 ``obs`` shifted by one frame (:class:`MessageError` for other fields).
         """
+        obs, next_obs = step.obs, step.next_obs
         shape = self.spaces.image_shape
         image = _image("obs", obs, shape)
         next_image = _image("next_obs", next_obs, shape)
@@ -1040,7 +1050,7 @@ class TransitionPacker:
                 "final observation of an episode, not the reset one"
             )
         k, frame_shape = self.spaces.frame_stack, self.spaces.frame_shape
-        key = (int(episode_id), int(step_index))
+        key = (int(step.episode_id), int(step.step_index))
         delta = (
             not self._force
             and self._last_key is not None
@@ -1058,20 +1068,20 @@ class TransitionPacker:
             self._since_keyframe = 0
             self._force = False
         msg = Transition(
-            episode_id=episode_id,
-            step_index=step_index,
+            episode_id=step.episode_id,
+            step_index=step.step_index,
             frames=frames,
             proprio=obs["proprio"],
             next_proprio=next_obs["proprio"],
-            action=action,
-            reward=reward,
-            terminated=terminated,
-            truncated=truncated,
-            frame_time_ns=frame_time_ns,
-            action_time_ns=action_time_ns,
-            policy_version=policy_version,
+            action=step.action,
+            reward=step.reward,
+            terminated=step.terminated,
+            truncated=step.truncated,
+            frame_time_ns=step.frame_time_ns,
+            action_time_ns=step.action_time_ns,
+            policy_version=step.policy_version,
         )
-        if terminated or truncated:
+        if step.terminated or step.truncated:
             self._last_key, self._last_next_image = None, None
         else:
             self._last_key = key

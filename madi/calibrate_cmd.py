@@ -7,14 +7,13 @@ from pathlib import Path
 
 import yaml
 
+from calibration.drive import VIEW_STEPS, measure_step
 from madi.common import SIM_CONFIG, add_config_args, load_args_config
 from robot.calibration_file import save_section
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``calibrate`` subcommand and its arguments."""
-    p = sub.add_parser("calibrate", help="measure the rig: camera, hand-eye, monitor, "
-                       "colour, latency (into the calibration file)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi calibrate``."""
     p.add_argument("step", choices=["camera", "hand-eye", "monitor", "colour", "latency"])
     add_config_args(p, None)
     p.add_argument("--file", type=Path, default=None,
@@ -30,10 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``madi calibrate STEP``: measure one section of the calibration file."""
-    # Imported here: every madi command loads this module, and the measurements bring
-    # scipy (~2 s of start-up that a learner child must not pay).
-    from calibration.drive import VIEW_STEPS, measure_step
-
     config_path = args.config or SIM_CONFIG
     first = load_args_config(args, config_path)
     path = Path(args.file or first.calibration or "calibration.yaml").resolve()

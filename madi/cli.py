@@ -14,11 +14,11 @@ Subcommands:
     madi eval     a policy under distraction sets (none, easy, hard, a folder)
     madi keys     ``new|allow|pin``: CURVE keys of a tcp link (docs/security.md)
 
-Each command family is a module of this package (``sim_cmd``, ``train_cmd``,
-``learner_cmd``, ``robot_cmd``, ``replay_cmd`` (replay, sessions), ``eval_cmd``,
-``calibrate_cmd``, ``keys_cmd``), each with its arguments and its
-``cmd_*`` function. Only this layer imports across packages; ``learner`` stays free of
-robot and sim code.
+Each command is a module of this package, ``madi.<command>_cmd``, with its arguments
+(``add_arguments``) and its ``cmd_*`` function; :func:`main` imports only the module of
+the command it runs, so commands that need no extra (``sessions``, ``replay --view``,
+``keys``, ``--help``) run without PyTorch, MuJoCo or ur_rtde. Only this layer imports
+across packages; ``learner`` stays free of robot and sim code.
 """
 
 from __future__ import annotations
@@ -26,21 +26,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from importlib import import_module
 
-from learner.agent import NonFiniteError
-from learner.checkpoint_file import CheckpointError
+from learner.errors import CheckpointError, NonFiniteError
 from learner.metrics import MetricsSinkError
 from link.endpoints import LinkError
-from madi import (
-    calibrate_cmd,
-    eval_cmd,
-    keys_cmd,
-    learner_cmd,
-    replay_cmd,
-    robot_cmd,
-    sim_cmd,
-    train_cmd,
-)
 from madi.common import CONFIGS, QUICK_CONFIG, SIM_CONFIG, UR5_CONFIG, log
 from robot.backends.base import DeviceError
 from robot.calibration_file import CalibrationError
@@ -48,32 +38,62 @@ from robot.config import ConfigError
 from robot.distractions import DistractionError
 from robot.session_log import SessionLogError
 
-__all__ = ["CONFIGS", "QUICK_CONFIG", "SIM_CONFIG", "UR5_CONFIG", "build_parser", "main"]
+__all__ = ["COMMANDS", "CONFIGS", "QUICK_CONFIG", "SIM_CONFIG", "UR5_CONFIG", "build_parser",
+           "main"]
+
+#: Every command: its help line, and the extra that brings the PyTorch it needs (None: it
+#: never imports torch). Its arguments and its function are in ``madi.<command>_cmd``.
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "sim": ("run a scripted policy in the MuJoCo mirror; `madi sim controller`: an emulated "
+            "UR controller for ur_rtde", "sim"),
+    "train": ("train MaDi-SAC (the sim by default; the real UR5 with a ur5 config)", "sim"),
+    "learner": ("run the learner process alone (e.g. on a GPU box)", "learner"),
+    "robot": ("run the robot process alone, streaming to a learner; `madi robot check`: "
+              "preflight of the real rig", "real"),
+    "replay": ("look at, replay or reenact a recorded session", "learner"),
+    "eval": ("evaluate a policy (deterministic) under distraction sets in the sim", "sim"),
+    "calibrate": ("measure the rig: camera, hand-eye, monitor, colour, latency (into the "
+                  "calibration file)", "sim"),
+    "sessions": ("list recorded sessions; export them as a LeRobotDataset (export PATH... "
+                 "--lerobot DIR)", None),
+    "keys": ("CURVE keys of a tcp link: new key pairs, allow a robot on the learner, pin the "
+             "learner on the robot (docs/security.md)", None),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``madi`` argument parser (one subparser per command)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``madi`` argument parser: every command with its help line.
+
+    Args:
+        command: The command whose arguments the parser takes (``add_arguments`` of
+            ``madi.<command>_cmd``, imported here); the other commands are only named.
+            None: all are only named (``madi --help``).
+
+    Raises:
+        ModuleNotFoundError: If ``command``'s module needs a package that is not
+            installed (``torch``, for most).
+    """
     parser = argparse.ArgumentParser(prog="madi", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    sim_cmd.add_parser(sub)
-    train_cmd.add_parser(sub)
-    learner_cmd.add_parser(sub)
-    robot_cmd.add_parser(sub)
-    replay_cmd.add_replay_parser(sub)
-    eval_cmd.add_parser(sub)
-    calibrate_cmd.add_parser(sub)
-    replay_cmd.add_sessions_parser(sub)
-    keys_cmd.add_parser(sub)
+    for name, (help_line, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_line)
+        if name == command:
+            import_module(f"madi.{name}_cmd").add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``madi`` console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    argv = sys.argv[1:] if argv is None else argv
+    # the command: the first word (the options before it take no value)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = build_parser(command).parse_args(argv)
+        if args.verbose:
+            logging.getLogger().setLevel(logging.DEBUG)
         return args.func(args)
     except (ConfigError, LinkError) as err:
         log.error("%s", err)
@@ -88,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
             MetricsSinkError) as err:
         log.error("%s", err)
         return 2
-    except ModuleNotFoundError as err:  # an optional extra (sim/__init__.py names it)
-        if "extra" not in str(err):
+    except ModuleNotFoundError as err:  # an optional extra
+        extra = COMMANDS[command][1]
+        if err.name == "torch" and extra is not None:
+            log.error("madi %s needs the [%s] extra (torch is not installed): pip install "
+                      "'madi-robot[%s]'", command, extra, extra)
+            return 2
+        if "extra" not in str(err):  # sim/__init__.py names its extra in the message
             raise
-        log.error("madi %s: %s", args.command, err)
+        log.error("madi %s: %s", command, err)
         return 2
 
 

@@ -9,10 +9,8 @@ from learner.policy import MadiPolicy
 from madi.common import add_config_args, load_args_config, log
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``eval`` subcommand and its arguments."""
-    p = sub.add_parser("eval", help="evaluate a policy (deterministic) under distraction "
-                       "sets in the sim")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi eval``."""
     p.add_argument("--checkpoint", type=Path, required=True, help="a policy.pt")
     add_config_args(p, None)
     p.add_argument("--distractions", nargs="+", default=["none", "easy", "hard"],

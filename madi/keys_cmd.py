@@ -9,10 +9,8 @@ from link.keys import allow_robot, fingerprint, new_keys, pin_learner, read_publ
 from madi.common import log
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``keys`` subcommand and its ``new``, ``allow`` and ``pin`` actions."""
-    p = sub.add_parser("keys", help="CURVE keys of a tcp link: new key pairs, allow a robot "
-                       "on the learner, pin the learner on the robot (docs/security.md)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi keys``: its ``new``, ``allow`` and ``pin`` actions."""
     keys = p.add_subparsers(dest="action", required=True)
     k = keys.add_parser("new", help="a key pair (ROLE.key public, ROLE.key_secret 0600)")
     role = k.add_mutually_exclusive_group(required=True)

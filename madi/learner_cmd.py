@@ -55,9 +55,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
                    "updates_per_step x transitions loaded)")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``learner`` subcommand and its arguments."""
-    p = sub.add_parser("learner", help="run the learner process alone (e.g. on a GPU box)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi learner``."""
     add_config_args(p, SIM_CONFIG)
     p.add_argument("--bind", default=None, metavar="ADDR",
                    help="where robots connect: tcp://0.0.0.0:5555 or ipc:///dir "

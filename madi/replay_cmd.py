@@ -1,4 +1,8 @@
-"""``madi replay SESSION`` (view, replay as a backend, reenact) and ``madi sessions ls|export``."""
+"""``madi replay SESSION``: view, replay as a backend, reenact.
+
+Viewing needs no extra; PyTorch only comes in with a policy (``--checkpoint``,
+``--backend``), MuJoCo with a reenactment on the sim.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +11,15 @@ from pathlib import Path
 
 import yaml
 
-from learner.policy import MadiPolicy
 from madi.common import UR5_CONFIG, load_args_config, log
 from robot.backends import make_rig
 from robot.config import config_from_dict
-from robot.lerobot_export import export_command
 from robot.session_log import SessionLog
-from robot.session_replay import (
-    format_sessions,
-    list_sessions,
-    reenact,
-    render_view,
-    replay_backend,
-)
+from robot.session_replay import reenact, render_view, replay_backend
 
 
-def add_replay_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``replay`` subcommand and its arguments."""
-    p = sub.add_parser("replay", help="look at, replay or reenact a recorded session")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi replay``."""
     p.add_argument("session", type=Path, help="a session log (runs/<run>/session.mcap)")
     p.add_argument("--view", type=Path, default=None, metavar="OUT.mp4",
                    help="write a video: frames (+ masks with --checkpoint), reward, joints")
@@ -47,18 +42,6 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_replay)
 
 
-def add_sessions_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``sessions`` subcommand (``ls``, ``export``)."""
-    p = sub.add_parser("sessions", help="list recorded sessions; export them as a "
-                       "LeRobotDataset (export PATH... --lerobot DIR)")
-    p.add_argument("action", choices=["ls", "export"])
-    p.add_argument("dir", type=Path, nargs="*", default=[Path("runs")], metavar="PATH",
-                   help="session logs, or folders searched for them (default runs/)")
-    p.add_argument("--lerobot", type=Path, metavar="DIR", help="export: write a "
-                   "LeRobotDataset v3.0 into DIR (new or empty; robot/lerobot_export.py)")
-    p.set_defaults(func=cmd_sessions)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     """``madi replay SESSION``: view, replay as a backend, or reenact a recorded session."""
     session = SessionLog(args.session)
@@ -68,6 +51,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     recorded = yaml.safe_load(session.config_yaml())
     policy = None
     if args.checkpoint is not None:
+        from learner.policy import MadiPolicy  # PyTorch: only with a policy
+
         policy = MadiPolicy.from_checkpoint(args.checkpoint)
     if not (args.view or args.backend or args.reenact):
         log.error("say what to do: --view OUT.mp4, --backend or --reenact")
@@ -106,20 +91,4 @@ def _reenact(session: SessionLog, recorded: dict, args: argparse.Namespace) -> i
                          speed_cap=args.speed_cap if real else None)
     print(yaml.safe_dump({"reenact": {"backend": cfg.backend, **report}}, sort_keys=False),
           end="")
-    return 0
-
-
-def cmd_sessions(args: argparse.Namespace) -> int:
-    """``madi sessions ls|export PATH...``: list session logs, or export them.
-
-    ``ls``: one line per session log (PATH a file, or a folder). ``export ... --lerobot
-    DIR``: the sessions as one LeRobotDataset (robot/lerobot_export.py).
-    """
-    if args.action == "export":
-        return export_command(args.dir, args.lerobot)
-    rows = [row for path in args.dir for row in list_sessions(path)]
-    if not rows:
-        print(f"no session logs (*.mcap) under {' '.join(map(str, args.dir))}")
-        return 1
-    print(format_sessions(rows))
     return 0

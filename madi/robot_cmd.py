@@ -26,10 +26,8 @@ from robot.preflight import Preflight, format_table
 from robot.supervisor import LearnerSupervisor
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``robot`` subcommand and its arguments."""
-    p = sub.add_parser("robot", help="run the robot process alone, streaming to a learner; "
-                       "`madi robot check`: preflight of the real rig")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi robot``."""
     p.add_argument("action", nargs="?", choices=["run", "check"], default="run",
                    help="run (default): the robot process; check: preflight that moves "
                    "nothing (default config configs/ur5_visual_reacher.yaml)")

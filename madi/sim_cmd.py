@@ -8,10 +8,8 @@ from pathlib import Path
 from madi.common import SIM_CONFIG, UR5_CONFIG, add_config_args, load_args_config, log
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``sim`` subcommand and its arguments."""
-    p = sub.add_parser("sim", help="run a scripted policy in the MuJoCo mirror; `madi sim "
-                       "controller`: an emulated UR controller for ur_rtde")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi sim``."""
     p.add_argument("action", nargs="?", choices=["controller"],
                    help="controller: serve RTDE, dashboard and script ports backed by the "
                    "mirror until Ctrl-C (sim/ur_controller.py)")

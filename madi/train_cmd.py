@@ -37,10 +37,8 @@ from robot.runner import spaces_of
 from robot.supervisor import LearnerSupervisor
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    """The ``train`` subcommand and its arguments."""
-    p = sub.add_parser("train", help="train MaDi-SAC (the sim by default; the real UR5 "
-                       "with a ur5 config)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``madi train``."""
     add_config_args(p, None)
     p.add_argument("--sync", action="store_true",
                    help="one process: act, step the sim in fast pace, update (no link)")

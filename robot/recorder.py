@@ -31,7 +31,7 @@ from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
 from foxglove_schemas_protobuf.Log_pb2 import Log
 from mcap.writer import CompressionType, Writer
 
-from link.messages import Spaces, TransitionPacker, encode_packed
+from link.messages import Spaces, Step, TransitionPacker, encode_packed
 from robot.backends.base import ArmState
 from robot.session_log import (
     ARM_STATE,
@@ -164,14 +164,9 @@ class SessionRecorder:
         except queue.Full:
             self.dropped += 1
 
-    def transition(self, episode: int, step: int, obs: dict, action: np.ndarray,
-                   reward: float, next_obs: dict, terminated: bool, truncated: bool,
-                   frame_time_ns: int, action_time_ns: int, policy_version: int) -> None:
-        """Record one agent transition (arguments as :meth:`TransitionPacker.pack`)."""
-        self._put(("transition", time.monotonic_ns(), (episode, step, obs, action, reward,
-                                                       next_obs, terminated, truncated,
-                                                       frame_time_ns, action_time_ns,
-                                                       policy_version)))
+    def transition(self, step: Step) -> None:
+        """Record one agent step (packed as the link packs it: :meth:`TransitionPacker.pack`)."""
+        self._put(("transition", time.monotonic_ns(), step))
 
     def arm_state(self, episode: int, step: int, state: ArmState) -> None:
         """Record the arm state an agent step read."""
@@ -251,12 +246,9 @@ class SessionRecorder:
 
     def _write(self, kind: str, t_ns: int, payload: Any) -> None:
         if kind == "transition":
-            *args, frame_ns, action_ns, version = payload
-            msg = self._packer.pack(*args, frame_time_ns=frame_ns, action_time_ns=action_ns,
-                                    policy_version=version)
-            self._add(TRANSITION, t_ns, bytes(encode_packed(msg)))
-            newest = args[5]["image"][-3:].transpose(1, 2, 0)  # next_obs: (3k, H, W)
-            self._add(CAMERA_TOPIC, t_ns, compressed_image(newest, frame_ns))
+            self._add(TRANSITION, t_ns, bytes(encode_packed(self._packer.pack(payload))))
+            newest = payload.next_obs["image"][-3:].transpose(1, 2, 0)  # (3k, H, W) -> HWC
+            self._add(CAMERA_TOPIC, t_ns, compressed_image(newest, payload.frame_time_ns))
         elif kind == "arm_state":
             episode, step, s = payload
             self._add(ARM_STATE_TOPIC, t_ns, json_record(

@@ -62,7 +62,7 @@ import numpy as np
 
 from learner.policy import MadiPolicy
 from link.endpoints import RobotLink
-from link.messages import Shutdown, Spaces
+from link.messages import Shutdown, Spaces, Step
 from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
@@ -575,9 +575,11 @@ class RobotRunner:
             if t > 0 and evaluation is not None:
                 record.steps += 1
             elif t > 0:
-                self._send(record.episode, t - 1, obs, prev_action, result.reward, next_obs,
-                           terminated, bool(end) and not terminated, frame_time_ns,
-                           action_time_ns, version_of_action)
+                offset = self._monotonic_offset_ns
+                self._send(Step(record.episode, t - 1, obs, prev_action, result.reward,
+                                next_obs, terminated, bool(end) and not terminated,
+                                frame_time_ns + offset, action_time_ns + offset,
+                                version_of_action))
                 record.steps += 1
                 self.env_steps += 1
             if end:
@@ -729,19 +731,12 @@ class RobotRunner:
                                "then start again (--resume continues the run)")
 
     # ------------------------------------------------------------------ link
-    def _send(self, episode: int, step: int, obs: dict, action: np.ndarray, reward: float,
-              next_obs: dict, terminated: bool, truncated: bool, frame_time_ns: int,
-              action_time_ns: int, version: int) -> None:
-        offset = self._monotonic_offset_ns
+    def _send(self, step: Step) -> None:
+        """Hand one step to the session recorder and the link (never blocks)."""
         if self.recorder is not None:
-            self.recorder.transition(episode, step, obs, action, reward, next_obs, terminated,
-                                     truncated, frame_time_ns + offset, action_time_ns + offset,
-                                     version)
-        if self.link is None:
-            return
-        self.link.send_step(episode, step, obs, action, reward, next_obs, terminated, truncated,
-                            frame_time_ns=frame_time_ns + offset,
-                            action_time_ns=action_time_ns + offset, policy_version=version)
+            self.recorder.transition(step)
+        if self.link is not None:
+            self.link.send_step(step)
 
     def _service_link(self) -> None:
         link = self.link

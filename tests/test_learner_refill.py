@@ -17,7 +17,7 @@ from test_learner_reference import SMALL
 from learner.config import AgentConfig
 from learner.process import LearnerProcess
 from link.endpoints import LearnerLink
-from link.messages import Spaces, TransitionPacker
+from link.messages import Spaces, Step, TransitionPacker
 
 SPACES = Spaces((9, 16, 20), 4, 3)
 EPISODES, STEPS = 4, 10  # 40 transitions; the checkpoint is taken after 23
@@ -34,9 +34,9 @@ def stream() -> list:
         for t in range(STEPS):
             frames = [*frames[1:], rng.integers(0, 256, (3, 16, 20), dtype=np.uint8)]
             nxt = {"image": np.concatenate(frames), "proprio": np.full(4, t, np.float32)}
-            out.append(packer.pack(ep, t, obs, rng.uniform(-1, 1, 3).astype(np.float32), 0.5,
+            out.append(packer.pack(Step(ep, t, obs, rng.uniform(-1, 1, 3).astype(np.float32), 0.5,
                                    nxt, False, t == STEPS - 1, frame_time_ns=t,
-                                   action_time_ns=t, policy_version=0))
+                                   action_time_ns=t, policy_version=0)))
             obs = nxt
     return out
 
@@ -92,7 +92,8 @@ def test_a_restarted_learner_resumes_from_the_checkpoint_if_there_is_one(tmp_pat
     from madi.cli import build_parser
     from madi.learner_cmd import learner_command
 
-    args = build_parser().parse_args(["train", "--init-from", "sim_run", "--pretrain", "s.mcap"])
+    argv = ["train", "--init-from", "sim_run", "--pretrain", "s.mcap"]
+    args = build_parser("train").parse_args(argv)
     session = tmp_path / "session.mcap"
     first = learner_command("ipc:///x", tmp_path, args, restart=False, refill=None)
     assert "--init-from" in first and "--pretrain" in first and "--refill" not in first

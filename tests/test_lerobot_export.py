@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from link.messages import Step
 from madi.cli import main
 from robot.backends.sim import SimRig
 from robot.config import config_from_dict
@@ -37,15 +38,14 @@ class KeepingRecorder(SessionRecorder):
         super().__init__(*args, **kwargs)
         self.sent = []
 
-    def transition(self, episode, step, obs, action, reward, next_obs, terminated, truncated,
-                   frame_time_ns, action_time_ns, policy_version):
-        self.sent.append({"episode": episode, "step": step,
-                          "frame": obs["image"][-3:].transpose(1, 2, 0).copy(),
-                          "state": obs["proprio"].copy(), "action": np.array(action),
-                          "reward": reward, "done": terminated or truncated,
-                          "terminated": terminated, "t_ns": frame_time_ns})
-        super().transition(episode, step, obs, action, reward, next_obs, terminated,
-                           truncated, frame_time_ns, action_time_ns, policy_version)
+    def transition(self, step):
+        s = step
+        self.sent.append({"episode": s.episode_id, "step": s.step_index,
+                          "frame": s.obs["image"][-3:].transpose(1, 2, 0).copy(),
+                          "state": s.obs["proprio"].copy(), "action": np.array(s.action),
+                          "reward": s.reward, "done": s.terminated or s.truncated,
+                          "terminated": s.terminated, "t_ns": s.frame_time_ns})
+        super().transition(step)
 
 
 def small_config(subsample=8, steps=12):
@@ -261,9 +261,9 @@ def synthetic(path, steps, config="{}", episode=0, skip=()):
         if step not in skip:
             proprio = rng.standard_normal(15).astype(np.float32)
             action = rng.uniform(-1, 1, 5).astype(np.float32)
-            rec.transition(episode, step, {"image": image, "proprio": proprio}, action, 0.5,
+            rec.transition(Step(episode, step, {"image": image, "proprio": proprio}, action, 0.5,
                            {"image": nxt, "proprio": proprio}, False, step == steps - 1,
-                           1000 * step, 1000 * step + 1, 0)
+                           1000 * step, 1000 * step + 1, 0))
             sent.append({"episode": episode, "step": step,
                          "frame": image[-3:].transpose(1, 2, 0), "state": proprio,
                          "action": action, "reward": 0.5, "done": step == steps - 1,

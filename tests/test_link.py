@@ -24,6 +24,7 @@ from link.messages import (
     Resume,
     Shutdown,
     Spaces,
+    Step,
     Transition,
     TransitionAssembler,
     Weights,
@@ -98,11 +99,11 @@ def keyframe(rng: np.random.Generator, h: int, w: int) -> Transition:
 def send_steps(robot: RobotLink, stream) -> list[tuple]:
     sent = []
     for ep, step, obs, action, reward, next_obs, term, trunc in stream:
-        ok = robot.send_step(
+        ok = robot.send_step(Step(
             ep, step, obs, action, reward, next_obs, term, trunc,
             frame_time_ns=time.monotonic_ns(), action_time_ns=time.monotonic_ns(),
             policy_version=3,
-        )  # fmt: skip
+        ))  # fmt: skip
         assert ok
         sent.append((obs, action, reward, next_obs, term, trunc))
     return sent

@@ -23,6 +23,7 @@ from link.messages import (
     Resume,
     Shutdown,
     Spaces,
+    Step,
     Transition,
     TransitionAssembler,
     TransitionPacker,
@@ -366,10 +367,10 @@ def test_packer_assembler_rebuild_exact_replay_arguments():
     via_link = ReplayBuffer(100, (3, H, W), K, P, A, seed=0)
     kinds = []
     for ep, step, obs, action, reward, next_obs, term, trunc in episode_stream(rng, 9, 3):
-        msg = packer.pack(
+        msg = packer.pack(Step(
             ep, step, obs, action, reward, next_obs, term, trunc,
             frame_time_ns=step, action_time_ns=step + 1, policy_version=0,
-        )  # fmt: skip
+        ))  # fmt: skip
         kinds.append(msg.frames.shape[0])
         wire = decode([bytes(f) for f in encode(msg)])
         rebuilt = assembler.push(wire)
@@ -402,8 +403,8 @@ def test_out_of_bounds_transitions_are_dropped_and_counted():
             next_obs = {**next_obs, "proprio": np.full(P, 50.0, np.float32)}
         if i == 3:
             action = np.full(A, 1.5, np.float32)
-        msg = packer.pack(ep, step, obs, action, reward, next_obs, term, trunc,
-                          frame_time_ns=0, action_time_ns=1, policy_version=0)
+        msg = packer.pack(Step(ep, step, obs, action, reward, next_obs, term, trunc,
+                          frame_time_ns=0, action_time_ns=1, policy_version=0))
         kept.append(assembler.push(decode([bytes(f) for f in encode(msg)])) is not None)
     assert kept == [True, False, False, False, False, True]
     assert assembler.counters["out_of_bounds"] == 4
@@ -427,10 +428,10 @@ def test_lost_delta_is_a_gap_until_the_next_keyframe():
     assembler = TransitionAssembler(SPACES)
     results = []
     for ep, step, obs, action, reward, next_obs, term, trunc in episode_stream(rng, 8, 1):
-        msg = packer.pack(
+        msg = packer.pack(Step(
             ep, step, obs, action, reward, next_obs, term, trunc,
             frame_time_ns=0, action_time_ns=0, policy_version=0,
-        )  # fmt: skip
+        ))  # fmt: skip
         if step == 2:
             continue  # lost on the way, and the robot does not know
         if step == 5:
@@ -454,8 +455,8 @@ def test_packer_refuses_unshifted_next_obs_and_assembler_checks_shapes():
     packer = TransitionPacker(SPACES)
     obs = {"image": rng.integers(0, 256, (3 * K, H, W), dtype=np.uint8), "proprio": np.zeros(P)}
     with pytest.raises(ValueError, match="shifted"):
-        packer.pack(0, 0, obs, np.zeros(A), 0.0, obs, False, False,
-                    frame_time_ns=0, action_time_ns=0, policy_version=0)  # fmt: skip
+        packer.pack(Step(0, 0, obs, np.zeros(A), 0.0, obs, False, False,
+                    frame_time_ns=0, action_time_ns=0, policy_version=0))  # fmt: skip
     assembler = TransitionAssembler(SPACES)
     assert assembler.push(make_transition(rng, 2)) is None  # neither 1 nor k + 1 frames
     assert assembler.counters["bad_shape"] == 1

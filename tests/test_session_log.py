@@ -22,7 +22,7 @@ from mcap.records import Chunk, Message
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import Writer
 
-from link.messages import Spaces
+from link.messages import Spaces, Step
 from madi.cli import main
 from robot.backends.base import ArmState
 from robot.backends.sim import SimRig
@@ -70,8 +70,8 @@ def test_write_and_read_back_bit_exact(tmp_path):
                                                                          dtype=np.uint8)]),
                "proprio": rng.standard_normal(15).astype(np.float32)}
         action = rng.uniform(-1, 1, 5).astype(np.float32)
-        rec.transition(0, step, o, action, float(step) / 7, nxt, False, step == 29,
-                       1000 + step, 2000 + step, 3)
+        rec.transition(Step(0, step, o, action, float(step) / 7, nxt, False, step == 29,
+                       1000 + step, 2000 + step, 3))
         sent.append((o, action, nxt))
         o = nxt
     states = [ArmState(q=rng.standard_normal(6), qd=rng.standard_normal(6), t_ns=i,
@@ -112,8 +112,8 @@ def test_flush_makes_every_recorded_transition_readable_while_recording(tmp_path
         nxt = {"image": np.concatenate([o["image"][3:], rng.integers(0, 256, (3, 8, 10),
                                                                          dtype=np.uint8)]),
                "proprio": rng.standard_normal(15).astype(np.float32)}
-        rec.transition(0, step, o, np.zeros(5, np.float32), 0.0, nxt, False, False, step,
-                       step, 0)
+        rec.transition(Step(0, step, o, np.zeros(5, np.float32), 0.0, nxt, False, False, step,
+                       step, 0))
         o = nxt
     assert rec.flush()
     log = SessionLog(tmp_path / "s.mcap")  # still being written: no footer yet
@@ -208,8 +208,8 @@ def small_session(path, steps=8):
         nxt = {"image": np.concatenate([o["image"][3:], rng.integers(0, 256, (3, 8, 10),
                                                                          dtype=np.uint8)]),
                "proprio": rng.standard_normal(15).astype(np.float32)}
-        rec.transition(0, step, o, rng.uniform(-1, 1, 5).astype(np.float32), 0.5, nxt, False,
-                       step == steps - 1, step, step, 0)
+        rec.transition(Step(0, step, o, rng.uniform(-1, 1, 5).astype(np.float32), 0.5, nxt, False,
+                       step == steps - 1, step, step, 0))
         state = ArmState(q=rng.standard_normal(6), qd=rng.standard_normal(6), t_ns=step)
         rec.control_tick(0, step, step, state, np.zeros(6), stale=False)
         o = nxt
