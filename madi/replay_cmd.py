@@ -1,19 +1,21 @@
 """``madi replay SESSION``: view, replay as a backend, reenact.
 
-Viewing needs no extra; PyTorch only comes in with a policy (``--checkpoint``,
-``--backend``), MuJoCo with a reenactment on the sim.
+Viewing needs no extra (``--rerun``: the [viz] extra's rerun-sdk); PyTorch only comes in
+with a policy (``--checkpoint``, ``--backend``), MuJoCo with a reenactment on the sim.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from madi.common import UR5_CONFIG, load_args_config, log
 from robot.backends import make_rig
 from robot.config import config_from_dict
+from robot.rerun_log import RerunView, replay_to_rerun
 from robot.session_log import SessionLog
 from robot.session_replay import reenact, render_view, replay_backend
 
@@ -23,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("session", type=Path, help="a session log (runs/<run>/session.mcap)")
     p.add_argument("--view", type=Path, default=None, metavar="OUT.mp4",
                    help="write a video: frames (+ masks with --checkpoint), reward, joints")
+    p.add_argument("--rerun", action="store_true",
+                   help="stream it into Rerun (the [viz] extra): camera (+ masks with "
+                   "--checkpoint), reward, joints, speedJ, events, the arm in 3D")
+    p.add_argument("--rerun-save", type=Path, default=None, metavar="FILE.rrd",
+                   help="with --rerun: write an .rrd file instead of opening a viewer")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="policy.pt: show its Masker's masks / act with it in --backend")
     p.add_argument("--backend", action="store_true",
@@ -54,12 +61,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from learner.policy import MadiPolicy  # PyTorch: only with a policy
 
         policy = MadiPolicy.from_checkpoint(args.checkpoint)
-    if not (args.view or args.backend or args.reenact):
-        log.error("say what to do: --view OUT.mp4, --backend or --reenact")
+    if not (args.view or args.rerun or args.backend or args.reenact):
+        log.error("say what to do: --view OUT.mp4, --rerun, --backend or --reenact")
+        return 2
+    if args.rerun_save is not None and not args.rerun:
+        log.error("--rerun-save goes with --rerun")
         return 2
     if args.view:
         render_view(session, args.view, policy=policy)
         print(f"wrote {args.view}")
+    if args.rerun:
+        _to_rerun(session, recorded, policy, args.rerun_save)
     if args.backend:
         cfg = config_from_dict(recorded, str(args.session), args.overrides)
         out = args.out or Path(args.session).with_suffix("").parent / "replay"
@@ -69,6 +81,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.reenact:
         return _reenact(session, recorded, args)
     return 0
+
+
+def _to_rerun(session: SessionLog, recorded: dict | None, policy: Any,
+              save: Path | None) -> None:
+    """Stream ``session`` into Rerun (``policy``: its masks): a viewer, or the file ``save``."""
+    model = ((recorded or {}).get("arm") or {}).get("model", "ur5")
+    view = RerunView(session.path.name, save, model, policy=policy)
+    try:
+        shown = replay_to_rerun(session, view)
+    finally:
+        view.close()
+    print(f"{'wrote ' + str(save) if save else 'sent to the Rerun viewer'}: {shown} agent steps")
 
 
 def _reenact(session: SessionLog, recorded: dict, args: argparse.Namespace) -> int:

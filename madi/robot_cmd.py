@@ -23,6 +23,7 @@ from madi.common import (
 from robot.assemble import run_robot
 from robot.config import Config
 from robot.preflight import Preflight, format_table
+from robot.rerun_log import RerunView
 from robot.supervisor import LearnerSupervisor
 
 
@@ -51,8 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def robot_process(cfg: Config, address: str | None, run_dir: Path, args: argparse.Namespace,
-                  learner: LearnerSupervisor | None = None) -> str:
+                  learner: LearnerSupervisor | None = None, view: RerunView | None = None) -> str:
     """The robot process (:func:`robot.assemble.run_robot`), logged to ``robot.log``.
+
+    ``view``: a Rerun view of the run (``madi train --viz rerun``), or None.
 
     Returns:
         A one-line summary, ending in :data:`madi.common.INTERRUPTED` when a signal
@@ -65,7 +68,7 @@ def robot_process(cfg: Config, address: str | None, run_dir: Path, args: argpars
                             resume=getattr(args, "resume", None),
                             init_from=getattr(args, "init_from", None),
                             skip_random=getattr(args, "init_skip_random", False),
-                            show_progress=not args.no_progress, learner=learner)
+                            show_progress=not args.no_progress, learner=learner, view=view)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

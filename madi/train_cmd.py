@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from learner.agent import MadiSacAgent
 from learner.checkpoint import check_init_source
 from learner.checkpoint_file import CheckpointError
 from learner.process import read_progress
@@ -33,8 +34,10 @@ from madi.learner_cmd import (
 from madi.robot_cmd import robot_process
 from robot.config import Config
 from robot.distractions import make_distractions
+from robot.rerun_log import RerunView
 from robot.runner import spaces_of
 from robot.supervisor import LearnerSupervisor
+from robot.viewer import MASK_PERIOD, ViewedEnv, ViewerSink
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sim pace (sim.pace): realtime = 40 ms agent steps on the wall "
                    "clock, as on the real arm; fast = as fast as the loop runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--viz", choices=["rerun"], default=None,
+                   help="watch the run live in Rerun (the [viz] extra): camera, the Masker's "
+                   "mask, reward, joints, speedJ, events")
+    p.add_argument("--viz-save", type=Path, default=None, metavar="FILE.rrd",
+                   help="with --viz rerun: write the view to this file, not to a viewer")
     p.set_defaults(func=cmd_train)
 
 
@@ -131,13 +139,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.error("--sync runs the sim in lockstep; on the real arm (%s) the robot and the "
                   "learner always run as two processes: drop --sync", config_path)
         return 2
+    if args.viz_save is not None and args.viz is None:
+        log.error("--viz-save goes with --viz rerun")
+        return 2
+    view = None
+    if args.viz:  # before anything starts: a missing [viz] extra fails here
+        view = RerunView(run_dir.name, args.viz_save, cfg.arm.model, mask_period=MASK_PERIOD)
     write_config(cfg, run_dir)
     log.info("run dir %s (config %s, task hash %s, variant %s)", run_dir, config_path.name,
              cfg.task_hash(), cfg.agent.variant)
-    if args.sync:
-        summary = train_in_one_process(cfg, run_dir, args)
-    else:
-        summary = train_two_processes(cfg, run_dir, args)
+    try:
+        if args.sync:
+            summary = train_in_one_process(cfg, run_dir, args, view)
+        else:
+            summary = train_two_processes(cfg, run_dir, args, view)
+    finally:
+        if view is not None:
+            view.close()
     if summary is None:
         return 1
     if summary.endswith(INTERRUPTED):  # stopped by a signal: exit now, files are flushed
@@ -153,17 +171,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_in_one_process(cfg: Config, run_dir: Path, args: argparse.Namespace) -> str:
-    """``--sync``: :func:`learner.train_sync.train_sync` on the sim env; a summary line."""
+def train_in_one_process(cfg: Config, run_dir: Path, args: argparse.Namespace,
+                         view: RerunView | None = None) -> str:
+    """``--sync``: :func:`learner.train_sync.train_sync` on the sim env; a summary line.
+
+    With a ``view``, the training env's steps and the agent's masks go to it.
+    """
     # The sim (MuJoCo, EGL) is imported only here: a robot PC may have no EGL.
     from sim.env import VisualReacherEnv
 
     env = VisualReacherEnv(cfg)
     eval_env = VisualReacherEnv(cfg, make_distractions(
         cfg.train.eval_distractions, tuple(cfg.sim.texture_px), cfg.task))
+    sink = agent = None
+    if view is not None:  # the agent train_sync would make, built here for its Masker
+        sp = spaces_of(cfg)
+        agent = MadiSacAgent(cfg.agent, sp.image_shape, sp.proprio_dim, sp.action_dim)
+        view.policy = agent.make_policy()
+        sink = ViewerSink(view)
     try:
         summary = train_sync(
-            env, cfg.agent, run_dir,
+            env if sink is None else ViewedEnv(env, sink), cfg.agent, run_dir,
             total_steps=cfg.train.total_steps,
             eval_every=cfg.train.eval_every,
             eval_episodes=cfg.train.eval_episodes,
@@ -178,8 +206,11 @@ def train_in_one_process(cfg: Config, run_dir: Path, args: argparse.Namespace) -
             final_eval_episodes=cfg.train.final_eval_episodes,
             resume=args.resume is not None,
             sinks=cfg.train.sinks(),
+            agent=agent,
         )
     finally:
+        if sink is not None:
+            sink.close()
         env.close()
         eval_env.close()
     evals = summary["eval_returns"]
@@ -188,24 +219,29 @@ def train_in_one_process(cfg: Config, run_dir: Path, args: argparse.Namespace) -
             f"{summary['wall_s']:.0f} s; last eval return {last}")
 
 
-def train_two_processes(cfg: Config, run_dir: Path, args: argparse.Namespace) -> str | None:
-    """Learner as a child process, robot process here; ``link.address`` or a private ipc dir."""
+def train_two_processes(cfg: Config, run_dir: Path, args: argparse.Namespace,
+                        view: RerunView | None = None) -> str | None:
+    """Learner as a child process, robot process here; ``link.address`` or a private ipc dir.
+
+    With a ``view``, the robot process feeds it (:func:`robot.assemble.run_robot`).
+    """
     ipc_dir = None if cfg.link.address else tempfile.mkdtemp(prefix="madi-")
     try:
-        return _train_at(cfg.link.address or f"ipc://{ipc_dir}", cfg, run_dir, args)
+        return _train_at(cfg.link.address or f"ipc://{ipc_dir}", cfg, run_dir, args, view)
     finally:
         if ipc_dir is not None:
             shutil.rmtree(ipc_dir, ignore_errors=True)
 
 
-def _train_at(address: str, cfg: Config, run_dir: Path, args: argparse.Namespace) -> str | None:
+def _train_at(address: str, cfg: Config, run_dir: Path, args: argparse.Namespace,
+              view: RerunView | None) -> str | None:
     """Run the robot here with a supervised learner child bound to ``address``."""
     learner = LearnerSupervisor(
         lambda restart, refill: learner_command(address, run_dir, args, restart, refill),
         run_dir, cfg.train.learner_restarts)
     learner.start()
     try:
-        result = robot_process(cfg, address, run_dir, args, learner=learner)
+        result = robot_process(cfg, address, run_dir, args, learner=learner, view=view)
     except BaseException:
         learner.terminate()  # it checkpoints and exits; no robot is coming
         raise

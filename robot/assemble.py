@@ -27,10 +27,12 @@ from link.keys import CurveKeys
 from robot.backends import make_rig
 from robot.config import Config
 from robot.recorder import SessionRecorder, session_path
+from robot.rerun_log import RerunView
 from robot.runner import RobotRunner, spaces_of
 from robot.session_schemas import SceneFrames
 from robot.supervisor import LearnerSupervisor
 from robot.timing import configure_process
+from robot.viewer import ViewerSink
 
 log = logging.getLogger("madi")
 
@@ -58,7 +60,8 @@ def stop_on_signals(stop: Callable[[str], None]) -> None:
 def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKeys | None,
               resume: Path | None = None, init_from: Path | None = None,
               skip_random: bool = False, show_progress: bool = True,
-              learner: LearnerSupervisor | None = None) -> dict[str, Any]:
+              learner: LearnerSupervisor | None = None,
+              view: RerunView | None = None) -> dict[str, Any]:
     """Run the robot process to its end and return the runner's summary.
 
     Args:
@@ -72,6 +75,9 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
         skip_random: Act with ``init_from``'s policy instead of at random at first.
         show_progress: Show a progress bar.
         learner: The supervised learner child of ``madi train``, checked every step.
+        view: A Rerun view of the run (``--viz rerun``), fed by a
+            :class:`robot.viewer.ViewerSink` with masks of the local policy; its owner
+            closes it.
 
     Returns:
         :meth:`robot.runner.RobotRunner.run`'s summary.
@@ -100,6 +106,7 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
             learner.check(runner)
 
     recorder = None
+    viewer = ViewerSink(view) if view is not None else None
     try:
         if cfg.robot.record:
             recorder = SessionRecorder(session_path(run_dir), spaces_of(cfg),
@@ -115,7 +122,9 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
         rig = make_rig(cfg)
         runner = RobotRunner(cfg, rig, run_dir, link, realtime=realtime, start_step=start_step,
                              start_episode=start_episode, progress=progress,
-                             recorder=recorder)
+                             recorder=recorder, viewer=viewer)
+        if view is not None:
+            view.policy = runner.policy  # masks from the viewer thread, at its low rate
         if init_from is not None and skip_random:
             state = policy_state_from_checkpoint(init_from)
             runner.policy.load_weights(state)
@@ -129,6 +138,8 @@ def run_robot(cfg: Config, address: str | None, run_dir: Path, *, keys: CurveKey
             return runner.run()
     finally:
         bar.close()
+        if viewer is not None:
+            viewer.close()
         if recorder is not None:
             logging.getLogger().removeHandler(log_lines)
             recorder.close({"stop_reason": "robot error"})  # no-op after a clean run

@@ -72,6 +72,7 @@ from robot.recorder import SessionRecorder
 from robot.safety import SafetyLimits
 from robot.task import RedTargetReward, draw_target, sample_target_center
 from robot.timing import LoopTimer, SampleRing, latency_percentiles_ms, set_thread_priority
+from robot.viewer import ViewerSink
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,49 @@ class EpisodeRecord:
         return d
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """What one agent step observed: ``obs_t``, the camera image and its times (ns)."""
+
+    obs: dict[str, np.ndarray]
+    image: np.ndarray
+    t_frame: int  #: perf_counter_ns when the frame was read
+    t_seen: int | None  #: when its information was current (control clock), realtime only
+
+
+class _AgentLoop:
+    """What an episode's agent steps carry from one step to the next.
+
+    ``obs`` and ``prev_action`` are the previous step's observation and the action chosen
+    on it; ``frame_time_ns``, ``action_time_ns`` and ``version_of_action`` its frame time,
+    command time and weights version, which the transition of that step carries.
+    """
+
+    def __init__(self, frames: FrameStack, action_dim: int):
+        self.frames = frames
+        self.obs: dict[str, np.ndarray] | None = None
+        self.prev_action = np.zeros(action_dim, np.float32)
+        self.action = self.prev_action
+        self.frame_time_ns = self.action_time_ns = self.acted_ns = 0
+        self.version_of_action = self.version_now = 0
+
+    def step(self, episode: int, index: int, next_obs: dict, reward: float, terminated: bool,
+             truncated: bool, offset_ns: int) -> Step:
+        """The transition (obs, prev_action -> next_obs) of step ``index``.
+
+        Its frame and action times are shifted by ``offset_ns`` onto the link's clock.
+        """
+        return Step(episode, index, self.obs, self.prev_action, reward, next_obs, terminated,
+                    truncated, self.frame_time_ns + offset_ns,
+                    self.action_time_ns + offset_ns, self.version_of_action)
+
+    def advance(self, seen: _Seen) -> None:
+        """Move to the next step: this step's observation and action become the previous."""
+        self.obs, self.prev_action = seen.obs, self.action
+        self.frame_time_ns, self.action_time_ns = seen.t_frame, self.acted_ns
+        self.version_of_action = self.version_now
+
+
 class RobotRunner:
     """The agent loop of the robot process (see the module docstring).
 
@@ -170,6 +214,8 @@ class RobotRunner:
         recorder: Session recorder (:class:`robot.recorder.SessionRecorder`) fed with every
             transition, agent-step arm state, control tick and event; closed at the end
             of :meth:`run`. None: no session log.
+        viewer: A live view (:class:`robot.viewer.ViewerSink`) fed with the same items
+            (enqueue-only, like the recorder); its owner closes it. None: no view.
 
     Raises:
         ValueError: If ``realtime`` is False for a rig that cannot run in lockstep (only
@@ -179,11 +225,14 @@ class RobotRunner:
     def __init__(self, cfg: Config, rig: Rig, run_dir: str | Path, link: RobotLink | None,
                  total_steps: int | None = None, realtime: bool = True,
                  policy: MadiPolicy | None = None, start_step: int = 0, start_episode: int = 0,
-                 progress: Any = None, recorder: SessionRecorder | None = None):
+                 progress: Any = None, recorder: SessionRecorder | None = None,
+                 viewer: ViewerSink | None = None):
         if not realtime and not rig.lockstep:
             raise ValueError(f"fast pace (lockstep) is for the sim and replay rigs only; "
                              f"this rig is {type(rig).__name__}")
         self.recorder = recorder
+        # what records every transition, arm state, tick and event; each only enqueues
+        self._sinks = tuple(s for s in (recorder, viewer) if s is not None)
         self.cfg = cfg
         self.rig = rig
         self.run_dir = Path(run_dir)
@@ -483,112 +532,40 @@ class RobotRunner:
 
     def _run_episode(self, control: ControlLoop, record: EpisodeRecord,
                      evaluation: Distractions | None = None) -> None:
-        cfg = self.cfg
-        camera, arm = self.rig.camera, self.rig.arm
-        frames = FrameStack(cfg.task.frame_stack)
-        n_act = self.spaces.action_dim
-        prev_action = np.zeros(n_act, np.float32)
-        action = prev_action
-        obs: dict[str, np.ndarray] | None = None
-        action_time_ns = frame_time_ns = 0
-        version_of_action = 0
-        overruns0 = self.agent_timer.overruns
+        """One episode of agent steps: observe, reward and end, act, send (one per step).
+
+        Step ``t`` observes ``obs_t`` and the reward of the action chosen at ``t - 1``,
+        then (unless the episode ends) acts on ``obs_t``; the transition of step ``t - 1``
+        goes to the recorder and the learner once its reward and end are known. An
+        ``evaluation`` episode acts deterministically under ``evaluation``'s screen and
+        sends nothing.
+        """
+        loop = _AgentLoop(FrameStack(self.cfg.task.frame_stack), self.spaces.action_dim)
         timer = self.agent_timer
+        overruns0 = timer.overruns
         timer.restart()
         self.policy.reset()
         t_episode = time.monotonic()
-        horizon = cfg.task.episode_steps
-        stall_ns = 2 * round(cfg.task.agent_period * 1e9)
-        for t in range(horizon + 1):
+        for t in range(self.cfg.task.episode_steps + 1):
             start = timer.wait() if self.realtime else time.perf_counter_ns()
-            end = ""
-            if control.tick_age_ns() > stall_ns:
-                logger.critical("episode %d: the control loop has not ticked for %.0f ms; "
-                                "ending the episode", record.episode,
-                                control.tick_age_ns() / 1e6)
-                record.end = "control_stalled"
-                break
-            if control.state == "failed":
-                if isinstance(control.error, ProtectiveStopError):
-                    end = "protective_stop"
-                elif isinstance(control.error, ArmLinkLostError):
-                    record.end = "arm_link_lost"
-                    break
-                else:
-                    control.raise_if_failed()
-            t_read = time.perf_counter_ns()
-            frame = camera.read(cfg.robot.camera_timeout)
-            t_frame = time.perf_counter_ns()
-            # when the frame's information was current, on the control loop's clock
-            t_seen = t_frame - camera.age_ns(frame) if self.realtime else None
-            self.camera_wait.push(t_frame - t_read)
-            if t == 0:
-                frames.reset(frame.image)
-            else:
-                frames.push(frame.image)
-            try:
-                state = arm.read_state()
-                if self.recorder is not None:
-                    self.recorder.arm_state(record.episode, t, state)
-            except ArmLinkLostError as err:
-                logger.error("episode %d: %s", record.episode, err)
-                record.end = "arm_link_lost"
-                break
-            next_obs = {"image": frames.image(),
-                        "proprio": proprio(state.q, state.qd, prev_action, cfg.arm)}
-            terminated = False
-            if t > 0:
-                result = self.reward_fn(frame.image)
-                record.return_ += result.reward
-                record.success |= result.success
-                terminated = cfg.task.reward == "sparse" and result.success
-                if terminated:
-                    end = "success"
-            if not end and t == horizon:
-                end = "time_limit"
-            if not end and not evaluation and self.env_steps + (t > 0) >= self.total_steps:
-                end = "steps_done"  # the run's last transition, cut like a time limit
-            if not end and self.stopping:
-                end = "stop_requested"
-            if not end and not self._learner_usable():
-                end = "learner_lost"
-            if not end and evaluation is not None:
-                action = self.policy.act(next_obs, deterministic=True)
-                control.set_command(action_to_qd(action, cfg.arm), t_seen)
-                now, version_now = time.perf_counter_ns(), self.policy_version
-                if evaluation.dynamic:  # what the camera sees at the next step
-                    w, h = self.rig.display.size_px
-                    self.rig.display.show(screen(evaluation, t + 1, (w, h),
-                                                 self._target_center, cfg.target))
-            elif not end:  # act on obs_t
-                if self.policy_version > 0:
-                    action = self.policy.act(next_obs, deterministic=False)
-                else:
-                    action = self._action_rng.uniform(-1.0, 1.0, n_act).astype(np.float32)
-                    record.random_steps += 1
-                control.set_command(action_to_qd(action, cfg.arm), t_seen)
-                now = time.perf_counter_ns()
-                self.latency.push(now - t_frame)
-                version_now = self.policy_version
-                if record.policy_version_first < 0:
-                    record.policy_version_first = version_now
-            if t > 0 and evaluation is not None:
-                record.steps += 1
-            elif t > 0:
-                offset = self._monotonic_offset_ns
-                self._send(Step(record.episode, t - 1, obs, prev_action, result.reward,
-                                next_obs, terminated, bool(end) and not terminated,
-                                frame_time_ns + offset, action_time_ns + offset,
-                                version_of_action))
-                record.steps += 1
+            end = self._control_health(control, record)
+            seen = self._observe(loop, record, t) if end is not None else None
+            if seen is None:
+                break  # record.end says why
+            reward, terminated, end = self._reward_and_end(seen, record, t, end, evaluation)
+            if not end:
+                self._act(loop, seen, control, record, t, evaluation)
+            if t > 0 and evaluation is None:
+                self._send(loop.step(record.episode, t - 1, seen.obs, reward, terminated,
+                                     truncated=bool(end) and not terminated,
+                                     offset_ns=self._monotonic_offset_ns))
                 self.env_steps += 1
+            record.steps += t > 0
             if end:
                 record.end = end
                 break
-            obs, prev_action = next_obs, action
-            frame_time_ns, action_time_ns = t_frame, now
-            version_of_action = version_now
-            record.policy_version_last = version_now
+            loop.advance(seen)
+            record.policy_version_last = loop.version_of_action
             self._service_link()
             if not self.realtime:
                 try:
@@ -599,6 +576,114 @@ class RobotRunner:
             self._report_progress()
         record.overruns = timer.overruns - overruns0
         record.wall_s = time.monotonic() - t_episode
+        self._log_episode_failure(record, control)
+
+    def _control_health(self, control: ControlLoop, record: EpisodeRecord) -> str | None:
+        """The control thread's state before a step.
+
+        Returns:
+            ``""`` when it is fine; ``"protective_stop"`` (the step still observes and
+            sends, then the episode ends); None when the episode must end now
+            (``record.end`` set).
+
+        Raises:
+            DeviceError: The control thread failed for another reason.
+        """
+        stall_ns = 2 * round(self.cfg.task.agent_period * 1e9)
+        if control.tick_age_ns() > stall_ns:
+            logger.critical("episode %d: the control loop has not ticked for %.0f ms; "
+                            "ending the episode", record.episode, control.tick_age_ns() / 1e6)
+            record.end = "control_stalled"
+            return None
+        if control.state != "failed":
+            return ""
+        if isinstance(control.error, ProtectiveStopError):
+            return "protective_stop"
+        if isinstance(control.error, ArmLinkLostError):
+            record.end = "arm_link_lost"
+            return None
+        control.raise_if_failed()
+        return ""
+
+    def _observe(self, loop: _AgentLoop, record: EpisodeRecord, t: int) -> _Seen | None:
+        """Read the camera and the arm: ``obs_t``, or None if the arm link is lost."""
+        cfg = self.cfg
+        t_read = time.perf_counter_ns()
+        frame = self.rig.camera.read(cfg.robot.camera_timeout)
+        t_frame = time.perf_counter_ns()
+        # when the frame's information was current, on the control loop's clock
+        t_seen = t_frame - self.rig.camera.age_ns(frame) if self.realtime else None
+        self.camera_wait.push(t_frame - t_read)
+        if t == 0:
+            loop.frames.reset(frame.image)
+        else:
+            loop.frames.push(frame.image)
+        try:
+            state = self.rig.arm.read_state()
+            for sink in self._sinks:
+                sink.arm_state(record.episode, t, state)
+        except ArmLinkLostError as err:
+            logger.error("episode %d: %s", record.episode, err)
+            record.end = "arm_link_lost"
+            return None
+        obs = {"image": loop.frames.image(),
+               "proprio": proprio(state.q, state.qd, loop.prev_action, cfg.arm)}
+        return _Seen(obs, frame.image, t_frame, t_seen)
+
+    def _reward_and_end(self, seen: _Seen, record: EpisodeRecord, t: int, end: str,
+                        evaluation: Distractions | None) -> tuple[float, bool, str]:
+        """The previous action's reward, whether ``obs_t`` is terminal, and the end reason.
+
+        ``end`` is the reason found so far; ``""`` back means the episode goes on.
+        """
+        reward, terminated = 0.0, False
+        if t > 0:
+            result = self.reward_fn(seen.image)
+            reward = result.reward
+            record.return_ += result.reward
+            record.success |= result.success
+            terminated = self.cfg.task.reward == "sparse" and result.success
+            if terminated:
+                end = "success"
+        if not end and t == self.cfg.task.episode_steps:
+            end = "time_limit"
+        if not end and not evaluation and self.env_steps + (t > 0) >= self.total_steps:
+            end = "steps_done"  # the run's last transition, cut like a time limit
+        if not end and self.stopping:
+            end = "stop_requested"
+        if not end and not self._learner_usable():
+            end = "learner_lost"
+        return reward, terminated, end
+
+    def _act(self, loop: _AgentLoop, seen: _Seen, control: ControlLoop,
+             record: EpisodeRecord, t: int, evaluation: Distractions | None) -> None:
+        """Choose the action on ``obs_t`` and command it (speedJ, through the safety limits).
+
+        The policy acts (deterministically in evaluation); before the first weights the
+        action is uniform in [-1, 1].
+        """
+        cfg = self.cfg
+        if evaluation is not None:
+            loop.action = self.policy.act(seen.obs, deterministic=True)
+        elif self.policy_version > 0:
+            loop.action = self.policy.act(seen.obs, deterministic=False)
+        else:
+            loop.action = self._action_rng.uniform(-1.0, 1.0, self.spaces.action_dim
+                                                   ).astype(np.float32)
+            record.random_steps += 1
+        control.set_command(action_to_qd(loop.action, cfg.arm), seen.t_seen)
+        loop.acted_ns, loop.version_now = time.perf_counter_ns(), self.policy_version
+        if evaluation is None:
+            self.latency.push(loop.acted_ns - seen.t_frame)
+            if record.policy_version_first < 0:
+                record.policy_version_first = loop.version_now
+        elif evaluation.dynamic:  # what the camera sees at the next step
+            w, h = self.rig.display.size_px
+            self.rig.display.show(screen(evaluation, t + 1, (w, h), self._target_center,
+                                         cfg.target))
+
+    def _log_episode_failure(self, record: EpisodeRecord, control: ControlLoop) -> None:
+        """Record and log an episode that ended on a failure (arm, learner, control)."""
         if record.end in ("arm_link_lost", "protective_stop", "learner_lost", "control_stalled"):
             self._record(record.end, episode=record.episode, detail=str(control.error or ""))
         if record.end == "arm_link_lost":
@@ -658,18 +743,19 @@ class RobotRunner:
         self._next_eval = (self.env_steps // cfg.train.eval_every + 1) * cfg.train.eval_every
 
     def _record(self, kind: str, **details: Any) -> None:
-        """Put an event in the session log (if recording)."""
-        if self.recorder is not None:
-            self.recorder.event(kind, **details)
+        """Put an event in the session log and the view (if any)."""
+        for sink in self._sinks:
+            sink.event(kind, **details)
 
     def _tick_recorder(self, episode: int):
-        """The control loop's ``on_tick`` hook: every tick into the session log."""
-        recorder = self.recorder
-        if recorder is None:
+        """The control loop's ``on_tick`` hook: every tick into the session log and view."""
+        sinks = self._sinks
+        if not sinks:
             return None
 
         def on_tick(tick: int, t_ns: int, state, applied: np.ndarray, stale: bool) -> None:
-            recorder.control_tick(episode, tick, t_ns, state, applied, stale)
+            for sink in sinks:
+                sink.control_tick(episode, tick, t_ns, state, applied, stale)
 
         return on_tick
 
@@ -732,9 +818,9 @@ class RobotRunner:
 
     # ------------------------------------------------------------------ link
     def _send(self, step: Step) -> None:
-        """Hand one step to the session recorder and the link (never blocks)."""
-        if self.recorder is not None:
-            self.recorder.transition(step)
+        """Hand one step to the session recorder, the view and the link (never blocks)."""
+        for sink in self._sinks:
+            sink.transition(step)
         if self.link is not None:
             self.link.send_step(step)
 

@@ -21,7 +21,8 @@ from robot.backends.base import DeviceError
 SIM_EXTRA = ("mujoco", "gymnasium")
 REAL_EXTRA = ("rtde_control", "rtde_receive", "dashboard_client")
 TORCH = ("torch",)
-NO_EXTRA = SIM_EXTRA + REAL_EXTRA + TORCH  # `pip install madi-robot`
+VIZ_EXTRA = ("rerun",)
+NO_EXTRA = SIM_EXTRA + REAL_EXTRA + TORCH + VIZ_EXTRA  # `pip install madi-robot`
 
 
 def madi_without(modules: tuple[str, ...], *argv: str, cwd=None) -> subprocess.CompletedProcess:
@@ -61,7 +62,7 @@ def test_torch_comes_with_the_extras_that_train_or_run_a_policy():
     for extras in ("learner", "sim", "real", "dev"):
         assert "torch" in requirements(extras), extras
     assert not requirements("learner") & {"mujoco", "gymnasium", "ur-rtde"}
-    assert requirements("dev") >= requirements("sim,real,learner,bench,tensorboard")
+    assert requirements("dev") >= requirements("sim,real,learner,bench,tensorboard,viz")
 
 
 def test_sessions_are_listed_viewed_and_exported_with_no_extra(session, tmp_path):
