@@ -4,9 +4,9 @@ The real-time threads never touch the file. :meth:`SessionRecorder.transition`,
 :meth:`~SessionRecorder.arm_state`, :meth:`~SessionRecorder.control_tick` and
 :meth:`~SessionRecorder.event` put a small tuple on a bounded queue and return (a few
 microseconds; when the queue is full the item is dropped and counted, never waited for).
-The writer thread encodes the items (the link codec for transitions; JSON for states,
-ticks and events; Foxglove's protobuf schemas for the camera image, the arm's frames and
-log lines), hands them to the MCAP writer, and closes a chunk at least every
+The writer thread encodes the items (protobuf for transitions, as the link packs them;
+JSON for states, ticks and events; Foxglove's protobuf schemas for the camera image, the
+arm's frames and log lines), hands them to the MCAP writer, and closes a chunk at least every
 ``flush_every`` seconds, so a crash loses at most that much. :meth:`~SessionRecorder.
 log_handler` puts the process's log lines on the same queue.
 Format: :mod:`robot.session_log`.
@@ -31,7 +31,7 @@ from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
 from foxglove_schemas_protobuf.Log_pb2 import Log
 from mcap.writer import CompressionType, Writer
 
-from link.messages import Spaces, Step, TransitionPacker, encode_packed
+from link.messages import Spaces, Step, TransitionPacker
 from robot.backends.base import ArmState
 from robot.session_log import (
     ARM_STATE,
@@ -49,11 +49,13 @@ from robot.session_schemas import (
     LOG_TOPIC,
     TF_TOPIC,
     SceneFrames,
+    TransitionProto,
     compressed_image,
     json_record,
     json_schema,
     log_line,
     protobuf_schema,
+    transition_message,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,9 +121,7 @@ class SessionRecorder:
         self._writer.add_metadata("session", meta)
         self._frames = frames
         self._channels = {
-            # the schema text recorded sessions carry (named before link/ left learner/)
-            TRANSITION: self._channel(TRANSITION, "madi-link", "madi-link", "madi.Transition",
-                                      b"learner.messages.Transition (encode_packed)"),
+            TRANSITION: self._protobuf_channel(TRANSITION, TransitionProto),
             ARM_STATE_TOPIC: self._json_channel(ARM_STATE_TOPIC,
                                                 json_schema("madi.ArmState", ARM_STATE)),
             CONTROL_TICK_TOPIC: self._json_channel(CONTROL_TICK_TOPIC,
@@ -246,7 +246,7 @@ class SessionRecorder:
 
     def _write(self, kind: str, t_ns: int, payload: Any) -> None:
         if kind == "transition":
-            self._add(TRANSITION, t_ns, bytes(encode_packed(self._packer.pack(payload))))
+            self._add(TRANSITION, t_ns, transition_message(self._packer.pack(payload)))
             newest = payload.next_obs["image"][-3:].transpose(1, 2, 0)  # (3k, H, W) -> HWC
             self._add(CAMERA_TOPIC, t_ns, compressed_image(newest, payload.frame_time_ns))
         elif kind == "arm_state":

@@ -3,18 +3,20 @@
 A session log (``session.mcap`` in the run folder) holds every robot run, sim or real.
 MCAP (https://mcap.dev) keeps multi-rate topics with nanosecond log times, indexed and
 zstd-compressed per chunk. Format 2 (this version) opens in Foxglove with the camera, the
-arm's frames in 3D, plots and log lines; the training data is in this project's codec.
+arm's frames in 3D, plots and log lines: every channel declares a schema that Foxglove
+decodes.
 
 =====================  ==========  =============  ========================================
 topic                  rate        encoding       content
 =====================  ==========  =============  ========================================
-``/agent/transition``  25 Hz       madi-link      the link's :class:`link.messages.Transition`
-                                                  (the same validated codec, no pickle):
-                                                  the camera frame the agent saw, lossless
-                                                  (a keyframe carries the whole frame
-                                                  stack), proprio, action, reward, done
-                                                  flags, policy version, frame and action
-                                                  times
+``/agent/transition``  25 Hz       protobuf       ``madi.Transition``: the link's
+                                                  :class:`link.messages.Transition`, packed
+                                                  as the link packs it (validated on
+                                                  reading, no pickle): the camera frame the
+                                                  agent saw, lossless (a keyframe carries
+                                                  the whole frame stack), proprio, action,
+                                                  reward, done flags, policy version,
+                                                  frame and action times
 ``/agent/arm_state``   25 Hz       json           the arm state each agent step read
                                                   (:data:`ARM_STATE`'s fields)
 ``/control/tick``      125/500 Hz  json           every control tick: joint state read,
@@ -30,16 +32,16 @@ topic                  rate        encoding       content
 ``/log``               sparse      protobuf       ``foxglove.Log``: the process's log lines
 =====================  ==========  =============  ========================================
 
-JSON channels carry a JSON Schema; protobuf channels Foxglove's schemas
-(:mod:`robot.session_schemas`). Metadata records: ``session`` at the start (config YAML,
+JSON channels carry a JSON Schema; protobuf channels a descriptor set of Foxglove's
+schemas or of ``madi.Transition`` (:mod:`robot.session_schemas`). Metadata records: ``session`` at the start (config YAML,
 code version, backend, host, start time, format version) and ``session_end`` just before
 the file is closed (steps, episodes, why the run ended). Log times are
 ``time.monotonic_ns()`` of the robot machine; fast-pace sim sessions stamp the same clock
 although their sim time runs faster.
 
 Format 1 (sessions recorded before Foxglove channels) is read too: it has no camera, tf
-or log channels, and its arm states and ticks are "madi-struct" records (one
-little-endian record of the numpy dtype).
+or log channels, its transitions are in the link's own codec ("madi-link") and its arm
+states and ticks are "madi-struct" records (one little-endian record of the numpy dtype).
 
 Crash safety: the recorder closes a chunk at least every second, so a process killed at
 any moment leaves a file readable up to its last complete chunk. :class:`SessionLog`
@@ -70,7 +72,7 @@ from mcap.summary import Summary
 from mcap.writer import MCAP0_MAGIC
 
 from link.messages import MessageError, Transition, decode
-from robot.session_schemas import records_from_json
+from robot.session_schemas import records_from_json, transition_from_message
 
 logger = logging.getLogger(__name__)
 
@@ -399,7 +401,7 @@ class SessionLog:
         """
         for m in self.messages(TRANSITION):
             try:
-                msg = decode([m.data])
+                msg = decode([m.data]) if self.format == "1" else transition_from_message(m.data)
             except MessageError as err:
                 raise SessionLogError(f"{self.path}: corrupt transition at "
                                       f"{m.log_time_ns} ns: {err}") from None

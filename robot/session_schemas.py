@@ -1,8 +1,12 @@
 """Session-log channels that viewers decode: Foxglove schemas and JSON Schema records.
 
-Format 2 of the session log (:mod:`robot.session_log`) writes, beside the training data
-(``/agent/transition``, the link codec), channels in encodings every MCAP tool knows:
+Format 2 of the session log (:mod:`robot.session_log`) writes every channel in an
+encoding that MCAP tools know, so Foxglove (and any reader with protobuf and JSON
+support) decodes each message with the schema its channel declares:
 
+- ``/agent/transition``: ``madi.Transition`` (protobuf, a schema of this project built
+  here, :data:`TransitionProto`): the link's :class:`link.messages.Transition` field by
+  field, frames as raw bytes with their shape; read back through the same validation;
 - ``/camera/image``: ``foxglove.CompressedImage`` (protobuf), the newest camera frame of
   each agent step as JPEG, in frame ``camera``;
 - ``/tf``: ``foxglove.FrameTransforms`` (protobuf), the DH link frames ``link1`` ..
@@ -32,10 +36,13 @@ from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
 from foxglove_schemas_protobuf.FrameTransform_pb2 import FrameTransform
 from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
 from foxglove_schemas_protobuf.Log_pb2 import Log
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtobufMessage
 from mcap_protobuf.schema import build_file_descriptor_set
 from scipy.spatial.transform import Rotation
 
+from link.messages import MessageError, Transition
 from robot.kinematics import link_transforms, pose_matrix
 
 CAMERA_TOPIC = "/camera/image"
@@ -50,6 +57,67 @@ _LOG_LEVELS = ((logging.CRITICAL, Log.FATAL), (logging.ERROR, Log.ERROR),
 #: JSON Schema of ``/events``: a ``kind`` and its details.
 EVENT_SCHEMA = {"title": "madi.Event", "type": "object",
                 "properties": {"kind": {"type": "string"}}, "required": ["kind"]}
+
+
+def _transition_proto() -> type[ProtobufMessage]:
+    """The ``madi.Transition`` protobuf message class (proto3, built without protoc)."""
+    f = descriptor_pb2.FieldDescriptorProto
+    fields = [("episode_id", f.TYPE_INT64), ("step_index", f.TYPE_INT64),
+              ("frames", f.TYPE_BYTES), ("frames_shape", f.TYPE_UINT32),
+              ("proprio", f.TYPE_FLOAT), ("next_proprio", f.TYPE_FLOAT),
+              ("action", f.TYPE_FLOAT), ("reward", f.TYPE_DOUBLE), ("terminated", f.TYPE_BOOL),
+              ("truncated", f.TYPE_BOOL), ("frame_time_ns", f.TYPE_INT64),
+              ("action_time_ns", f.TYPE_INT64), ("policy_version", f.TYPE_INT64)]
+    repeated = {"frames_shape", "proprio", "next_proprio", "action"}
+    file = descriptor_pb2.FileDescriptorProto(name="madi/transition.proto", package="madi",
+                                              syntax="proto3")
+    message = file.message_type.add(name="Transition")
+    for number, (name, kind) in enumerate(fields, start=1):
+        message.field.add(name=name, number=number, type=kind,
+                          label=f.LABEL_REPEATED if name in repeated else f.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("madi.Transition"))
+
+
+#: ``madi.Transition``: one :class:`link.messages.Transition` (frames: the raw uint8
+#: bytes of the ``(n, 3, H, W)`` array, C order, its shape in ``frames_shape``).
+TransitionProto = _transition_proto()
+
+
+def transition_message(t: Transition) -> bytes:
+    """A :class:`link.messages.Transition` as a serialized ``madi.Transition``."""
+    return TransitionProto(
+        episode_id=t.episode_id, step_index=t.step_index, frames=t.frames.tobytes(),
+        frames_shape=t.frames.shape, proprio=t.proprio.tolist(),
+        next_proprio=t.next_proprio.tolist(), action=t.action.tolist(), reward=t.reward,
+        terminated=t.terminated, truncated=t.truncated, frame_time_ns=t.frame_time_ns,
+        action_time_ns=t.action_time_ns, policy_version=t.policy_version,
+    ).SerializeToString()
+
+
+def transition_from_message(data: bytes) -> Transition:
+    """A serialized ``madi.Transition`` back into a validated :class:`Transition`.
+
+    Raises:
+        MessageError: If the bytes do not parse, the frames do not fill their shape, or
+            a field fails the link's validation.
+    """
+    try:
+        m = TransitionProto.FromString(data)
+    except DecodeError as err:
+        raise MessageError("bad_field", f"not a madi.Transition: {err}") from None
+    shape = tuple(m.frames_shape)
+    if len(shape) != 4 or int(np.prod(shape)) != len(m.frames):
+        raise MessageError("bad_field", f"frames: {len(m.frames)} bytes do not fill the "
+                           f"shape {shape}")
+    return Transition(
+        episode_id=m.episode_id, step_index=m.step_index,
+        frames=np.frombuffer(m.frames, np.uint8).reshape(shape),
+        proprio=np.array(m.proprio, np.float32), next_proprio=np.array(m.next_proprio, np.float32),
+        action=np.array(m.action, np.float32), reward=m.reward, terminated=m.terminated,
+        truncated=m.truncated, frame_time_ns=m.frame_time_ns,
+        action_time_ns=m.action_time_ns, policy_version=m.policy_version)
 
 
 def protobuf_schema(message: type[ProtobufMessage]) -> tuple[str, bytes]:
