@@ -33,11 +33,11 @@ topic                  rate        encoding       content
 =====================  ==========  =============  ========================================
 
 JSON channels carry a JSON Schema; protobuf channels a descriptor set of Foxglove's
-schemas or of ``madi.Transition`` (:mod:`robot.session_schemas`). Metadata records: ``session`` at the start (config YAML,
-code version, backend, host, start time, format version) and ``session_end`` just before
-the file is closed (steps, episodes, why the run ended). Log times are
-``time.monotonic_ns()`` of the robot machine; fast-pace sim sessions stamp the same clock
-although their sim time runs faster.
+schemas or of ``madi.Transition`` (:mod:`robot.session_schemas`). Metadata records:
+``session`` at the start (config YAML, code version, backend, host, start time, format
+version) and ``session_end`` just before the file is closed (steps, episodes, why the
+run ended). Log times are ``time.monotonic_ns()`` of the robot machine; fast-pace sim
+sessions stamp the same clock although their sim time runs faster.
 
 Format 1 (sessions recorded before Foxglove channels) is read too: it has no camera, tf
 or log channels, its transitions are in the link's own codec ("madi-link") and its arm
