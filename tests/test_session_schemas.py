@@ -60,6 +60,17 @@ def session(tmp_path_factory):
     return recorder.path, cfg
 
 
+@pytest.fixture(scope="module")
+def channels(session) -> dict[str, list]:
+    """The session's messages decoded once, per topic (:func:`decoded`)."""
+    return decoded(session[0])
+
+
+def messages(channels: dict[str, list], topic: str) -> list:
+    """The decoded messages of ``topic``, schema names dropped."""
+    return [m for _, m in channels[topic]]
+
+
 def decoded(path: Path) -> dict[str, list]:
     """Every message of every viewer channel, decoded by its encoding: {topic: [(schema,
     message)]}. JSON messages are validated against the channel's JSON Schema."""
@@ -79,9 +90,7 @@ def decoded(path: Path) -> dict[str, list]:
     return out
 
 
-def test_every_viewer_channel_decodes_with_its_schema(session):
-    path, _ = session
-    channels = decoded(path)
+def test_every_viewer_channel_decodes_with_its_schema(channels):
     assert {t: channels[t][0][0] for t in channels} == {
         "/agent/arm_state": "madi.ArmState", "/control/tick": "madi.ControlTick",
         "/events": "madi.Event", "/camera/image": "foxglove.CompressedImage",
@@ -89,10 +98,9 @@ def test_every_viewer_channel_decodes_with_its_schema(session):
         "/agent/transition": "madi.Transition"}
 
 
-def test_transitions_decode_generically_to_what_the_reader_validates(session):
-    path, _ = session
-    generic = [m for _, m in decoded(path)["/agent/transition"]]
-    ours = list(SessionLog(path).transitions())
+def test_transitions_decode_generically_to_what_the_reader_validates(session, channels):
+    generic = messages(channels, "/agent/transition")
+    ours = list(SessionLog(session[0]).transitions())
     assert len(generic) == len(ours) == 12
     for g, t in zip(generic, ours, strict=True):
         frames = np.frombuffer(g.frames, np.uint8).reshape(tuple(g.frames_shape))
@@ -121,10 +129,9 @@ def test_a_corrupt_transition_is_refused_by_name():
         transition_from_message(b"\xff\xff\xff")
 
 
-def test_camera_images_are_the_frames_the_agent_saw(session):
-    path, _ = session
-    images = [m for _, m in decoded(path)["/camera/image"]]
-    transitions = list(SessionLog(path).transitions())
+def test_camera_images_are_the_frames_the_agent_saw(session, channels):
+    images = messages(channels, "/camera/image")
+    transitions = list(SessionLog(session[0]).transitions())
     assert len(images) == len(transitions) == 12
     for image, t in zip(images, transitions, strict=True):
         assert image.format == "jpeg" and image.frame_id == "camera"
@@ -134,9 +141,9 @@ def test_camera_images_are_the_frames_the_agent_saw(session):
         assert np.abs(rgb.astype(int) - newest).mean() < 6  # JPEG at quality 90
 
 
-def test_tf_places_the_flange_by_forward_kinematics(session):
+def test_tf_places_the_flange_by_forward_kinematics(session, channels):
     path, cfg = session
-    tfs = [m for _, m in decoded(path)["/tf"]]
+    tfs = messages(channels, "/tf")
     states = SessionLog(path).arm_states()
     assert len(tfs) == len(states) > 0
     for message, state in zip(tfs, states, strict=True):
@@ -153,9 +160,8 @@ def test_tf_places_the_flange_by_forward_kinematics(session):
         assert by_child["camera"].parent_frame_id == "tool0"
 
 
-def test_log_lines_are_recorded_with_their_level(session):
-    path, _ = session
-    lines = [m for _, m in decoded(path)["/log"]]
+def test_log_lines_are_recorded_with_their_level(channels):
+    lines = messages(channels, "/log")
     ours = [m for m in lines if m.name == "robot.test"]
     assert len(ours) == 1 and ours[0].message == "a line for the Log panel"
     assert ours[0].level == 3  # foxglove.Log.WARNING
