@@ -1,24 +1,26 @@
-"""The session recorder: writes a run's session log (MCAP) from its own thread.
+"""The session recorder: the robot process's side of its session log (MCAP).
 
-The real-time threads never touch the file. :meth:`SessionRecorder.transition`,
-:meth:`~SessionRecorder.arm_state`, :meth:`~SessionRecorder.control_tick` and
-:meth:`~SessionRecorder.event` put a small tuple on a bounded queue and return (a few
-microseconds; when the queue is full the item is dropped and counted, never waited for).
-The writer thread encodes the items (protobuf for transitions, as the link packs them;
-JSON for states, ticks and events; Foxglove's protobuf schemas for the camera image, the
-arm's frames and log lines), hands them to the MCAP writer, and closes a chunk at least every
-``flush_every`` seconds, so a crash loses at most that much. :meth:`~SessionRecorder.
-log_handler` puts the process's log lines on the same queue.
-Format: :mod:`robot.session_log`.
+The real-time threads never touch the file, and nothing of the recording holds their GIL
+for long. :meth:`SessionRecorder.transition`, :meth:`~SessionRecorder.arm_state`,
+:meth:`~SessionRecorder.control_tick` and :meth:`~SessionRecorder.event` put a small tuple
+on a bounded queue and return (a few microseconds; when the queue is full the item is
+dropped and counted, never waited for); :meth:`~SessionRecorder.log_handler` puts the
+process's log lines on the same queue. The ``recorder`` thread copies each item into a
+fixed binary record and writes it to a pipe; a child process
+(:mod:`robot.session_writer`) encodes the channels (protobuf transitions, a JPEG per step,
+the arm's frames, JSON records) and writes the file, closing a chunk at least every
+``flush_every`` seconds. Format: :mod:`robot.session_log`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import queue
+import select
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,37 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
-from foxglove_schemas_protobuf.FrameTransforms_pb2 import FrameTransforms
-from foxglove_schemas_protobuf.Log_pb2 import Log
-from mcap.writer import CompressionType, Writer
 
-from link.messages import Spaces, Step, TransitionPacker
+from link import pipe
+from link.messages import Spaces, Step
 from robot.backends.base import ArmState
-from robot.session_log import (
-    ARM_STATE,
-    ARM_STATE_TOPIC,
-    CONTROL_TICK,
-    CONTROL_TICK_TOPIC,
-    EVENTS,
-    FORMAT_VERSION,
-    PROFILE,
-    TRANSITION,
-)
-from robot.session_schemas import (
-    CAMERA_TOPIC,
-    EVENT_SCHEMA,
-    LOG_TOPIC,
-    TF_TOPIC,
-    SceneFrames,
-    TransitionProto,
-    compressed_image,
-    json_record,
-    json_schema,
-    log_line,
-    protobuf_schema,
-    transition_message,
-)
+from robot.session_log import ARM_STATE, CONTROL_TICK, FORMAT_VERSION
+from robot.session_schemas import SceneFrames
+from robot.session_writer import item, step_dtype, step_record
 
 logger = logging.getLogger(__name__)
 
@@ -100,67 +78,57 @@ class SessionRecorder:
         flush_every: Longest time between chunk closes, s (bounds the loss on a crash).
         keyframe_every: A full frame stack at least every this many transitions.
         frames: The rig's fixed frames, for the ``/tf`` channel (none without them).
+        start_timeout: Longest wait for the writer process to open the file, s.
 
     Raises:
-        OSError: If the file cannot be created.
+        OSError: If the file cannot be created or the writer process does not start.
     """
 
     def __init__(self, path: str | Path, spaces: Spaces, meta: dict[str, str],
                  queue_size: int = 8192, flush_every: float = 1.0, keyframe_every: int = 250,
-                 frames: SceneFrames | None = None):
+                 frames: SceneFrames | None = None, start_timeout: float = 60.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb")
-        self._writer = Writer(self._file, chunk_size=4 << 20,
-                              compression=CompressionType.ZSTD)
-        self._writer.start(profile=PROFILE, library="madi-robot")
         meta = {**{k: str(v) for k, v in meta.items()},
                 "format_version": FORMAT_VERSION, "code_version": code_version(),
                 "host": platform.node(),
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._writer.add_metadata("session", meta)
-        self._frames = frames
-        self._channels = {
-            TRANSITION: self._protobuf_channel(TRANSITION, TransitionProto),
-            ARM_STATE_TOPIC: self._json_channel(ARM_STATE_TOPIC,
-                                                json_schema("madi.ArmState", ARM_STATE)),
-            CONTROL_TICK_TOPIC: self._json_channel(CONTROL_TICK_TOPIC,
-                                                   json_schema("madi.ControlTick", CONTROL_TICK)),
-            EVENTS: self._json_channel(EVENTS, EVENT_SCHEMA),
-            CAMERA_TOPIC: self._protobuf_channel(CAMERA_TOPIC, CompressedImage),
-            LOG_TOPIC: self._protobuf_channel(LOG_TOPIC, Log),
-        }
-        if frames is not None:
-            self._channels[TF_TOPIC] = self._protobuf_channel(TF_TOPIC, FrameTransforms)
-        self._packer = TransitionPacker(spaces, keyframe_every)
+        frames_json = None if frames is None else {
+            "model": frames.model, "camera_mount": frames.camera_mount.tolist(),
+            "monitor_pose": frames.monitor_pose.tolist()}
+        setup = {"path": str(self.path), "spaces": spaces.to_json(), "meta": meta,
+                 "keyframe_every": keyframe_every, "flush_every": flush_every,
+                 "frames": frames_json}
+        self._proc = subprocess.Popen([sys.executable, "-m", "robot.session_writer"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._replies = self._proc.stdout.fileno()
+        try:
+            pipe.send(self._proc.stdin, json.dumps(setup).encode())
+            reply = self._reply(start_timeout, "its start")
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
+        if reply != b"ready":
+            self._proc.wait()
+            raise OSError(f"cannot record the session to {self.path}: "
+                          f"{reply[1:].decode(errors='replace')}")
+        self._step_dtype = step_dtype(spaces)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._flush_every = float(flush_every)
-        self._seq = 0
-        self.dropped = 0  #: Items dropped because the queue was full.
-        self.written = 0  #: Messages written.
-        self.error: BaseException | None = None
+        self.dropped = 0  #: Items dropped because the queue was full or the writer died.
+        self.written = 0  #: Messages written (known after :meth:`close`).
+        self.error: str | None = None  #: The first failure of the recording, if any.
+        self._writer_failed = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
-    def _channel(self, topic: str, encoding: str, schema_encoding: str, schema: str,
-                 schema_data: bytes) -> int:
-        schema_id = self._writer.register_schema(schema, schema_encoding, schema_data)
-        return self._writer.register_channel(topic, encoding, schema_id)
-
-    def _json_channel(self, topic: str, schema: dict) -> int:
-        return self._channel(topic, "json", "jsonschema", schema["title"],
-                             json.dumps(schema).encode())
-
-    def _protobuf_channel(self, topic: str, message: type) -> int:
-        return self._channel(topic, "protobuf", "protobuf", *protobuf_schema(message))
-
     # ------------------------------------------------------------------ producers
-    def _put(self, item: tuple) -> None:
+    def _put(self, entry: tuple) -> None:
         if self._closed:
             return
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait(entry)
         except queue.Full:
             self.dropped += 1
 
@@ -192,8 +160,9 @@ class SessionRecorder:
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
-                line = logging.makeLogRecord({**record.__dict__, "msg": record.getMessage(),
-                                              "args": None})  # formatted now, not later
+                line = {"levelno": record.levelno, "msg": record.getMessage(),
+                        "name": record.name, "pathname": record.pathname,
+                        "lineno": record.lineno}  # formatted now, not later
                 recorder._put(("log", time.monotonic_ns(), line))
 
         return _Handler(level)
@@ -205,96 +174,128 @@ class SessionRecorder:
         restarted learner refilling its replay buffer from the session log).
 
         Args:
-            timeout: Longest wait for the writer thread, s.
+            timeout: Longest wait for the writer, s.
 
         Returns:
-            True when done; False if the recorder is closed or the writer thread did not
-            get there within ``timeout``.
+            True when done; False if the recorder is closed, the writer failed, or it did
+            not get there within ``timeout``.
         """
         if self._closed:
             return False
         done = threading.Event()
         try:
-            self._queue.put(("flush", 0, done), timeout=timeout)
+            self._queue.put(("flush", timeout, done), timeout=timeout)
         except queue.Full:
             return False
-        return done.wait(timeout)
+        return done.wait(timeout) and not self._writer_failed
 
-    # ------------------------------------------------------------------ writer thread
+    # ------------------------------------------------------------------ recorder thread
+    def _reply(self, timeout: float, what: str) -> bytes:
+        if not select.select([self._replies], [], [], timeout)[0]:
+            raise OSError(f"the session writer process did not answer {what} within "
+                          f"{timeout:g} s")
+        try:
+            return pipe.recv(self._replies)
+        except EOFError:
+            raise OSError(f"the session writer process died (exit code {self._proc.poll()})"
+                          ) from None
+
     def _run(self) -> None:
-        last_flush = time.monotonic()
         while True:
+            kind, t_ns, payload = self._queue.get()
+            if kind == "close":
+                self._to_writer(self._finish, payload)
+                return
+            if kind == "flush":
+                self._to_writer(self._flush, t_ns)
+                payload.set()
+                continue
             try:
-                item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                item = None
-            if item is not None and item[0] == "close":
-                break
-            if item is not None and item[0] == "flush":
-                self._writer.flush()
-                last_flush = time.monotonic()
-                item[2].set()
-            elif item is not None:
-                try:
-                    self._write(*item)
-                except Exception as err:  # keep recording the rest; report at close
-                    self.error = self.error or err
-                    logger.error("recorder: dropping a %s: %s", item[0], err)
-            if time.monotonic() - last_flush >= self._flush_every:
-                self._writer.flush()
-                last_flush = time.monotonic()
+                message = self._encode(kind, t_ns, payload)
+            except (ValueError, TypeError) as err:  # a malformed item: record the rest
+                self.error = self.error or f"a {kind} item could not be recorded: {err}"
+                logger.error("recorder: dropping a %s: %s", kind, err)
+                continue
+            if not self._to_writer(pipe.send, self._proc.stdin, message):
+                self.dropped += 1
 
-    def _write(self, kind: str, t_ns: int, payload: Any) -> None:
+    def _to_writer(self, call: Any, *args: Any) -> bool:
+        """``call(*args)`` unless the writer process has failed; False if it has (now)."""
+        if self._writer_failed:
+            return False
+        try:
+            call(*args)
+            return True
+        except OSError as err:
+            self._writer_failed = True
+            self.error = f"the session writer process stopped: {err}"
+            logger.error("recorder: %s; the rest of the session is not recorded", self.error)
+            return False
+
+    def _flush(self, timeout: float) -> None:
+        pipe.send(self._proc.stdin, b"F")
+        self._reply(timeout, "a flush")
+
+    def _encode(self, kind: str, t_ns: int, payload: Any) -> bytes:
         if kind == "transition":
-            self._add(TRANSITION, t_ns, transition_message(self._packer.pack(payload)))
-            newest = payload.next_obs["image"][-3:].transpose(1, 2, 0)  # (3k, H, W) -> HWC
-            self._add(CAMERA_TOPIC, t_ns, compressed_image(newest, payload.frame_time_ns))
-        elif kind == "arm_state":
+            return item(b"T", t_ns, step_record(payload, self._step_dtype))
+        if kind == "arm_state":
             episode, step, s = payload
-            self._add(ARM_STATE_TOPIC, t_ns, json_record(
+            return item(b"A", t_ns, _record(
                 ARM_STATE, episode=episode, step=step, t_ns=s.t_ns, q=s.q, qd=s.qd,
                 protective_stopped=s.protective_stopped, emergency_stopped=s.emergency_stopped))
-            if self._frames is not None:
-                self._add(TF_TOPIC, t_ns, self._frames.transforms(s.q, t_ns))
-        elif kind == "tick":
+        if kind == "tick":
             episode, tick, tick_ns, q, qd, applied, stale = payload
-            self._add(CONTROL_TICK_TOPIC, t_ns, json_record(
-                CONTROL_TICK, episode=episode, tick=tick, t_ns=tick_ns, q=q, qd=qd,
-                applied=applied, stale=stale))
-        elif kind == "log":
-            self._add(LOG_TOPIC, t_ns, log_line(payload, t_ns))
-        else:
-            self._add(EVENTS, t_ns, json.dumps(payload, default=_json_default).encode())
+            return item(b"K", t_ns, _record(CONTROL_TICK, episode=episode, tick=tick,
+                                            t_ns=tick_ns, q=q, qd=qd, applied=applied,
+                                            stale=stale))
+        if kind == "log":
+            return item(b"L", t_ns, json.dumps(payload).encode())
+        return item(b"E", t_ns, json.dumps(payload, default=_json_default).encode())
 
-    def _add(self, topic: str, t_ns: int, data: bytes) -> None:
-        self._writer.add_message(self._channels[topic], log_time=t_ns, data=data,
-                                 publish_time=t_ns, sequence=self._seq)
-        self._seq += 1
-        self.written += 1
+    def _finish(self, end: dict[str, str]) -> None:
+        end = {**end, "dropped": str(self.dropped)}
+        pipe.send(self._proc.stdin, b"C" + json.dumps(end).encode())
+        result = json.loads(self._reply(60.0, "the close"))
+        self.written = int(result["written"])
+        self.error = self.error or result["error"]
 
     def close(self, end: dict[str, Any] | None = None, timeout: float = 30.0) -> None:
         """Write what is queued, the ``session_end`` metadata and the summary; close.
 
         Args:
             end: ``session_end`` metadata (e.g. ``stop_reason``, ``env_steps``).
-            timeout: Longest wait for the queue to drain, s.
+            timeout: Longest wait for the queue to drain and the file to close, s.
         """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(("close", 0, None))
-        self._thread.join(timeout)
         info = {k: str(v) for k, v in (end or {}).items()}
-        info.update(dropped=str(self.dropped), written=str(self.written))
-        self._writer.add_metadata("session_end", info)
-        self._writer.finish()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._queue.put(("close", 0, info))
+        self._thread.join(timeout)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.error("recorder: the session writer did not finish %s in %g s; stopped",
+                         self.path, timeout)
+            self._proc.kill()
+            self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass  # a dead writer's pipe: nothing left to deliver
         if self.dropped:
             logger.warning("recorder: %d items dropped (queue full)", self.dropped)
         logger.info("session log %s: %d messages, %.1f MB", self.path, self.written,
                     self.path.stat().st_size / 1e6)
+
+
+def _record(dtype: np.dtype, **values: Any) -> bytes:
+    record = np.zeros((), dtype)
+    for name, value in values.items():
+        record[name] = value
+    return record.tobytes()
 
 
 def _json_default(value: Any) -> Any:

@@ -9,11 +9,12 @@ screen image) and waits on a pipe, which releases the GIL, for the frame.
 
 The child is ``python -m sim.render_process`` (a fresh interpreter: nothing of the
 parent's ``__main__`` is re-imported, unlike multiprocessing's spawn). Wire format on its
-stdin/stdout: messages of a little-endian uint32 length and a body; no pickle. The first
-message is the config as JSON, answered by ``b"ready"``. Then one command byte and a raw
-payload: ``R`` + 6 float64 joint positions -> the RGB frame bytes (H x W x 3); ``S`` +
-uint32 height, width + the RGB image -> ``b"ok"``; ``C`` + a config as JSON -> the mirror
-is rebuilt from it (a randomized episode's rig), ``b"ok"``; ``Q`` -> the child exits.
+stdin/stdout: messages of a little-endian uint32 length and a body (:mod:`link.pipe`); no
+pickle. The first message is the config as JSON, answered by ``b"ready"``. Then one command
+byte and a raw payload: ``R`` + 6 float64 joint positions -> the RGB frame bytes
+(H x W x 3); ``S`` + uint32 height, width + the RGB image -> ``b"ok"``; ``C`` + a config as
+JSON -> the mirror is rebuilt from it (a randomized episode's rig), ``b"ok"``; ``Q`` -> the
+child exits.
 Errors come back as ``b"E"`` + a UTF-8 message.
 """
 
@@ -30,33 +31,12 @@ import threading
 
 import numpy as np
 
+from link import pipe
 from robot.config import Config
 
 logger = logging.getLogger(__name__)
 
 _N_JOINTS = 6
-_LEN = struct.Struct("<I")
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = os.read(fd, n - got)
-        if not chunk:
-            raise EOFError("pipe closed")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def _recv(fd: int) -> bytes:
-    (n,) = _LEN.unpack(_read_exact(fd, _LEN.size))
-    return _read_exact(fd, n)
-
-
-def _send(stream, body: bytes) -> None:
-    stream.write(_LEN.pack(len(body)) + body)
-    stream.flush()
 
 
 def serve(fd_in: int, out) -> None:  # pragma: no cover - runs in the child
@@ -69,42 +49,42 @@ def serve(fd_in: int, out) -> None:  # pragma: no cover - runs in the child
         return Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
 
     try:
-        mirror = build(_recv(fd_in))
+        mirror = build(pipe.recv(fd_in))
     except Exception as err:
-        _send(out, b"E" + f"cannot build the mirror: {err}".encode())
+        pipe.send(out, b"E" + f"cannot build the mirror: {err}".encode())
         return
-    _send(out, b"ready")
+    pipe.send(out, b"ready")
     q = np.zeros(_N_JOINTS)
     screen = None  # re-shown on a rebuilt mirror
     try:
         while True:
             try:
-                msg = _recv(fd_in)
+                msg = pipe.recv(fd_in)
             except (EOFError, OSError):
                 return  # the parent is gone
             cmd, payload = msg[:1], memoryview(msg)[1:]
             try:
                 if cmd == b"R":
                     q[:] = np.frombuffer(payload, np.float64, _N_JOINTS)
-                    _send(out, mirror.render(q=q).tobytes())
+                    pipe.send(out, mirror.render(q=q).tobytes())
                 elif cmd == b"S":
                     h, w = struct.unpack("<II", payload[:8])
                     screen = np.frombuffer(payload[8:], np.uint8).reshape(h, w, 3).copy()
                     mirror.set_screen(screen)
-                    _send(out, b"ok")
+                    pipe.send(out, b"ok")
                 elif cmd == b"C":
                     new = build(bytes(payload))
                     mirror.close()
                     mirror = new
                     if screen is not None:
                         mirror.set_screen(screen)
-                    _send(out, b"ok")
+                    pipe.send(out, b"ok")
                 elif cmd == b"Q":
                     return
                 else:
-                    _send(out, b"E" + f"unknown command {bytes(cmd)!r}".encode())
+                    pipe.send(out, b"E" + f"unknown command {bytes(cmd)!r}".encode())
             except Exception as err:  # reported to the parent, the child keeps serving
-                _send(out, b"E" + f"{type(err).__name__}: {err}".encode())
+                pipe.send(out, b"E" + f"{type(err).__name__}: {err}".encode())
     finally:
         mirror.close()
 
@@ -162,7 +142,7 @@ class RenderProcess:
 
     def _send(self, body: bytes) -> None:
         try:
-            _send(self._proc.stdin, body)
+            pipe.send(self._proc.stdin, body)
         except (BrokenPipeError, OSError, ValueError) as err:
             raise RuntimeError(f"sim render process died (exit code {self._proc.poll()})"
                                ) from err
@@ -173,7 +153,7 @@ class RenderProcess:
             raise TimeoutError(f"sim render process did not answer {what} within {timeout} s "
                                f"(exit code {self._proc.poll()})")
         try:
-            reply = _recv(self._fd)
+            reply = pipe.recv(self._fd)
         except (EOFError, OSError) as err:
             raise RuntimeError(f"sim render process died (exit code {self._proc.poll()})"
                                ) from err
@@ -241,7 +221,7 @@ class RenderProcess:
         with self._lock:
             if self._proc.poll() is None:
                 try:
-                    _send(self._proc.stdin, b"Q")
+                    pipe.send(self._proc.stdin, b"Q")
                 except (OSError, ValueError):
                     pass
                 try:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from robot.recorder import SessionRecorder
 from robot.runner import RobotRunner, spaces_of
 from robot.session_log import SessionLog, SessionLogError
 from robot.session_replay import reenact, replay_backend
+from robot.session_writer import ORPHANED
 
 SPACES = Spaces((6, 8, 10), 15, 5)
 
@@ -153,7 +155,10 @@ def test_truncated_files_open_and_say_where_they_were_cut(tmp_path):
         assert info.cut and info.steps <= 60
 
 
-def test_a_killed_recorder_leaves_a_readable_file(tmp_path):
+@pytest.mark.parametrize("killed", ["robot process", "process group"])
+def test_a_killed_robot_process_leaves_a_readable_file(tmp_path, killed):
+    """SIGKILL of the robot process alone: its writer finishes the file and says why.
+    SIGKILL of the writer too: a cut file whose flushed chunks read back."""
     script = textwrap.dedent(f"""
         import time, numpy as np
         from link.messages import Spaces
@@ -171,15 +176,50 @@ def test_a_killed_recorder_leaves_a_readable_file(tmp_path):
             time.sleep(0.001)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            cwd=os.getcwd(), text=True)
+                            cwd=os.getcwd(), text=True, start_new_session=True)
     for _ in range(5):  # >= 500 ticks queued, several chunks flushed
         proc.stdout.readline()
-    os.kill(proc.pid, signal.SIGKILL)
+    if killed == "process group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     log = SessionLog(tmp_path / "k.mcap")
-    assert log.cut and log.end == {}
+    deadline = time.monotonic() + 30
+    while killed == "robot process" and log.cut and time.monotonic() < deadline:
+        time.sleep(0.1)  # the orphaned writer drains its pipe and finishes the file
+        log = SessionLog(tmp_path / "k.mcap")
+    if killed == "robot process":
+        assert not log.cut and log.end["stop_reason"] == ORPHANED
+    else:
+        assert log.cut and log.end == {}
     ticks = log.control_ticks()
     assert len(ticks) > 100 and np.array_equal(ticks["tick"], np.arange(len(ticks)))
+
+
+def test_a_dead_writer_is_reported_and_never_blocks_the_producers(tmp_path, caplog):
+    rec = SessionRecorder(tmp_path / "s.mcap", SPACES, {"config": "{}", "backend": "sim"})
+    state = ArmState(q=np.zeros(6), qd=np.zeros(6), t_ns=0)
+    rec.control_tick(0, 0, 0, state, np.zeros(6), False)
+    assert rec.flush() and rec.error is None
+    rec._proc.kill()  # the writer process dies (out of memory, a bug)
+    rec._proc.wait()
+    with caplog.at_level(logging.ERROR, logger="robot.recorder"):
+        for i in range(1, 200):
+            rec.control_tick(0, i, i, state, np.zeros(6), False)
+        assert not rec.flush(timeout=5.0)
+        rec.close({"stop_reason": "steps done"}, timeout=5.0)
+    assert "session writer process stopped" in rec.error
+    assert sum("not recorded" in r.getMessage() for r in caplog.records) == 1
+    assert rec.dropped > 0
+    log = SessionLog(tmp_path / "s.mcap")  # what was flushed before the death reads back
+    assert log.cut and log.control_ticks()["tick"].tolist() == [0]
+
+
+def test_a_file_that_cannot_be_created_is_one_clear_error(tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(OSError, match="cannot record the session to .*taken: IsADirectoryError"):
+        SessionRecorder(tmp_path / "taken", SPACES, {"config": "{}", "backend": "sim"})
 
 
 def test_foreign_and_corrupt_files_get_clear_errors(tmp_path):
