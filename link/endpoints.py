@@ -51,9 +51,8 @@ Usage, in each process's own loop::
     weights = robot_link.poll_weights()  # newest or None
     if weights is not None:
         policy.load_weights(weights.to_state_dicts(as_tensors=True))
-    robot_link.send_step(episode, step, obs, action, reward, next_obs, terminated,
-                         truncated, frame_time_ns=t_frame, action_time_ns=t_action,
-                         policy_version=version)  # False = dropped, never waits
+    robot_link.send_step(Step(episode, step, obs, action, reward, next_obs, terminated,
+                              truncated, t_frame, t_action, version))  # False: dropped
 
     # learner process
     assembler = TransitionAssembler(spaces)

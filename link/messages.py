@@ -1,9 +1,10 @@
 """Every message of the robot <-> learner link and its wire format (no pickle).
 
 Both processes import this module; it is the one definition of what crosses the link
-(docs/architecture.md). It imports neither ZeroMQ nor torch, only numpy.
+(docs/architecture.md). It imports neither ZeroMQ nor torch, only numpy and pydantic.
 
-Messages (dataclasses, validated on construction and on decoding):
+Messages (pydantic dataclasses in strict mode, validated on construction, before encoding
+and on decoding; docs/link-protocol.md describes the wire format for other peers):
 
 - control channel: :class:`Hello` (protocol version, role, config hash, run and session
   ids, :class:`Spaces`), :class:`HelloAck` (accept or reject with a reason),
@@ -50,15 +51,17 @@ dicts that :meth:`learner.replay_buffer.ReplayBuffer.add` takes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import numbers
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from functools import partial
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -135,9 +138,6 @@ ALLOWED_DTYPES: dict[str, np.dtype] = {
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
-_HEADER_KEYS = {"type", "protocol", "fields", "arrays"}
-_SPACES_KEYS = {"image_shape", "proprio_dim", "action_dim"}
-_DESC_KEYS = {"name", "dtype", "shape", "offset", "nbytes"}
 _PACKED_PREFIX = struct.Struct("<4sI")
 
 
@@ -159,81 +159,103 @@ class MessageError(ValueError):
         self.reason = reason
 
 
-# ---------------------------------------------------------------------- field checks
-def _int(name: str, value: Any, lo: int = 0, hi: int = _INT64_MAX) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise MessageError("bad_field", f"{name}: expected an integer, got {type(value).__name__}")
-    value = int(value)
-    if not lo <= value <= hi:
-        raise MessageError("bad_field", f"{name}: expected {lo} <= value <= {hi}, got {value}")
+# ---------------------------------------------------------------------- field types
+# Every scalar field is validated by pydantic in strict mode (no "1" for 1, no True for 1,
+# no 1.5 for an int); numpy scalars count as the Python value they hold.
+def _python_scalar(value: Any) -> Any:
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
     return value
 
 
-def _float(name: str, value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise MessageError("bad_field", f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise MessageError("bad_field", f"{name}: expected a finite number, got {value}")
-    return value
+_Scalar = BeforeValidator(_python_scalar)
+Count = Annotated[int, _Scalar, Strict(), Field(ge=0, le=_INT64_MAX)]
+"""An integer in 0 .. 2**63 - 1 (ids, indices, versions, sequence numbers)."""
+TimeNs = Annotated[int, _Scalar, Strict(), Field(ge=_INT64_MIN, le=_INT64_MAX)]
+"""A signed 64-bit integer (``time.monotonic_ns()`` stamps, counters)."""
+Finite = Annotated[float, _Scalar, Strict(), Field(allow_inf_nan=False)]
+"""A finite number."""
+Flag = Annotated[bool, _Scalar, Strict()]
+"""A bool (not 0 or 1)."""
+Text = Annotated[str, Strict(), Field(max_length=MAX_STR)]
+"""A string of at most :data:`MAX_STR` characters."""
+Role = Literal["robot", "learner"]
+"""The ``role`` fields (:data:`ROLES`)."""
 
 
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise MessageError("bad_field", f"{name}: expected a bool, got {type(value).__name__}")
-    return bool(value)
-
-
-def _str(name: str, value: Any, max_len: int = MAX_STR) -> str:
-    if not isinstance(value, str):
-        raise MessageError("bad_field", f"{name}: expected a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise MessageError("bad_field", f"{name}: longer than {max_len} characters")
-    return value
-
-
-def _role(name: str, value: Any) -> str:
-    value = _str(name, value)
-    if value not in ROLES:
-        raise MessageError("bad_field", f"{name}: expected one of {ROLES}, got {value!r}")
-    return value
-
-
-def _array(name: str, value: Any, dtype: str, ndim: int | None, finite: bool = False) -> np.ndarray:
+def _array(value: Any, dtype: str, ndim: int | None, finite: bool) -> np.ndarray:
     """Validate an array field; float inputs are cast to ``dtype`` when it is a float."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, duck-typed
         value = value.detach().cpu().numpy()
     if not isinstance(value, np.ndarray):
-        raise MessageError(
-            "bad_field", f"{name}: expected np.ndarray {dtype}, got {type(value).__name__}"
-        )
+        raise ValueError(f"expected np.ndarray {dtype}, got {type(value).__name__}")
     target = ALLOWED_DTYPES[dtype]
     if value.dtype != target:
         same_kind = value.dtype.kind == target.kind and value.dtype.itemsize == target.itemsize
         if not (same_kind or (target.kind == "f" and value.dtype.kind == "f")):
-            raise MessageError("bad_field", f"{name}: expected dtype {dtype}, got {value.dtype}")
+            raise ValueError(f"expected dtype {dtype}, got {value.dtype}")
         value = value.astype(target)
     if ndim is not None and value.ndim != ndim:
-        raise MessageError("bad_field", f"{name}: expected {ndim} dims, got shape {value.shape}")
+        raise ValueError(f"expected {ndim} dims, got shape {value.shape}")
     if value.ndim > MAX_NDIM:
-        raise MessageError("bad_field", f"{name}: more than {MAX_NDIM} dims")
+        raise ValueError(f"more than {MAX_NDIM} dims")
     if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise MessageError("bad_field", f"{name}: expected finite values")
+        raise ValueError("expected finite values")
     return np.ascontiguousarray(value)
 
 
-def _counters(name: str, value: Any) -> dict[str, int]:
-    if not isinstance(value, Mapping):
-        raise MessageError("bad_field", f"{name}: expected a dict, got {type(value).__name__}")
-    if len(value) > MAX_COUNTERS:
-        raise MessageError("bad_field", f"{name}: more than {MAX_COUNTERS} entries")
-    return {
-        _str(f"{name} key", k, 128): _int(f"{name}[{k!r}]", v, _INT64_MIN) for k, v in value.items()
-    }
+def Array(dtype: str, ndim: int | None = None, finite: bool = False) -> Any:  # noqa: N802
+    """The type of an array field: a C-contiguous ``dtype`` array of ``ndim`` dims."""
+    return Annotated[np.ndarray, BeforeValidator(partial(_array, dtype=dtype, ndim=ndim,
+                                                         finite=finite))]
+
+
+_CONFIG = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+
+
+def _message_error(name: str, fields: list[str], err: ValidationError) -> MessageError:
+    """The first error of a pydantic validation as a :class:`MessageError`."""
+    first = err.errors(include_url=False)[0]
+    kind = first["type"]
+    reason = ("missing_field" if kind in ("missing", "missing_argument") else
+              "unknown_field" if kind in ("unexpected_keyword_argument", "extra_forbidden") else
+              "bad_field")
+    loc = [fields[p] if isinstance(p, int) and not i and p < len(fields) else str(p)
+           for i, p in enumerate(first["loc"])]
+    detail = first["msg"].removeprefix("Value error, ")
+    return MessageError(reason, f"{name}.{'.'.join(loc)}: {detail}"[:300])
+
+
+def _validated(cls: type) -> type:
+    """``cls`` as a pydantic dataclass that raises :class:`MessageError` when invalid.
+
+    Construction validates every field (pydantic, strict); ``__post_init__`` adds the
+    checks that span fields.
+    """
+    cls = pydantic_dataclass(cls, config=_CONFIG)
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise _message_error(getattr(cls, "TYPE", "") or cls.__name__, names, err) from None
+
+    cls.__init__ = __init__
+    return cls
 
 
 # ---------------------------------------------------------------------- messages
-@dataclass
+_Dim = Annotated[int, _Scalar, Strict(), Field(ge=1, le=2**16)]
+
+
+@_validated
 class Spaces:
     """Observation and action spaces both peers must agree on (checked at the handshake).
 
@@ -244,23 +266,14 @@ class Spaces:
         action_dim: Size ``A`` of the float32 action vector (UR5: 5).
     """
 
-    image_shape: tuple[int, int, int]
-    proprio_dim: int
-    action_dim: int
+    image_shape: Annotated[tuple[_Dim, _Dim, _Dim], BeforeValidator(
+        lambda v: tuple(v) if isinstance(v, list) else v)]
+    proprio_dim: Annotated[int, _Scalar, Strict(), Field(ge=0, le=2**16)]
+    action_dim: _Dim
 
     def __post_init__(self) -> None:
-        shape = self.image_shape
-        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise MessageError("bad_field", f"spaces.image_shape: expected 3 ints, got {shape!r}")
-        self.image_shape = tuple(
-            _int(f"spaces.image_shape[{i}]", s, 1, 2**16) for i, s in enumerate(shape)
-        )
         if self.image_shape[0] % 3:
-            raise MessageError(
-                "bad_field", f"spaces.image_shape[0]: expected 3k channels, got {shape[0]}"
-            )
-        self.proprio_dim = _int("spaces.proprio_dim", self.proprio_dim, 0, 2**16)
-        self.action_dim = _int("spaces.action_dim", self.action_dim, 1, 2**16)
+            raise ValueError(f"image_shape[0]: expected 3k channels, got {self.image_shape[0]}")
 
     @property
     def frame_stack(self) -> int:
@@ -295,19 +308,25 @@ class Spaces:
         """
         if isinstance(value, Spaces):
             return value
-        if not isinstance(value, dict) or set(value) != _SPACES_KEYS:
+        if not isinstance(value, dict):
             raise MessageError(
                 "bad_field", "spaces: expected a dict with image_shape, proprio_dim, action_dim"
             )
-        return cls(value["image_shape"], value["proprio_dim"], value["action_dim"])
+        try:
+            return cls(**value)
+        except MessageError as err:
+            raise MessageError("bad_field", f"spaces: {err}") from None
+
+
+_SpacesField = Annotated[Spaces, BeforeValidator(Spaces.from_json)]
 
 
 class Message:
     """Base of every message: the type name and the (de)serialisation hooks.
 
-    Subclasses are dataclasses that validate and normalise their fields in
-    ``__post_init__`` (raising :class:`MessageError`); array fields are listed in
-    ``ARRAY_FIELDS`` with their wire dtype.
+    Subclasses are pydantic dataclasses (:func:`_validated`), checked on construction and
+    again before encoding; array fields are listed in ``ARRAY_FIELDS`` with their wire
+    dtype.
     """
 
     TYPE: ClassVar[str] = ""
@@ -325,40 +344,36 @@ class Message:
     def _named_arrays(self) -> list[tuple[str, np.ndarray]]:
         return [(name, getattr(self, name)) for name in self.ARRAY_FIELDS]
 
+    def revalidated(self) -> Message:
+        """A validated copy (arrays shared): fields may have changed since construction.
+
+        Raises:
+            MessageError: If a field is no longer valid.
+        """
+        return type(self)(**{f.name: getattr(self, f.name)
+                             for f in dataclasses.fields(self)})  # type: ignore[arg-type]
+
     @classmethod
     def _from_wire(cls, fields: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Message:
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        scalar_names = {n for n in names if n not in cls.ARRAY_FIELDS}
-        _check_keys(cls.TYPE, fields, scalar_names)
+        stray = set(fields) & set(cls.ARRAY_FIELDS)
+        if stray:
+            raise MessageError("unknown_field", f"{cls.TYPE}: arrays in the fields {sorted(stray)}")
         got = {name for name, _ in arrays}
         if got != set(cls.ARRAY_FIELDS) or len(arrays) != len(cls.ARRAY_FIELDS):
             raise MessageError(
                 "bad_array",
                 f"{cls.TYPE}: expected arrays {sorted(cls.ARRAY_FIELDS)}, got {sorted(got)}",
             )
-        kwargs = dict(fields)
         for name, arr in arrays:
             if arr.dtype != ALLOWED_DTYPES[cls.ARRAY_FIELDS[name]]:
                 raise MessageError(
                     "bad_array",
                     f"{cls.TYPE}.{name}: expected dtype {cls.ARRAY_FIELDS[name]}, got {arr.dtype}",
                 )
-            kwargs[name] = arr
-        return cls(**kwargs)
+        return cls(**fields, **dict(arrays))
 
 
-def _check_keys(type_name: str, fields: dict[str, Any], expected: set[str]) -> None:
-    missing = expected - set(fields)
-    if missing:
-        raise MessageError("missing_field", f"{type_name}: missing fields {sorted(missing)}")
-    extra = set(fields) - expected
-    if extra:
-        raise MessageError(
-            "unknown_field", f"{type_name}: unknown fields {sorted(str(e) for e in extra)[:8]}"
-        )
-
-
-@dataclass
+@_validated
 class Hello(Message):
     """Handshake, sent by the robot on the control channel until a :class:`HelloAck`.
 
@@ -375,23 +390,15 @@ class Hello(Message):
     """
 
     TYPE: ClassVar[str] = "hello"
-    role: str
-    config_hash: str
-    run_id: str
-    session_id: str
-    spaces: Spaces
-    protocol_version: int = PROTOCOL_VERSION
-
-    def __post_init__(self) -> None:
-        self.role = _role("role", self.role)
-        self.config_hash = _str("config_hash", self.config_hash)
-        self.run_id = _str("run_id", self.run_id)
-        self.session_id = _str("session_id", self.session_id)
-        self.spaces = Spaces.from_json(self.spaces)
-        self.protocol_version = _int("protocol_version", self.protocol_version)
+    role: Role
+    config_hash: Text
+    run_id: Text
+    session_id: Text
+    spaces: _SpacesField
+    protocol_version: Count = PROTOCOL_VERSION
 
 
-@dataclass
+@_validated
 class HelloAck(Message):
     """Answer to a :class:`Hello`: accepted, or rejected with a reason.
 
@@ -409,25 +416,16 @@ class HelloAck(Message):
     """
 
     TYPE: ClassVar[str] = "hello_ack"
-    accepted: bool
-    reason: str
-    role: str
-    config_hash: str
-    run_id: str
-    session_id: str
-    protocol_version: int = PROTOCOL_VERSION
-
-    def __post_init__(self) -> None:
-        self.accepted = _bool("accepted", self.accepted)
-        self.reason = _str("reason", self.reason)
-        self.role = _role("role", self.role)
-        self.config_hash = _str("config_hash", self.config_hash)
-        self.run_id = _str("run_id", self.run_id)
-        self.session_id = _str("session_id", self.session_id)
-        self.protocol_version = _int("protocol_version", self.protocol_version)
+    accepted: Flag
+    reason: Text
+    role: Role
+    config_hash: Text
+    run_id: Text
+    session_id: Text
+    protocol_version: Count = PROTOCOL_VERSION
 
 
-@dataclass
+@_validated
 class Transition(Message):
     """One agent step, robot -> learner (see the module docstring for delta/keyframe).
 
@@ -460,41 +458,25 @@ class Transition(Message):
         "next_proprio": "float32",
         "action": "float32",
     }
-    episode_id: int
-    step_index: int
-    frames: np.ndarray
-    proprio: np.ndarray
-    next_proprio: np.ndarray
-    action: np.ndarray
-    reward: float
-    terminated: bool
-    truncated: bool
-    frame_time_ns: int
-    action_time_ns: int
-    policy_version: int
+    episode_id: Count
+    step_index: Count
+    frames: Array("uint8", 4)
+    proprio: Array("float32", 1, finite=True)
+    next_proprio: Array("float32", 1, finite=True)
+    action: Array("float32", 1, finite=True)
+    reward: Finite
+    terminated: Flag
+    truncated: Flag
+    frame_time_ns: TimeNs
+    action_time_ns: TimeNs
+    policy_version: Count
 
     def __post_init__(self) -> None:
-        self.episode_id = _int("episode_id", self.episode_id)
-        self.step_index = _int("step_index", self.step_index)
-        self.frames = _array("frames", self.frames, "uint8", 4)
         if self.frames.shape[0] < 1 or self.frames.shape[1] != 3:
-            raise MessageError(
-                "bad_field", f"frames: expected (n >= 1, 3, H, W), got {self.frames.shape}"
-            )
-        self.proprio = _array("proprio", self.proprio, "float32", 1, finite=True)
-        self.next_proprio = _array("next_proprio", self.next_proprio, "float32", 1, finite=True)
+            raise ValueError(f"frames: expected (n >= 1, 3, H, W), got {self.frames.shape}")
         if self.next_proprio.shape != self.proprio.shape:
-            raise MessageError(
-                "bad_field",
-                f"next_proprio: shape {self.next_proprio.shape} != proprio {self.proprio.shape}",
-            )
-        self.action = _array("action", self.action, "float32", 1, finite=True)
-        self.reward = _float("reward", self.reward)
-        self.terminated = _bool("terminated", self.terminated)
-        self.truncated = _bool("truncated", self.truncated)
-        self.frame_time_ns = _int("frame_time_ns", self.frame_time_ns, _INT64_MIN)
-        self.action_time_ns = _int("action_time_ns", self.action_time_ns, _INT64_MIN)
-        self.policy_version = _int("policy_version", self.policy_version)
+            raise ValueError(
+                f"next_proprio: shape {self.next_proprio.shape} != proprio {self.proprio.shape}")
 
     @property
     def keyframe(self) -> bool:
@@ -502,7 +484,10 @@ class Transition(Message):
         return self.frames.shape[0] > 1
 
 
-@dataclass
+_TensorName = Annotated[str, Strict(), Field(min_length=1, max_length=256)]
+
+
+@_validated
 class Weights(Message):
     """Policy parameters, learner -> robot, sent packed in one frame (conflated channel).
 
@@ -516,26 +501,10 @@ class Weights(Message):
     """
 
     TYPE: ClassVar[str] = "weights"
-    version: int
-    tensors: dict[str, np.ndarray]
-    session_id: str = ""
-
-    def __post_init__(self) -> None:
-        self.version = _int("version", self.version)
-        self.session_id = _str("session_id", self.session_id)
-        if not isinstance(self.tensors, Mapping):
-            raise MessageError(
-                "bad_field", f"tensors: expected a dict, got {type(self.tensors).__name__}"
-            )
-        if len(self.tensors) > MAX_ARRAYS:
-            raise MessageError("bad_field", f"tensors: more than {MAX_ARRAYS} entries")
-        out = {}
-        for name, value in self.tensors.items():
-            name = _str("tensor name", name, 256)
-            if not name:
-                raise MessageError("bad_field", "tensors: empty tensor name")
-            out[name] = _array(f"tensors[{name!r}]", value, "float32", None, finite=True)
-        self.tensors = out
+    version: Count
+    tensors: Annotated[dict[_TensorName, Array("float32", finite=True)],
+                       Field(max_length=MAX_ARRAYS)]
+    session_id: Text = ""
 
     def _json_fields(self) -> dict[str, Any]:
         return {"version": self.version, "session_id": self.session_id}
@@ -545,15 +514,14 @@ class Weights(Message):
 
     @classmethod
     def _from_wire(cls, fields: dict[str, Any], arrays: list[tuple[str, np.ndarray]]) -> Message:
-        _check_keys(cls.TYPE, fields, {"version", "session_id"})
-        tensors = {}
         for name, arr in arrays:
             if arr.dtype != ALLOWED_DTYPES["float32"]:
                 raise MessageError(
                     "bad_array", f"weights[{name!r}]: expected float32, got {arr.dtype}"
                 )
-            tensors[name] = arr
-        return cls(version=fields["version"], tensors=tensors, session_id=fields["session_id"])
+        if "tensors" in fields:
+            raise MessageError("unknown_field", "weights: tensors in the fields")
+        return cls(**fields, tensors=dict(arrays))
 
     @property
     def nbytes(self) -> int:
@@ -611,7 +579,7 @@ class Weights(Message):
         return out
 
 
-@dataclass
+@_validated
 class Heartbeat(Message):
     """Application-level liveness signal, both directions on the control channel.
 
@@ -624,19 +592,14 @@ class Heartbeat(Message):
     """
 
     TYPE: ClassVar[str] = "heartbeat"
-    role: str
-    seq: int
-    time_ns: int
-    counters: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.role = _role("role", self.role)
-        self.seq = _int("seq", self.seq)
-        self.time_ns = _int("time_ns", self.time_ns, _INT64_MIN)
-        self.counters = _counters("counters", self.counters)
+    role: Role
+    seq: Count
+    time_ns: TimeNs
+    counters: Annotated[dict[Annotated[str, Strict(), Field(max_length=128)], TimeNs],
+                        Field(max_length=MAX_COUNTERS)] = dataclasses.field(default_factory=dict)
 
 
-@dataclass
+@_validated
 class Pause(Message):
     """Ask the peer to pause (robot -> learner: stop updates, e.g. during a reset).
 
@@ -645,13 +608,10 @@ class Pause(Message):
     """
 
     TYPE: ClassVar[str] = "pause"
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        self.reason = _str("reason", self.reason)
+    reason: Text = ""
 
 
-@dataclass
+@_validated
 class Resume(Message):
     """End of a :class:`Pause`.
 
@@ -660,13 +620,10 @@ class Resume(Message):
     """
 
     TYPE: ClassVar[str] = "resume"
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        self.reason = _str("reason", self.reason)
+    reason: Text = ""
 
 
-@dataclass
+@_validated
 class Shutdown(Message):
     """The sender is shutting down; the receiver decides what to do (e.g. exit).
 
@@ -675,10 +632,7 @@ class Shutdown(Message):
     """
 
     TYPE: ClassVar[str] = "shutdown"
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        self.reason = _str("reason", self.reason)
+    reason: Text = ""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -689,11 +643,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 
 # ---------------------------------------------------------------------- encoding
-def _wire_arrays(msg: Message) -> list[tuple[str, np.ndarray]]:
+def _checked(msg: Message) -> Message:
     if not isinstance(msg, Message) or type(msg).TYPE not in MESSAGE_TYPES:
         raise MessageError("unknown_type", f"cannot encode {type(msg).__name__}")
-    msg.__post_init__()  # re-validate: fields may have been changed after construction
-    return msg._named_arrays()
+    return msg.revalidated()
 
 
 def _header(msg: Message, descs: list[dict[str, Any]]) -> bytes:
@@ -740,7 +693,8 @@ def encode(msg: Message) -> list[bytes | np.ndarray]:
     Raises:
         MessageError: If a field is invalid or the header is too large.
     """
-    arrays = _wire_arrays(msg)
+    msg = _checked(msg)
+    arrays = msg._named_arrays()
     descs = [_desc(name, arr, 0) for name, arr in arrays]
     return [_header(msg, descs), *(_raw(arr) for _, arr in arrays)]
 
@@ -764,7 +718,8 @@ def encode_packed(msg: Message) -> bytearray:
     Raises:
         MessageError: If a field is invalid or the header is too large.
     """
-    arrays = _wire_arrays(msg)
+    msg = _checked(msg)
+    arrays = msg._named_arrays()
     descs, offset = [], 0
     for name, arr in arrays:
         descs.append(_desc(name, arr, offset))
@@ -798,6 +753,32 @@ def _reject_constant(name: str) -> None:
     raise MessageError("bad_header", f"JSON constant {name} is not allowed")
 
 
+class _Header(BaseModel):
+    """The JSON header of every message (module docstring)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    type: str
+    protocol: int
+    fields: dict[str, Any]
+    arrays: list[Any]
+
+
+class _ArrayDesc(BaseModel):
+    """One entry of the header's ``arrays``: where an array's bytes are and what they are."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    dtype: str
+    shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_NDIM)]
+    offset: Annotated[int, Field(ge=0)]
+    nbytes: Annotated[int, Field(ge=0)]
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors(include_url=False)[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"[:200]
+
+
 def _parse_header(view: memoryview) -> tuple[type[Message], dict[str, Any], list[Any]]:
     if len(view) > MAX_HEADER_BYTES:
         raise MessageError("too_large", f"header of {len(view)} bytes > {MAX_HEADER_BYTES}")
@@ -805,64 +786,42 @@ def _parse_header(view: memoryview) -> tuple[type[Message], dict[str, Any], list
         obj = json.loads(bytes(view).decode("utf-8"), parse_constant=_reject_constant)
     except (ValueError, RecursionError) as err:  # includes UnicodeDecodeError
         raise MessageError("bad_header", f"header is not valid JSON ({err})") from err
-    if not isinstance(obj, dict):
-        raise MessageError("bad_header", f"header is a JSON {type(obj).__name__}, not an object")
-    if set(obj) != _HEADER_KEYS:
-        raise MessageError("bad_header", f"header keys must be {sorted(_HEADER_KEYS)}")
-    protocol = obj["protocol"]
-    if isinstance(protocol, bool) or not isinstance(protocol, int):
-        raise MessageError("bad_header", "header protocol: expected an integer")
-    if protocol != PROTOCOL_VERSION:
+    try:
+        header = _Header.model_validate(obj)
+    except ValidationError as err:
+        raise MessageError("bad_header", f"header {_first_error(err)}") from None
+    if header.protocol != PROTOCOL_VERSION:
         raise MessageError(
-            "protocol_version", f"peer speaks protocol {protocol}, this side {PROTOCOL_VERSION}"
+            "protocol_version",
+            f"peer speaks protocol {header.protocol}, this side {PROTOCOL_VERSION}"
         )
-    type_name = obj["type"]
-    if not isinstance(type_name, str) or type_name not in MESSAGE_TYPES:
-        raise MessageError("unknown_type", f"unknown message type {str(type_name)[:64]!r}")
-    if not isinstance(obj["fields"], dict):
-        raise MessageError("bad_header", "header fields: expected an object")
-    if not isinstance(obj["arrays"], list):
-        raise MessageError("bad_header", "header arrays: expected a list")
-    if len(obj["arrays"]) > MAX_ARRAYS:
+    if header.type not in MESSAGE_TYPES:
+        raise MessageError("unknown_type", f"unknown message type {header.type[:64]!r}")
+    if len(header.arrays) > MAX_ARRAYS:
         raise MessageError("too_large", f"more than {MAX_ARRAYS} arrays")
-    return MESSAGE_TYPES[type_name], obj["fields"], obj["arrays"]
+    return MESSAGE_TYPES[header.type], header.fields, header.arrays
 
 
 def _check_desc(
     i: int, desc: Any, max_bytes: int
 ) -> tuple[str, np.dtype, tuple[int, ...], int, int]:
-    if not isinstance(desc, dict) or set(desc) != _DESC_KEYS:
-        raise MessageError("bad_array", f"array {i}: descriptor keys must be {sorted(_DESC_KEYS)}")
-    name = desc["name"]
-    if not isinstance(name, str) or not 0 < len(name) <= 256:
-        raise MessageError("bad_array", f"array {i}: name must be a string of 1..256 characters")
-    dtype_name = desc["dtype"]
-    if not isinstance(dtype_name, str) or dtype_name not in ALLOWED_DTYPES:
+    try:
+        d = _ArrayDesc.model_validate(desc)
+    except ValidationError as err:
+        raise MessageError("bad_array", f"array {i}: {_first_error(err)}") from None
+    if d.dtype not in ALLOWED_DTYPES:
         raise MessageError(
-            "bad_dtype",
-            f"array {name!r}: dtype {str(dtype_name)[:32]!r} not in {sorted(ALLOWED_DTYPES)}",
+            "bad_dtype", f"array {d.name!r}: dtype {d.dtype[:32]!r} not in {sorted(ALLOWED_DTYPES)}"
         )
-    dtype = ALLOWED_DTYPES[dtype_name]
-    shape = desc["shape"]
-    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
-        raise MessageError(
-            "bad_array", f"array {name!r}: shape must be a list of <= {MAX_NDIM} ints"
-        )
-    for d in shape:
-        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= max_bytes:
-            raise MessageError(
-                "bad_array", f"array {name!r}: shape {str(shape)[:64]} has a bad dimension"
-            )
-    offset, nbytes = desc["offset"], desc["nbytes"]
-    for key, value in (("offset", offset), ("nbytes", nbytes)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= max_bytes:
-            raise MessageError("bad_array", f"array {name!r}: {key} must be in 0..{max_bytes}")
-    if math.prod(shape) * dtype.itemsize != nbytes:
+    dtype = ALLOWED_DTYPES[d.dtype]
+    if max(d.shape, default=0) > max_bytes or max(d.offset, d.nbytes) > max_bytes:
+        raise MessageError("bad_array", f"array {d.name!r}: a size beyond {max_bytes} bytes")
+    if math.prod(d.shape) * dtype.itemsize != d.nbytes:
         raise MessageError(
             "bad_array",
-            f"array {name!r}: shape {shape} x {dtype.itemsize} bytes != nbytes {nbytes}",
+            f"array {d.name!r}: shape {d.shape} x {dtype.itemsize} bytes != nbytes {d.nbytes}",
         )
-    return name, dtype, tuple(shape), offset, nbytes
+    return d.name, dtype, tuple(d.shape), d.offset, d.nbytes
 
 
 def _view_array(
@@ -965,7 +924,7 @@ def _image(name: str, obs: Any, shape: tuple[int, ...]) -> np.ndarray:
     return image
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Step:
     """One agent step as the robot loop lived it: what the link packs and the recorder keeps.
 
@@ -1089,7 +1048,7 @@ class TransitionPacker:
         return msg
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class TransitionBounds:
     """Value ranges of a transition, checked by the learner before it trusts one.
 
