@@ -766,8 +766,9 @@ def _pose_vector(pose: np.ndarray) -> tuple[float, ...]:
 
 # ---------------------------------------------------------------------- its own process
 #: Methods :class:`ControllerProcess` forwards to the controller.
-RPC_METHODS = frozenset({"status", "trace", "protective_stop", "press_emergency_stop",
-                         "release_emergency_stop", "set_remote_control", "describe",
+RPC_METHODS = frozenset({"status", "trace", "protective_stop", "unlock_protective_stop",
+                         "press_emergency_stop", "release_emergency_stop",
+                         "set_remote_control", "describe",
                          "pull_cable", "plug_cable", "reset_connections", "kill_script",
                          "slow_down", "faults"})
 _START_TIMEOUT_S = 60.0

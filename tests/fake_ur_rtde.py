@@ -504,9 +504,13 @@ class DashboardClient:
     def unlockProtectiveStop(self) -> None:  # noqa: N802
         c = self._ctrl()
         with c.lock:
-            # The real server answers with a text and unlocks nothing before 5 s.
-            if c.protective_stopped and time.monotonic() - c.protective_stop_time >= c.unlock_delay:
-                c.protective_stopped = False
+            # The real server refuses before 5 s, and ur_rtde raises on any answer but
+            # "Protective stop releasing".
+            if c.protective_stopped and time.monotonic() - c.protective_stop_time < c.unlock_delay:
+                raise RuntimeError("Unlock protective stop failure: Cannot unlock protective "
+                                   "stop until 5s after occurrence. Always inspect cause of "
+                                   "protective stop before unlocking")
+            c.protective_stopped = False
 
 
 def _now() -> float:

@@ -22,8 +22,7 @@ import pytest
 import rtde_control
 from polling import wait_for
 
-from robot.backends.ur5 import UR5Arm
-from robot.config import CONTROL_PERIOD, Q_HOME, config_from_dict
+from robot.config import CONTROL_PERIOD, Q_HOME
 from sim.ur_controller import STOP_DECELERATION, build_mirror
 
 HZ = {"ur5": 125.0, "ur5e": 500.0}
@@ -259,49 +258,6 @@ def test_emergency_stop_powers_off_until_power_on_and_brake_release(make_control
 
 
 # --------------------------------------------------------------------------- the project
-
-
-def test_the_projects_ur5arm_connects_and_moves_home(make_controller):
-    controller = make_controller("ur5")
-    cfg = config_from_dict({
-        "backend": "ur5",
-        "arm": {"host": controller.host, "watchdog_hz": 2.0, "reset_duration": 0.5},
-        "camera": {"subsample": 8},
-    })
-    arm = UR5Arm(cfg.arm)  # the real ur_rtde
-    arm.connect()
-    try:
-        assert arm.step_time == pytest.approx(0.008)
-        assert controller.status()["watchdog"] == ("input_int_register_0", 2.0)
-        np.testing.assert_allclose(arm.read_state().q, Q_HOME, atol=1e-6)
-        home = np.array(Q_HOME) + np.array([0.1, -0.05, 0, 0, 0, 0])
-        arm.move_home(home, 0.5)
-        np.testing.assert_allclose(arm.read_state().q, home, atol=2e-3)
-        time.sleep(1.0)  # parked: the keeper feeds the watchdog
-        assert controller.status()["script_running"]
-    finally:
-        arm.disconnect()
-    assert not controller.status()["program_running"]  # disconnect stopped the script
-
-
-def test_a_stopped_script_is_uploaded_again_and_its_watchdog_armed(make_controller):
-    controller = make_controller("ur5")
-    cfg = config_from_dict({
-        "backend": "ur5",
-        "arm": {"host": controller.host, "watchdog_hz": 2.0, "reset_duration": 0.5},
-        "camera": {"subsample": 8},
-    })
-    arm = UR5Arm(cfg.arm)
-    arm.connect()
-    try:
-        assert controller.kill_script()
-        assert wait_for(lambda: not arm._ctrl.isProgramRunning(), 5.0)
-        home = np.array(Q_HOME) + np.array([0.05, 0, 0, 0, 0, 0])
-        arm.move_home(home, 0.5)  # re-uploads, waits for the script, then arms the watchdog
-        np.testing.assert_allclose(arm.read_state().q, home, atol=2e-3)
-        assert controller.status()["watchdog"] == ("input_int_register_0", 2.0)
-    finally:
-        arm.disconnect()
 
 
 def test_madi_sim_controller_serves_until_interrupted():

@@ -485,13 +485,17 @@ class UR5Arm(Arm):
             logger.warning("UR protective stop: unlocking it through the dashboard "
                            "(arm.protective_stop_recovery: dashboard)")
             end = time.monotonic() + max(cfg.protective_stop_wait, UNLOCK_DELAY + 1.0)
+            refusal = ""
             while self._stopped() == "protective":
                 if time.monotonic() > end:
                     raise ProtectiveStopError(
                         f"the dashboard of {cfg.host} did not unlock the protective stop "
-                        f"within {cfg.protective_stop_wait:.0f} s ({dashboard.safetystatus()})")
+                        f"within {cfg.protective_stop_wait:.0f} s ({refusal or 'no answer'})")
                 dashboard.closeSafetyPopup()
-                dashboard.unlockProtectiveStop()  # refused until 5 s after the stop
+                try:
+                    dashboard.unlockProtectiveStop()
+                except RuntimeError as err:  # ur_rtde raises on the controller's refusal,
+                    refusal = str(err)       # which comes until 5 s after the stop
                 time.sleep(0.5)
         finally:
             dashboard.disconnect()
