@@ -1,14 +1,13 @@
-"""``madi robot check``: the real rig's preflight, on the ur_rtde double and a video file."""
+"""``madi robot check``: the real rig's preflight, against the emulated UR controller
+(sim/ur_controller.py) with the installed ur_rtde, and a video file as the camera."""
 
 from __future__ import annotations
 
 import json
 
-import fake_ur_rtde
 import numpy as np
 import pytest
 import yaml
-from fake_ur_rtde import running_controller
 from test_real_rig import rig_config, write_video
 
 from madi.cli import main
@@ -24,13 +23,14 @@ def video(tmp_path):
     return write_video(tmp_path / "cam.avi", 6)
 
 
-def test_everything_passes_on_a_healthy_rig_and_nothing_moves(tmp_path, video):
-    cfg = rig_config(video)
-    with running_controller(cfg, "ur-fake") as controller:
-        q0 = controller.q
-        checks = Preflight(cfg, tmp_path / "pf", rtde=fake_ur_rtde).run()
-        np.testing.assert_allclose(controller.q, q0, atol=1e-6)  # moved nothing
-        assert not controller.program_running  # the script was stopped again
+def test_everything_passes_on_a_healthy_rig_and_nothing_moves(tmp_path, video,
+                                                              make_controller):
+    controller = make_controller("ur5")
+    cfg = rig_config(video, host=controller.host)
+    q0 = np.array(controller.status()["q"])
+    checks = Preflight(cfg, tmp_path / "pf").run()
+    np.testing.assert_allclose(controller.status()["q"], q0, atol=1e-6)  # moved nothing
+    assert not controller.status()["program_running"]  # the script was stopped again
     got = statuses(checks)
     assert got["controller"] == "pass" and got["robot mode"] == "pass"
     assert got["safety status"] == "pass" and got["remote control"] == "skip"  # CB3
@@ -46,11 +46,12 @@ def test_everything_passes_on_a_healthy_rig_and_nothing_moves(tmp_path, video):
     assert table.splitlines()[2].startswith("controller") and "PASS" in table
 
 
-def test_a_protective_stop_and_a_wrong_model_fail_with_the_fix(tmp_path, video):
-    cfg = rig_config(video, model="ur5e")
-    with running_controller(cfg, "ur-fake") as controller:
-        controller.protective_stop()
-        checks = Preflight(cfg, tmp_path / "pf", rtde=fake_ur_rtde).run()
+def test_a_protective_stop_and_a_wrong_model_fail_with_the_fix(tmp_path, video,
+                                                               make_controller):
+    controller = make_controller("ur5")
+    cfg = rig_config(video, host=controller.host, model="ur5e")
+    controller.protective_stop()
+    checks = Preflight(cfg, tmp_path / "pf").run()
     got = {c.name: c for c in checks}
     assert got["controller"].status == "fail" and "arm.model: ur5" in got["controller"].detail
     assert got["safety status"].status == "fail"
@@ -59,12 +60,12 @@ def test_a_protective_stop_and_a_wrong_model_fail_with_the_fix(tmp_path, video):
     assert got["camera"].status == "pass"  # the other devices are still checked
 
 
-def test_move_jogs_each_active_joint_and_returns(tmp_path, video):
-    cfg = rig_config(video)
-    with running_controller(cfg, "ur-fake") as controller:
-        q0 = controller.q
-        checks = Preflight(cfg, tmp_path / "pf", move=True, rtde=fake_ur_rtde).run()
-        np.testing.assert_allclose(controller.q, q0, atol=3e-3)
+def test_move_jogs_each_active_joint_and_returns(tmp_path, video, make_controller):
+    controller = make_controller("ur5")
+    cfg = rig_config(video, host=controller.host)
+    q0 = np.array(controller.status()["q"])
+    checks = Preflight(cfg, tmp_path / "pf", move=True).run()
+    np.testing.assert_allclose(controller.status()["q"], q0, atol=3e-3)
     jogs = [c for c in checks if c.name.startswith("jog joint")]
     assert [c.name for c in jogs] == [f"jog joint {j}" for j in cfg.arm.active_joints]
     assert all(c.status == "pass" for c in jogs), [c.detail for c in jogs]
