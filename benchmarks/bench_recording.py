@@ -10,7 +10,8 @@ file size per hour of session.
 
 ``overhead``: two ``madi train`` runs of ``--minutes`` each in real-time pace, one with
 ``robot.record=false`` and one with recording, back to back, and compares their agent-step
-and control-tick timing (``timing.json``).
+and control-tick timing (``timing.json``). The sim does not wait for the learner between
+episodes (``robot.hold_for_learner=false``), so each run lasts its minutes plus the resets.
 
 Usage::
 
@@ -117,7 +118,8 @@ def overhead(args: argparse.Namespace) -> dict:
                str(ROOT / "configs" / "sim_quick.yaml"), "--pace", "realtime", "--steps",
                str(round(args.minutes * 60 / 0.04)), "--out", str(run), "--no-progress",
                "--set", f"robot.record={str(record).lower()}",
-               "--set", "train.checkpoint_every=null"]
+               "--set", "train.checkpoint_every=null",
+               "--set", "robot.hold_for_learner=false"]  # the loop's timing, not the learner's
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         t = json.loads((run / "timing.json").read_text())
