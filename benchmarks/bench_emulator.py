@@ -14,19 +14,29 @@ address, then with the unmodified ur_rtde clients measures:
    path of one command on the rig: RTDE input registers, the control script's next tick,
    the controller's motion, the next RTDE output package.
 
+``--rehearse N`` then runs the documented rehearsal (docs/real-robot.md, section 6) for N
+env steps: ``madi train`` with ``configs/ur5_visual_reacher.yaml`` against a CB3 emulator,
+its camera stream and its virtual monitor, with the real config's timing settings
+(watchdog, camera timeout) unchanged, one torch thread for the learner, and summarises
+the run's ``timing.json``, episode ends and session log.
+
 Usage::
 
     python benchmarks/bench_emulator.py                 # both models, 10 s and 40 trials each
     python benchmarks/bench_emulator.py --models ur5 --seconds 5 --trials 20
+    python benchmarks/bench_emulator.py --models --rehearse 600
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
+import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -97,13 +107,52 @@ def measure(model: str, seconds: float, trials: int) -> dict:
         controller.close()
 
 
+def rehearse(steps: int, out: Path) -> dict:
+    """``madi train`` on the real config against an emulated CB3; its timing and ends."""
+    from sim.ur_controller import ControllerProcess
+
+    controller = ControllerProcess(_loopback(), "ur5", http_port=0).start()
+    try:
+        cmd = [sys.executable, "-m", "madi.cli", "train", "--config",
+               str(ROOT / "configs" / "ur5_visual_reacher.yaml"), "--steps", str(steps),
+               "--out", str(out), "--no-progress", "--set", f"arm.host={controller.host}",
+               "--set", f"camera.device={controller.url('/camera.mjpg')}",
+               "--set", "monitor.output=offscreen",
+               "--set", f"monitor.url={controller.url('/screen')}",
+               "--set", "agent.cpu_threads=1"]
+        t0 = time.perf_counter()
+        code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+        wall = time.perf_counter() - t0
+    finally:
+        controller.close()
+    timing = json.loads((out / "timing.json").read_text())
+    with open(out / "episodes.csv") as f:
+        ends = Counter(row["end"] for row in csv.DictReader(f))
+    a, c = timing["agent_step"], timing["control_tick"]
+    return {"exit_code": code, "wall_s": round(wall, 1), "env_steps": timing["env_steps"],
+            "episode_ends": dict(ends),
+            "agent_period_p50_p99_max_ms": [a["period_p50_ms"], a["period_p99_ms"],
+                                            a["period_max_ms"]],
+            "steps_late_over_4ms": sum(1 for x in a["overrun_sizes_ms"] if x > 4.0),
+            "control_period_p99_max_ms": [c["period_p99_ms"], c["period_max_ms"]],
+            "obs_to_action_p50_p99_ms": [timing["obs_to_action"]["p50_ms"],
+                                         timing["obs_to_action"]["p99_ms"]],
+            "session_MB": round(sum(p.stat().st_size for p in out.glob("session*.mcap")) / 1e6,
+                                1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["ur5", "ur5e"])
+    parser.add_argument("--models", nargs="*", default=["ur5", "ur5e"])
     parser.add_argument("--seconds", type=float, default=10.0, help="period sampling, s")
     parser.add_argument("--trials", type=int, default=40, help="speedJ latency trials")
+    parser.add_argument("--rehearse", type=int, default=0, metavar="STEPS",
+                        help="also run the rehearsal for this many env steps")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_emulator")
     args = parser.parse_args()
     results = {model: measure(model, args.seconds, args.trials) for model in args.models}
+    if args.rehearse:
+        results["rehearsal"] = rehearse(args.rehearse, args.out / "rehearse")
     print(json.dumps(results, indent=2))
     return 0
 

@@ -157,48 +157,27 @@ def train_sync(
             "total_steps, eval_every and log_every must be >= 1 and eval_episodes >= 0, got "
             f"{total_steps}, {eval_every}, {log_every}, {eval_episodes}"
         )
-    image_shape, proprio_dim, action_dim = _spaces(env)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
-    if agent is None:
-        agent = MadiSacAgent(agent_cfg, image_shape, proprio_dim, action_dim)
+    start = _start(env, agent_cfg, agent, ckpt_dir, resume, init_from, prior_mix)
+    agent, replay, prior, first_step, episodes = (start.agent, start.replay, start.prior,
+                                                  start.first_step, start.episodes)
     cfg = agent.cfg
-
-    def new_replay(seed: int) -> ReplayBuffer:
-        return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), image_shape[0] // 3,
-                            proprio_dim, action_dim, seed=seed,
-                            frame_codec=cfg.replay_frame_codec, n_step=cfg.n_step,
-                            gamma=cfg.gamma)
-
-    replay = new_replay(cfg.seed)
-    prior = None
-    first_step, episodes = 1, 0
-    if resume:
-        counters = load_checkpoint(ckpt_dir / "learner.pt", agent, replay, require_replay=False)
-        first_step = int(counters.get("env_steps", 0)) + 1
-        episodes = int(counters.get("episodes", 0))
-        logger.info("train_sync: resumed at env step %d, update %d, replay %d transitions",
-                    first_step - 1, agent.num_updates, len(replay))
-    elif init_from is not None:
-        prior = start_from(init_from, agent, prior_mix, lambda: new_replay(cfg.seed + 1))
     policy = agent.make_policy()
     random_steps = 0 if skip_random else cfg.init_random_steps
     env.action_space.seed(cfg.seed)
     metrics = MetricsWriter(run_dir / "metrics.csv", sinks)
-    logger.info(
-        "train_sync: variant=%s image=%s proprio=%d action=%d device=%s steps=%d run_dir=%s",
-        cfg.variant, image_shape, proprio_dim, action_dim, agent.device, total_steps, run_dir,
-    )  # fmt: skip
+    logger.info("train_sync: variant=%s spaces=%s device=%s steps=%d run_dir=%s",
+                cfg.variant, _spaces(env), agent.device, total_steps, run_dir)
 
     t_start = time.perf_counter()
     window = _Window(t_start)
     credit = 0.0
     episode = _Episode()
     episode_returns: list[float] = []
-    eval_returns: list[tuple[int, float]] = []
-    eval_due = False
-    next_eval = (first_step - 1) // eval_every * eval_every + eval_every
+    evals = _Evaluations(eval_env or env, eval_episodes, eval_seed, eval_every, metrics,
+                         t_start, next_at=(first_step - 1) // eval_every * eval_every + eval_every)
 
     obs = _reset(env, policy, _train_seed(cfg.seed, first_step - 1))
     shown = ExitStack()  # the bar, and log lines above it while it is shown
@@ -215,22 +194,14 @@ def train_sync(
             if not random_phase and len(replay) >= 1:
                 credit = _update(agent, replay, prior, prior_mix, credit, window)
                 policy.invalidate()
-            if step >= next_eval:
-                eval_due = True
-                next_eval += eval_every
+            evals.tick(step)
             # episode end: its row, the evaluation when due, the next episode
             if done:
                 episodes += 1
                 episode_returns.append(episode.ret)
                 metrics.write(episode.row(step, time.perf_counter() - t_start))
                 bar.set_postfix(ret=f"{episode.ret:.2f}", upd=agent.num_updates)
-                evaluated = eval_due and eval_episodes > 0
-                if evaluated:
-                    eval_due = False
-                    eval_returns.append((step, _evaluate(
-                        eval_env or env, agent, eval_episodes, eval_seed, metrics, step,
-                        time.perf_counter() - t_start)))
-                reseed = evaluated and eval_env is None
+                reseed = evals.run_if_due(step, agent) and eval_env is None
                 obs = _reset(env, policy, _train_seed(cfg.seed, step) if reseed else None)
                 episode = _Episode()
             if step % log_every == 0 or step == total_steps:
@@ -257,10 +228,83 @@ def train_sync(
         "updates": agent.num_updates,
         "episodes": episodes,
         "episode_returns": episode_returns,
-        "eval_returns": eval_returns,
+        "eval_returns": evals.returns,
         "final_eval_returns": final,
         "wall_s": wall,
     }
+
+
+@dataclass
+class _Start:
+    """Where a run starts: its agent, replay buffers and counters."""
+
+    agent: MadiSacAgent
+    replay: ReplayBuffer
+    prior: ReplayBuffer | None  #: ``init_from``'s replay buffer, mixed into batches
+    first_step: int
+    episodes: int
+
+
+def _start(env: Any, agent_cfg: AgentConfig, agent: MadiSacAgent | None, ckpt_dir: Path,
+           resume: bool, init_from: str | Path | None, prior_mix: float) -> _Start:
+    """A new run, a resumed one (``ckpt_dir``'s checkpoint) or one started from another run's."""
+    image_shape, proprio_dim, action_dim = _spaces(env)
+    if agent is None:
+        agent = MadiSacAgent(agent_cfg, image_shape, proprio_dim, action_dim)
+    cfg = agent.cfg
+
+    def new_replay(seed: int) -> ReplayBuffer:
+        return ReplayBuffer(cfg.replay_capacity, (3, *image_shape[1:]), image_shape[0] // 3,
+                            proprio_dim, action_dim, seed=seed,
+                            frame_codec=cfg.replay_frame_codec, n_step=cfg.n_step,
+                            gamma=cfg.gamma)
+
+    start = _Start(agent, new_replay(cfg.seed), None, 1, 0)
+    if resume:
+        counters = load_checkpoint(ckpt_dir / "learner.pt", agent, start.replay,
+                                   require_replay=False)
+        start.first_step = int(counters.get("env_steps", 0)) + 1
+        start.episodes = int(counters.get("episodes", 0))
+        logger.info("train_sync: resumed at env step %d, update %d, replay %d transitions",
+                    start.first_step - 1, agent.num_updates, len(start.replay))
+    elif init_from is not None:
+        start.prior = start_from(init_from, agent, prior_mix, lambda: new_replay(cfg.seed + 1))
+    return start
+
+
+@dataclass
+class _Evaluations:
+    """Evaluations on fixed episodes (:func:`_evaluate`) and their schedule.
+
+    One is due every ``every`` env steps and runs at the next episode end; ``returns``
+    holds ``(step, mean return)`` of each.
+    """
+
+    env: Any
+    episodes: int
+    seed: int
+    every: int
+    metrics: MetricsWriter
+    t_start: float
+    next_at: int
+    due: bool = False
+    returns: list[tuple[int, float]] = field(default_factory=list)
+
+    def tick(self, step: int) -> None:
+        """Count env step ``step``."""
+        if step >= self.next_at:
+            self.due = True
+            self.next_at += self.every
+
+    def run_if_due(self, step: int, agent: MadiSacAgent) -> bool:
+        """At an episode end: evaluate if due; True if it did."""
+        if not (self.due and self.episodes > 0):
+            return False
+        self.due = False
+        self.returns.append((step, _evaluate(self.env, agent, self.episodes, self.seed,
+                                             self.metrics, step,
+                                             time.perf_counter() - self.t_start)))
+        return True
 
 
 def _spaces(env: Any) -> tuple[tuple[int, ...], int, int]:
