@@ -553,6 +553,33 @@ class ReplayBuffer:
                 ``"png"``) an encoded frame larger than ``frame_arena_bytes / (k + 2)``.
                 The buffer is unchanged when ``add`` raises.
         """
+        reward_f = self._check_step(obs, action, reward, next_obs)
+        obs_ids, new_frames = self._new_frames(obs["image"], next_obs["image"])
+        # Encode every new frame before writing any: nothing changes if encoding raises.
+        if self.frame_codec == "png":
+            encoded: list[np.ndarray | None] = [self._encode(f) for f in new_frames]
+        else:
+            encoded = [None] * len(new_frames)
+        for frame, enc in zip(new_frames, encoded, strict=True):
+            new_id = self._write_frame(frame, enc)
+
+        n = self._num_transitions
+        slot = n % self.capacity
+        self._frame_ids[slot, :self.frame_stack] = obs_ids
+        self._frame_ids[slot, self.frame_stack] = new_id
+        self._proprio[slot] = obs["proprio"]
+        self._next_proprio[slot] = next_obs["proprio"]
+        self._action[slot] = action
+        self._reward[slot] = reward_f
+        self._terminated[slot] = bool(terminated)
+        self._truncated[slot] = bool(truncated)
+        self._num_transitions = n + 1
+        self._episode_open = not (terminated or truncated)
+        self._last_next_image[...] = next_obs["image"]
+        self._drop_overwritten()
+
+    def _check_step(self, obs: dict, action: np.ndarray, reward: float, next_obs: dict) -> float:
+        """Validate one transition's arguments (see :meth:`add`); the reward as a float."""
         self._check_obs("obs", obs)
         self._check_obs("next_obs", next_obs)
         if not isinstance(action, np.ndarray):
@@ -573,10 +600,19 @@ class ReplayBuffer:
             raise ValueError(f"reward: expected a float, got {type(reward).__name__}") from err
         if not np.isfinite(reward_f):
             raise ValueError(f"reward: expected a finite float, got {reward_f}")
+        return reward_f
 
+    def _new_frames(self, image: np.ndarray,
+                    next_image: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Frame ids of ``image`` and the frames to write (the newest of ``next_image`` last).
+
+        The obs frames chain to the previous ``next_obs`` while the episode goes on; else
+        they are written (consecutive identical frames once).
+
+        Raises:
+            ValueError: If ``next_image`` is not ``image`` shifted by one frame.
+        """
         k = self.frame_stack
-        image = obs["image"]
-        next_image = next_obs["image"]
         frames = image.reshape(k, *self.frame_shape)
         next_frames = next_image.reshape(k, *self.frame_shape)
         if not np.array_equal(next_frames[:-1], frames[1:]):
@@ -585,14 +621,9 @@ class ReplayBuffer:
                 "(frames 0..k-2 of next_obs == frames 1..k-1 of obs), got a different stack; "
                 "pass the final observation of the episode, not the reset one"
             )
-
-        # Ids of the obs frames: chain to the previous next_obs when the episode goes on,
-        # else write the obs frames (consecutive identical frames once). Frames are
-        # collected (and encoded) first so that nothing changes if encoding raises.
-        n = self._num_transitions
         new_frames: list[np.ndarray] = []
         if self._episode_open and np.array_equal(image, self._last_next_image):
-            obs_ids = self._frame_ids[(n - 1) % self.capacity, 1:].copy()
+            obs_ids = self._frame_ids[(self._num_transitions - 1) % self.capacity, 1:].copy()
         else:
             obs_ids = np.empty(k, dtype=np.int64)
             for i in range(k):
@@ -601,30 +632,14 @@ class ReplayBuffer:
                 else:
                     obs_ids[i] = self._num_frames + len(new_frames)
                     new_frames.append(frames[i])
-        new_frames.append(next_frames[-1])
-        if self.frame_codec == "png":
-            encoded: list[np.ndarray | None] = [self._encode(f) for f in new_frames]
-        else:
-            encoded = [None] * len(new_frames)
-        for frame, enc in zip(new_frames, encoded, strict=True):
-            new_id = self._write_frame(frame, enc)
+        return obs_ids, [*new_frames, next_frames[-1]]
 
-        slot = n % self.capacity
-        self._frame_ids[slot, :k] = obs_ids
-        self._frame_ids[slot, k] = new_id
-        self._proprio[slot] = obs["proprio"]
-        self._next_proprio[slot] = next_obs["proprio"]
-        self._action[slot] = action
-        self._reward[slot] = reward_f
-        self._terminated[slot] = bool(terminated)
-        self._truncated[slot] = bool(truncated)
-        self._num_transitions = n + 1
-        self._episode_open = not (terminated or truncated)
-        self._last_next_image[...] = next_image
+    def _drop_overwritten(self) -> None:
+        """Forget transitions whose slot or frames were overwritten.
 
-        # Drop transitions whose slot or frames were overwritten (window ids are sorted,
-        # so column 0 is the oldest frame; it grows monotonically with insertion order,
-        # and so do the frames' arena positions).
+        Window ids are sorted, so column 0 is a transition's oldest frame; it grows
+        monotonically with insertion order, and so do the frames' arena positions.
+        """
         first_slot_kept = self._num_transitions - self.capacity
         while self._oldest < self._num_transitions and (
             self._oldest < first_slot_kept
@@ -801,13 +816,7 @@ class ReplayBuffer:
             dtype=np.uint64,
         )
         state: dict[str, np.ndarray | int] = {
-            "capacity": self.capacity,
-            "frame_capacity": self.frame_capacity,
-            "frame_stack": self.frame_stack,
-            "frame_height": self.frame_shape[1],
-            "frame_width": self.frame_shape[2],
-            "proprio_dim": self.proprio_dim,
-            "action_dim": self.action_dim,
+            **self._config(),
             "frame_codec": FRAME_CODECS.index(self.frame_codec),
             "num_transitions": self._num_transitions,
             "num_frames": self._num_frames,
@@ -823,14 +832,7 @@ class ReplayBuffer:
         else:
             state["frames"] = self._frames[: min(self._num_frames, self.frame_capacity)]
         state.update(
-            frame_ids=self._frame_ids,
-            proprio=self._proprio,
-            next_proprio=self._next_proprio,
-            action=self._action,
-            reward=self._reward,
-            terminated=self._terminated,
-            truncated=self._truncated,
-            last_next_image=self._last_next_image,
+            self._state_arrays(),
             rng_state=rng_state,
         )
         return state
@@ -905,45 +907,9 @@ class ReplayBuffer:
                 buffer's, an array has the wrong shape/dtype, or the counters or frame
                 references are inconsistent (corrupt state).
         """
-        expected = {
-            "capacity": self.capacity,
-            "frame_capacity": self.frame_capacity,
-            "frame_stack": self.frame_stack,
-            "frame_height": self.frame_shape[1],
-            "frame_width": self.frame_shape[2],
-            "proprio_dim": self.proprio_dim,
-            "action_dim": self.action_dim,
-        }
-        for key, value in expected.items():
-            if int(state[key]) != value:
-                raise ValueError(f"state['{key}']: buffer has {value}, state has {int(state[key])}")
-        codec_index = int(state.get("frame_codec", 0))
-        if not 0 <= codec_index < len(FRAME_CODECS):
-            raise ValueError(f"state['frame_codec']: unknown codec index {codec_index}")
-        if FRAME_CODECS[codec_index] != self.frame_codec:
-            raise ValueError(
-                f"state['frame_codec']: buffer uses {self.frame_codec!r}, state holds "
-                f"{FRAME_CODECS[codec_index]!r} frames; build the buffer with "
-                f"frame_codec={FRAME_CODECS[codec_index]!r}"
-            )
-        num_frames = int(state["num_frames"])
-        num_transitions = int(state["num_transitions"])
-        oldest = int(state["oldest"])
-        if num_frames < 0 or not 0 <= num_transitions - oldest <= self.capacity or oldest < 0:
-            raise ValueError(
-                f"state counters are inconsistent: num_frames={num_frames}, "
-                f"num_transitions={num_transitions}, oldest={oldest}, capacity={self.capacity}"
-            )
-        arrays = {
-            "frame_ids": self._frame_ids,
-            "proprio": self._proprio,
-            "next_proprio": self._next_proprio,
-            "action": self._action,
-            "reward": self._reward,
-            "terminated": self._terminated,
-            "truncated": self._truncated,
-            "last_next_image": self._last_next_image,
-        }
+        self._check_config(state)
+        num_frames, num_transitions, oldest = self._checked_counters(state)
+        arrays = self._state_arrays()
         for key, target in arrays.items():
             value = np.asarray(state[key])
             if value.shape != target.shape:
@@ -963,17 +929,12 @@ class ReplayBuffer:
         if self.frame_codec == "png":
             arena, arena_end = self._check_png_state(state, live_ids)
         else:
-            frames = np.asarray(state["frames"])
-            n_saved = min(num_frames, self.frame_capacity)
-            if frames.shape != (n_saved, *self.frame_shape) or frames.dtype != np.uint8:
-                raise ValueError(
-                    f"state['frames']: expected uint8{(n_saved, *self.frame_shape)}, "
-                    f"got {frames.dtype.name}{frames.shape}"
-                )
+            frames = self._checked_frames(state, num_frames)
         rng_words = [int(w) for w in np.asarray(state["rng_state"], dtype=np.uint64)]
         if len(rng_words) != 6:
             raise ValueError(f"state['rng_state']: expected 6 uint64 words, got {len(rng_words)}")
 
+        # Everything is valid: copy it in.
         if self.frame_codec == "png":
             self._arena[: arena.size] = arena
             self._frame_start[...] = np.asarray(state["frame_start"])
@@ -987,11 +948,76 @@ class ReplayBuffer:
         self._num_frames = num_frames
         self._oldest = oldest
         self._episode_open = bool(int(state["episode_open"]))
-        bit_gen = self._rng.bit_generator.state
-        bit_gen["state"] = {
-            "state": (rng_words[0] << 64) | rng_words[1],
-            "inc": (rng_words[2] << 64) | rng_words[3],
+        self._set_rng_words(rng_words)
+
+    def _check_config(self, state: dict) -> None:
+        """The saved sizes and codec must be this buffer's (ValueError naming the key)."""
+        for key, value in self._config().items():
+            if int(state[key]) != value:
+                raise ValueError(f"state['{key}']: buffer has {value}, state has {int(state[key])}")
+        codec_index = int(state.get("frame_codec", 0))
+        if not 0 <= codec_index < len(FRAME_CODECS):
+            raise ValueError(f"state['frame_codec']: unknown codec index {codec_index}")
+        if FRAME_CODECS[codec_index] != self.frame_codec:
+            raise ValueError(
+                f"state['frame_codec']: buffer uses {self.frame_codec!r}, state holds "
+                f"{FRAME_CODECS[codec_index]!r} frames; build the buffer with "
+                f"frame_codec={FRAME_CODECS[codec_index]!r}"
+            )
+
+    def _config(self) -> dict[str, int]:
+        """The sizes a state must share with the buffer that loads it."""
+        return {
+            "capacity": self.capacity,
+            "frame_capacity": self.frame_capacity,
+            "frame_stack": self.frame_stack,
+            "frame_height": self.frame_shape[1],
+            "frame_width": self.frame_shape[2],
+            "proprio_dim": self.proprio_dim,
+            "action_dim": self.action_dim,
         }
-        bit_gen["has_uint32"] = rng_words[4]
-        bit_gen["uinteger"] = rng_words[5]
+
+    def _checked_counters(self, state: dict) -> tuple[int, int, int]:
+        """``(num_frames, num_transitions, oldest)`` of ``state``, if consistent."""
+        num_frames = int(state["num_frames"])
+        num_transitions = int(state["num_transitions"])
+        oldest = int(state["oldest"])
+        if num_frames < 0 or not 0 <= num_transitions - oldest <= self.capacity or oldest < 0:
+            raise ValueError(
+                f"state counters are inconsistent: num_frames={num_frames}, "
+                f"num_transitions={num_transitions}, oldest={oldest}, capacity={self.capacity}"
+            )
+        return num_frames, num_transitions, oldest
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """The per-transition arrays a state holds, by key."""
+        return {
+            "frame_ids": self._frame_ids,
+            "proprio": self._proprio,
+            "next_proprio": self._next_proprio,
+            "action": self._action,
+            "reward": self._reward,
+            "terminated": self._terminated,
+            "truncated": self._truncated,
+            "last_next_image": self._last_next_image,
+        }
+
+    def _checked_frames(self, state: dict, num_frames: int) -> np.ndarray:
+        """The raw frames of a ``"none"``-codec state, if their shape and dtype fit."""
+        frames = np.asarray(state["frames"])
+        n_saved = min(num_frames, self.frame_capacity)
+        if frames.shape != (n_saved, *self.frame_shape) or frames.dtype != np.uint8:
+            raise ValueError(
+                f"state['frames']: expected uint8{(n_saved, *self.frame_shape)}, "
+                f"got {frames.dtype.name}{frames.shape}"
+            )
+        return frames
+
+    def _set_rng_words(self, words: list[int]) -> None:
+        """Restore the sampling RNG (PCG64) from the 6 words of :meth:`state_dict`."""
+        bit_gen = self._rng.bit_generator.state
+        bit_gen["state"] = {"state": (words[0] << 64) | words[1],
+                            "inc": (words[2] << 64) | words[3]}
+        bit_gen["has_uint32"] = words[4]
+        bit_gen["uinteger"] = words[5]
         self._rng.bit_generator.state = bit_gen
