@@ -147,6 +147,68 @@ def servo_gains(control_period: float, substeps: int) -> tuple[np.ndarray, np.nd
     return inertia * omega**2, 2.0 * inertia * omega
 
 
+def _arm_xml(model: str, camera_xml: str) -> str:
+    """The arm's nested link bodies (DH table of ``model``); the flange carries ``camera_xml``.
+
+    Each link has its joint housing (a cylinder on the joint axis, local z) and a tube
+    along its DH segment, both shifted along z into the link's plane.
+    """
+    dh = dh_parameters(model)
+    upper, fore = ARM_PLANES[model]
+    housing_span = ((0.01, dh.d[0]), (-0.03, upper + 0.03), (fore - 0.02, upper + 0.02),
+                    (fore - 0.02, dh.d[3]), (-0.045, 0.045), (-0.035, 0.035))
+    segment_z = (0.0, upper, fore, fore, 0.0, 0.0)
+    links = []
+    for i in range(N_JOINTS):
+        seg_end = np.array([dh.a[i], 0.0, dh.d[i]])
+        z0, z1 = housing_span[i]
+        tube_start = np.array([0.0, 0.0, segment_z[i]])
+        tube_end = seg_end + tube_start if dh.a[i] != 0 else seg_end
+        lines = [f'<joint name="{JOINTS[i]}" axis="0 0 1" armature="{ARMATURE[i]}"/>',
+                 _rod_inertia(LINK_MASS[i], SEGMENT_RADIUS[i], tube_start, tube_end),
+                 f'<geom name="link{i + 1}_housing" type="cylinder" material="joint" '
+                 f'size="{HOUSING_RADIUS[i]} {(z1 - z0) / 2:.6f}" '
+                 f'pos="0 0 {(z0 + z1) / 2:.6f}"/>']
+        if i > 0 and np.linalg.norm(tube_end - tube_start) > 1e-9:
+            lines.append(f'<geom name="link{i + 1}_segment" type="capsule" '
+                         f'size="{SEGMENT_RADIUS[i]}" '
+                         f'fromto="{_vec(tube_start)} {_vec(tube_end)}"/>')
+        links.append((lines, seg_end, dh.alpha[i]))
+
+    def placed(end: np.ndarray, alpha: float) -> str:  # a child at the end of its parent
+        return f'pos="{_vec(end)}" quat="{np.cos(alpha / 2):.17g} {np.sin(alpha / 2):.17g} 0 0"'
+
+    xml = f'<body name="flange" {placed(links[-1][1], links[-1][2])}>{camera_xml}</body>'
+    for k in reversed(range(N_JOINTS)):
+        pose = placed(*links[k - 1][1:]) if k > 0 else 'pos="0 0 0" quat="1 0 0 0"'
+        xml = (f'<body name="{LINK_BODIES[k]}" {pose} gravcomp="1">'
+               + "".join(links[k][0]) + xml + "</body>")
+    return xml
+
+
+def _camera_xml(camera: CameraConfig) -> str:
+    """The wrist camera and its webcam housing, in the flange frame.
+
+    The MuJoCo camera is the OpenCV camera frame turned pi about x.
+    """
+    obs_h, obs_w = camera.image_size()
+    fx, fy, _, _ = camera.intrinsics()
+    r_cv = rpy_matrix(camera.mount_rpy)
+    cam_quat = matrix_quat(r_cv @ np.diag([1.0, -1.0, -1.0]))
+    cam_pos = np.asarray(camera.mount_xyz, float)
+    webcam_pos = cam_pos - 0.012 * r_cv[:, 2]  # housing behind the lens
+    px, py = principal_offset(camera)
+    pixel_m = 1e-4  # nominal sensor pixel pitch; only the ratios matter
+    return (
+        f'<camera name="{CAMERA}" pos="{_vec(cam_pos)}" quat="{_vec(cam_quat)}" '
+        f'resolution="{obs_w} {obs_h}" focalpixel="{fx:.17g} {fy:.17g}" '
+        f'principalpixel="{px:.17g} {py:.17g}" '
+        f'sensorsize="{obs_w * pixel_m:.17g} {obs_h * pixel_m:.17g}"/>'
+        f'<geom name="webcam" type="box" size="0.045 0.014 0.012" pos="{_vec(webcam_pos)}" '
+        f'quat="{_vec(matrix_quat(r_cv))}" mass="0.1" material="webcam"/>'
+    )
+
+
 def build_mjcf(arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
                sim: SimConfig) -> str:
     """Generate the MJCF of the arm, wrist camera, table and monitor.
@@ -163,7 +225,7 @@ def build_mjcf(arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
     Raises:
         ValueError: If the arm model is unknown or a size is not positive.
     """
-    dh = dh_parameters(arm.model)
+    dh_parameters(arm.model)  # an unknown model fails here, before anything else
     if arm.control_period is None or arm.control_period <= 0:
         raise ValueError(f"arm.control_period must be > 0 s, got {arm.control_period}")
     tex_w, tex_h = (int(v) for v in sim.texture_px)
@@ -173,61 +235,7 @@ def build_mjcf(arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
     timestep = arm.control_period / sim.physics_substeps
     kp, kv = servo_gains(arm.control_period, sim.physics_substeps)
     obs_h, obs_w = camera.image_size()
-    fx, fy, _, _ = camera.intrinsics()
-
-    # Arm: nested link bodies, each with its joint housing (a cylinder on the joint axis,
-    # local z) and a tube along its DH segment, both shifted along z into the link's plane.
-    upper, fore = ARM_PLANES[arm.model]
-    housing_span = ((0.01, dh.d[0]), (-0.03, upper + 0.03), (fore - 0.02, upper + 0.02),
-                    (fore - 0.02, dh.d[3]), (-0.045, 0.045), (-0.035, 0.035))
-    segment_z = (0.0, upper, fore, fore, 0.0, 0.0)
-    arm_xml = []
-    for i in range(N_JOINTS):
-        seg_end = np.array([dh.a[i], 0.0, dh.d[i]])
-        z0, z1 = housing_span[i]
-        tube_start = np.array([0.0, 0.0, segment_z[i]])
-        tube_end = seg_end + tube_start if dh.a[i] != 0 else seg_end
-        lines = [f'<joint name="{JOINTS[i]}" axis="0 0 1" armature="{ARMATURE[i]}"/>',
-                 _rod_inertia(LINK_MASS[i], SEGMENT_RADIUS[i], tube_start, tube_end),
-                 f'<geom name="link{i + 1}_housing" type="cylinder" material="joint" '
-                 f'size="{HOUSING_RADIUS[i]} {(z1 - z0) / 2:.6f}" '
-                 f'pos="0 0 {(z0 + z1) / 2:.6f}"/>']
-        if i > 0 and np.linalg.norm(tube_end - tube_start) > 1e-9:
-            lines.append(f'<geom name="link{i + 1}_segment" type="capsule" '
-                         f'size="{SEGMENT_RADIUS[i]}" '
-                         f'fromto="{_vec(tube_start)} {_vec(tube_end)}"/>')
-        arm_xml.append((i, lines, seg_end, dh.alpha[i]))
-
-    # Wrist camera: OpenCV frame in the flange, MuJoCo camera = OpenCV frame turned pi about x.
-    r_cv = rpy_matrix(camera.mount_rpy)
-    cam_quat = matrix_quat(r_cv @ np.diag([1.0, -1.0, -1.0]))
-    cam_pos = np.asarray(camera.mount_xyz, float)
-    webcam_pos = cam_pos - 0.012 * r_cv[:, 2]  # housing behind the lens
-    px, py = principal_offset(camera)
-    pixel_m = 1e-4  # nominal sensor pixel pitch; only the ratios matter
-    camera_xml = (
-        f'<camera name="{CAMERA}" pos="{_vec(cam_pos)}" quat="{_vec(cam_quat)}" '
-        f'resolution="{obs_w} {obs_h}" focalpixel="{fx:.17g} {fy:.17g}" '
-        f'principalpixel="{px:.17g} {py:.17g}" '
-        f'sensorsize="{obs_w * pixel_m:.17g} {obs_h * pixel_m:.17g}"/>'
-        f'<geom name="webcam" type="box" size="0.045 0.014 0.012" pos="{_vec(webcam_pos)}" '
-        f'quat="{_vec(matrix_quat(r_cv))}" mass="0.1" material="webcam"/>'
-    )
-
-    def nest(k: int) -> str:
-        i, lines, seg_end, alpha = arm_xml[k]
-        inner = nest(k + 1) if k + 1 < N_JOINTS else (
-            f'<body name="flange" pos="{_vec(seg_end)}" '
-            f'quat="{np.cos(alpha / 2):.17g} {np.sin(alpha / 2):.17g} 0 0">{camera_xml}</body>'
-        )
-        pos, quat = "0 0 0", "1 0 0 0"
-        if k > 0:
-            _, _, prev_end, prev_alpha = arm_xml[k - 1]
-            pos = _vec(prev_end)
-            quat = f"{np.cos(prev_alpha / 2):.17g} {np.sin(prev_alpha / 2):.17g} 0 0"
-        return (f'<body name="{LINK_BODIES[i]}" pos="{pos}" quat="{quat}" gravcomp="1">'
-                + "".join(lines) + inner + "</body>")
-
+    arm_xml = _arm_xml(arm.model, _camera_xml(camera))
     mon_quat = matrix_quat(rpy_matrix(monitor.rpy))
     bezel = 0.015
     actuators = "".join(
@@ -266,7 +274,7 @@ def build_mjcf(arm: ArmConfig, camera: CameraConfig, monitor: MonitorConfig,
     <geom name="table" type="plane" size="2 2 0.1" pos="0 0 0" material="table"/>
     <body name="base" quat="0 0 0 1">
       <geom name="base" type="cylinder" size="0.075 0.01" pos="0 0 0.01" material="joint"/>
-      {nest(0)}
+      {arm_xml}
     </body>
     <body name="monitor" pos="{_vec(monitor.position)}" quat="{_vec(mon_quat)}">
       <geom name="monitor_bezel" type="box" pos="0 0 -0.0105"
