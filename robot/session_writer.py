@@ -266,9 +266,11 @@ def serve(fd_in: int, out: BinaryIO) -> None:  # pragma: no cover - runs in the 
 
 
 if __name__ == "__main__":  # pragma: no cover - the child
-    # A Ctrl-C meant for the process group must not cut the file: the robot process
-    # closes it (``C``), or the child finishes it when the robot process's pipe ends.
+    # A Ctrl-C or SIGTERM meant for the process group must not cut the file: the robot
+    # process closes it (``C``), or the child finishes it when the robot process's pipe
+    # ends, whatever ended the robot process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.nice(5)  # the loop's threads come first; the writer has a queue to catch up
     except OSError:
