@@ -233,9 +233,10 @@ def serve(fd_in: int, out: BinaryIO) -> None:  # pragma: no cover - runs in the 
     pipe.send(out, b"ready")
     error: str | None = None
     end: dict[str, str] = {"stop_reason": ORPHANED}
-    last_flush = time.monotonic()
+    last_flush, unflushed = time.monotonic(), False
     while True:
-        wait = max(0.0, flush_every - (time.monotonic() - last_flush))
+        # Wait for the next item; with messages not yet flushed, no longer than flush_every.
+        wait = max(0.0, flush_every - (time.monotonic() - last_flush)) if unflushed else None
         if select.select([fd_in], [], [], wait)[0]:
             try:
                 body = memoryview(pipe.recv(fd_in))
@@ -247,17 +248,18 @@ def serve(fd_in: int, out: BinaryIO) -> None:  # pragma: no cover - runs in the 
                 break
             if kind == b"F":
                 file.flush()
-                last_flush = time.monotonic()
+                last_flush, unflushed = time.monotonic(), False
                 pipe.send(out, b"flushed")
                 continue
             try:
                 file.write(kind, _TIME.unpack(body[1:9])[0], body[9:])
+                unflushed = True
             except Exception as err:  # keep recording the rest; report at close
                 error = error or f"{type(err).__name__}: {err}"
                 print(f"session writer: dropping a {kind!r} item: {err}", file=sys.stderr)
-        if time.monotonic() - last_flush >= flush_every:
+        if unflushed and time.monotonic() - last_flush >= flush_every:
             file.flush()
-            last_flush = time.monotonic()
+            last_flush, unflushed = time.monotonic(), False
     file.finish({**end, "written": str(file.written)})
     try:
         pipe.send(out, json.dumps({"written": file.written, "error": error}).encode())
