@@ -194,8 +194,9 @@ class MadiSacAgent:
         self.actor = Actor(
             feat, list(cfg.mlp_hidden), action_dim, cfg.actor_log_std_min, cfg.actor_log_std_max
         )
-        self.critic = Critic(feat, list(cfg.mlp_hidden), action_dim)
-        self.critic_target = Critic(feat, list(cfg.mlp_hidden), action_dim)
+        self.critic = Critic(feat, list(cfg.mlp_hidden), action_dim, cfg.critic_layer_norm)
+        self.critic_target = Critic(feat, list(cfg.mlp_hidden), action_dim,
+                                    cfg.critic_layer_norm)
         self.encoder_target.load_state_dict(self.encoder.state_dict())
         self.critic_target.load_state_dict(self.critic.state_dict())
         for module in self.modules().values():

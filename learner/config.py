@@ -104,6 +104,11 @@ class AgentConfig(BaseModel):
         description="Steps of the critic's return target (paper: 1; DrQ-v2: 3): "
         "r_t + ... + gamma^(n-1) r_(t+n-1) + gamma^n V(s_(t+n)).",
     )
+    critic_layer_norm: bool = Field(
+        False,
+        description="LayerNorm before each hidden ReLU of the Q heads (paper: off; Nauman "
+        "et al. 2024 found it the most reliable single fix of actor-critic training).",
+    )
     critic_tau: float = Field(
         0.005, gt=0.0, le=1.0, description="Polyak rate of the target Q heads (UR5: 0.005)."
     )

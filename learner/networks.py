@@ -47,13 +47,16 @@ def weight_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: list[int], out_dim: int, layer_norm: bool = False) -> nn.Sequential:
     """Multi-layer perceptron with ReLU between layers.
 
     Args:
         in_dim: Input size.
         hidden: Hidden layer widths, e.g. ``[1024, 1024]``.
         out_dim: Output size.
+        layer_norm: Put a LayerNorm before each hidden ReLU (Ba et al. 2016), the critic
+            normalisation of e.g. Nauman et al. 2024, "Overestimation, overfitting, and
+            plasticity in actor-critic" (ICML), and of DrQ-v2's and SAC-AE's encoder heads.
 
     Returns:
         ``nn.Sequential`` mapping ``(N, in_dim)`` to ``(N, out_dim)``.
@@ -61,7 +64,8 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     dims = [in_dim, *hidden]
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        norm = [nn.LayerNorm(b)] if layer_norm else []
+        layers += [nn.Linear(a, b), *norm, nn.ReLU(inplace=True)]
     layers.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*layers)
 
@@ -220,11 +224,13 @@ class QFunction(nn.Module):
         feature_dim: Encoder feature size.
         hidden: MLP widths.
         action_dim: Action size.
+        layer_norm: LayerNorm before each hidden ReLU (see :func:`mlp`).
     """
 
-    def __init__(self, feature_dim: int, hidden: list[int], action_dim: int):
+    def __init__(self, feature_dim: int, hidden: list[int], action_dim: int,
+                 layer_norm: bool = False):
         super().__init__()
-        self.net = mlp(feature_dim + action_dim, hidden, 1)
+        self.net = mlp(feature_dim + action_dim, hidden, 1, layer_norm)
         self.apply(weight_init)
 
     def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -247,12 +253,14 @@ class Critic(nn.Module):
         feature_dim: Encoder feature size.
         hidden: MLP widths of each head.
         action_dim: Action size.
+        layer_norm: LayerNorm before each hidden ReLU of both heads (see :func:`mlp`).
     """
 
-    def __init__(self, feature_dim: int, hidden: list[int], action_dim: int):
+    def __init__(self, feature_dim: int, hidden: list[int], action_dim: int,
+                 layer_norm: bool = False):
         super().__init__()
-        self.q1 = QFunction(feature_dim, hidden, action_dim)
-        self.q2 = QFunction(feature_dim, hidden, action_dim)
+        self.q1 = QFunction(feature_dim, hidden, action_dim, layer_norm)
+        self.q2 = QFunction(feature_dim, hidden, action_dim, layer_norm)
 
     def forward(
         self, features: torch.Tensor, action: torch.Tensor

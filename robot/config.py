@@ -440,8 +440,9 @@ class RobotLoopConfig(_Section):
 
     command_deadline: float | None = Field(
         None, gt=0, le=1.0,
-        description="Longest age of the newest command before the control thread stops the "
-        "arm, s. Default: 2 agent periods.",
+        description="Longest age of the newest command, from the arrival of the frame it "
+        "answers, before the control thread stops the arm, s. Default: 2 agent periods, plus "
+        "one frame interval for a camera with a capture thread (webcam, network stream).",
     )
     agent_spin: float = Field(
         0.002, ge=0, le=0.01,
@@ -502,9 +503,17 @@ class RobotLoopConfig(_Section):
         """SCHED_FIFO priority of the control thread (``realtime_priority + 10``)."""
         return None if self.realtime_priority is None else self.realtime_priority + 10
 
-    def deadline(self, agent_period: float) -> float:
-        """The stale-command deadline, s (``command_deadline`` or 2 agent periods)."""
-        return self.command_deadline or 2.0 * agent_period
+    def deadline(self, agent_period: float, frame_wait: float = 0.0) -> float:
+        """The stale-command deadline, s: ``command_deadline``, or 2 agent periods + ``frame_wait``.
+
+        A command's age counts from the arrival of the frame it answers. A camera with its
+        own capture thread (:meth:`robot.backends.base.Camera.frame_wait`: one frame
+        interval) hands the agent step a frame up to that old, so its commands need that
+        much more time: at 25 fps and a 40 ms agent period, up to 40 + 40 ms plus the
+        step's own time, against 80 ms. The safety layer's prediction horizon is 2 agent
+        periods (``frame_wait`` 0) either way.
+        """
+        return self.command_deadline or 2.0 * agent_period + frame_wait
 
 
 class LinkConfig(_Section):

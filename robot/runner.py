@@ -500,7 +500,8 @@ class RobotRunner:
         if link is not None:
             link.resume("reset done")
         control = ControlLoop(self.rig.arm, self.safety, acceleration=cfg.arm.acceleration,
-                              deadline=cfg.robot.deadline(cfg.task.agent_period),
+                              deadline=cfg.robot.deadline(cfg.task.agent_period,
+                                                          self.rig.camera.frame_wait()),
                               timer=self.control_timer, watchdog_hz=cfg.arm.watchdog_hz,
                               realtime_priority=cfg.robot.control_priority(),
                               on_tick=None if evaluation else self._tick_recorder(self.episode))

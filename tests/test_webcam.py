@@ -12,7 +12,7 @@ import pytest
 from robot.backends import webcam
 from robot.backends.base import DeviceError, DeviceNotConnectedError
 from robot.backends.webcam import OpenCVCamera, list_video_devices
-from robot.config import CameraConfig
+from robot.config import CameraConfig, RobotLoopConfig
 
 W, H, S = 160, 96, 4  # capture size, subsample -> obs 24 x 40
 FPS = 50.0
@@ -105,6 +105,26 @@ def test_seq_and_timestamps_follow_playback(video: Path):
     nominal = (seqs[-1] - seqs[0]) / FPS
     assert 0.8 * nominal <= span <= 3 * nominal + 0.1
     assert captured < 30  # 0.35 s at 50 fps: not the whole 30-frame file yet
+
+
+def test_frames_wait_for_the_reader_and_the_stale_deadline_allows_one_frame_interval(
+        video: Path):
+    # The agent step reads the newest frame at its own pace, not phase-locked to the
+    # camera: the frame it gets has waited up to one frame interval since it arrived. A
+    # command's age counts from that arrival, so the stale-command deadline needs the
+    # interval on top of 2 agent periods (80 ms alone stopped the arm at every few steps
+    # behind a 25 fps stream).
+    cam = _camera(video)
+    assert cam.frame_wait() == pytest.approx(1 / FPS)
+    with cam:
+        ages = []
+        for i in range(12):
+            time.sleep(0.013 + 0.007 * (i % 3))
+            ages.append(cam.age_ns(cam.read()) / 1e9)
+    assert min(ages) >= 0 and max(ages) > 0.002
+    assert RobotLoopConfig().deadline(0.04, cam.frame_wait()) == pytest.approx(0.08 + 1 / FPS)
+    assert RobotLoopConfig().deadline(0.04) == pytest.approx(0.08)  # the safety horizon
+    assert RobotLoopConfig(command_deadline=0.2).deadline(0.04, cam.frame_wait()) == 0.2
 
 
 def test_wrong_size_names_both_sizes(video: Path):

@@ -372,6 +372,17 @@ class Camera(Device):
         """
         return 0
 
+    def frame_wait(self) -> float:
+        """Longest a frame waits for its reader before :meth:`read` returns it, s.
+
+        A capture thread's newest frame can be up to one frame interval old when an agent
+        step that is not phase-locked to the camera reads it (a real camera overrides
+        this); a camera that renders or loads the frame inside :meth:`read` returns 0.
+        The control loop's stale-command deadline adds this wait
+        (:meth:`robot.config.RobotLoopConfig.deadline`).
+        """
+        return 0.0
+
     def stats(self) -> dict:
         """Device counters for the run's timing report (e.g. stale frames); default none."""
         return {}

@@ -252,6 +252,10 @@ class OpenCVCamera(Camera):
         """Time since ``frame`` arrived from the driver, ns (``time.monotonic_ns`` clock)."""
         return time.monotonic_ns() - frame.t_ns
 
+    def frame_wait(self) -> float:
+        """One frame interval, ``1 / camera.fps`` s: the newest frame's age when read, at most."""
+        return 1.0 / self.camera.fps
+
     def stats(self) -> dict:
         """Counters for the timing report: frames captured, stale frames, frame age (ms)."""
         return {"frames_captured": self.frames_captured, "stale_frames": self.stale_frames,
