@@ -67,7 +67,7 @@ class View:
 
 def view_poses(cfg: Config, n: int, seed: int = 0) -> list[np.ndarray]:
     """``n`` joint poses around home inside the safety limits (home first), rad."""
-    safety = SafetyLimits(cfg.safety, cfg.arm, cfg.robot.deadline(cfg.task.agent_period))
+    safety = SafetyLimits.for_rig(cfg)
     home = np.asarray(cfg.arm.q_home, dtype=np.float64)
     rng = np.random.default_rng(seed)
     poses = [home]

@@ -37,7 +37,7 @@ __all__ = ["policy_returns", "train_sync"]
 logger = logging.getLogger(__name__)
 
 #: Intervention kinds (``info["interventions"]`` prefixes) that count toward the safety share.
-SAFETY_KINDS = ("box", "joint_limit")
+SAFETY_KINDS = ("box", "joint_limit", "screen")
 
 def _obs(obs: Any) -> dict[str, np.ndarray]:
     if not isinstance(obs, dict) or "image" not in obs or "proprio" not in obs:

@@ -362,6 +362,14 @@ class SafetyConfig(_Section):
         "component is replaced by this inward speed, m/s (robot/safety.py).",
     )
 
+    screen_clearance: float = Field(
+        0.06, ge=0, le=0.5,
+        description="Closest the wrist camera's lens may come to the monitor's screen "
+        "plane, m (0: no check). 0.06 keeps the whole webcam (up to 5.3 cm from its lens) "
+        "off the screen and its bezel; without it a trained reacher drove the webcam or the "
+        "wrist into the bezel (robot/safety.py).",
+    )
+
     @model_validator(mode="after")
     def _ordered(self) -> SafetyConfig:
         for name, lo, hi in (

@@ -126,7 +126,8 @@ def flange_pose(q: np.ndarray, model: str = "ur5") -> np.ndarray:
     return link_transforms(q, model)[-1]
 
 
-def flange_positions(qs: np.ndarray, model: str = "ur5") -> np.ndarray:
+def flange_positions(qs: np.ndarray, model: str = "ur5",
+                     point: np.ndarray | None = None) -> np.ndarray:
     """Forward kinematics of many joint vectors at once: flange origins in the base frame.
 
     The same chain as :func:`flange_pose`, batched (one (N, 4, 4) product per link), for
@@ -135,9 +136,11 @@ def flange_positions(qs: np.ndarray, model: str = "ur5") -> np.ndarray:
     Args:
         qs: Joint positions, shape (N, 6), rad.
         model: ``"ur5"`` (CB3) or ``"ur5e"``.
+        point: (3,) a point fixed in the flange frame, m (e.g. the wrist camera's lens);
+            ``None`` is the flange origin.
 
     Returns:
-        float64 (N, 3) flange positions, m.
+        float64 (N, 3) positions of that point in the base frame, m.
 
     Raises:
         ValueError: If ``qs`` is not (N, 6) or ``model`` is unknown.
@@ -160,26 +163,31 @@ def flange_positions(qs: np.ndarray, model: str = "ur5") -> np.ndarray:
     pose = BASE_FROM_DH0 @ links[0]
     for link in links[1:]:
         pose = pose @ link
-    return pose[:, :3, 3].copy()
+    if point is None:
+        return pose[:, :3, 3].copy()
+    return pose[:, :3, :3] @ np.asarray(point, np.float64) + pose[:, :3, 3]
 
 
-def flange_jacobian(q: np.ndarray, model: str = "ur5") -> np.ndarray:
-    """Linear-velocity Jacobian of the flange origin in the base frame.
+def flange_jacobian(q: np.ndarray, model: str = "ur5",
+                    point: np.ndarray | None = None) -> np.ndarray:
+    """Linear-velocity Jacobian of the flange origin (or a point on it) in the base frame.
 
     Geometric Jacobian of revolute joints (Siciliano et al., "Robotics: Modelling,
-    Planning and Control", eq. 3.30): column i is ``z_{i-1} x (p_flange - p_{i-1})``, with
-    ``z_{i-1}`` and ``p_{i-1}`` the axis and origin of DH frame i-1.
+    Planning and Control", eq. 3.30): column i is ``z_{i-1} x (p - p_{i-1})``, with
+    ``z_{i-1}`` and ``p_{i-1}`` the axis and origin of DH frame i-1 and ``p`` the point.
 
     Args:
         q: Joint positions, shape (6,), rad.
         model: ``"ur5"`` (CB3) or ``"ur5e"``.
+        point: (3,) a point fixed in the flange frame, m; ``None`` is the flange origin.
 
     Returns:
-        float64 (3, 6): flange velocity (m/s) per joint velocity (rad/s).
+        float64 (3, 6): the point's velocity (m/s) per joint velocity (rad/s).
     """
     frames = [BASE_FROM_DH0, *link_transforms(q, model)]
-    p_flange = frames[-1][:3, 3]
-    return np.stack([np.cross(f[:3, 2], p_flange - f[:3, 3]) for f in frames[:-1]], axis=1)
+    p = frames[-1][:3, 3] if point is None else \
+        frames[-1][:3, :3] @ np.asarray(point, np.float64) + frames[-1][:3, 3]
+    return np.stack([np.cross(f[:3, 2], p - f[:3, 3]) for f in frames[:-1]], axis=1)
 
 
 def dh_parameters(model: str) -> DHParameters:

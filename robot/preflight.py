@@ -99,7 +99,7 @@ class Preflight:
         self.move = move
         self.rtde = rtde
         self.checks: list[Check] = []
-        self.safety = SafetyLimits(cfg.safety, cfg.arm, cfg.robot.deadline(cfg.task.agent_period))
+        self.safety = SafetyLimits.for_rig(cfg)
 
     def add(self, name: str, status: str, detail: str) -> Check:
         """Record one result (and log it)."""

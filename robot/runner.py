@@ -243,7 +243,7 @@ class RobotRunner:
         self.policy = policy or MadiPolicy.from_config(
             cfg.agent, self.spaces.image_shape, self.spaces.proprio_dim, self.spaces.action_dim)
         self.policy_version = 0
-        self.safety = SafetyLimits(cfg.safety, cfg.arm, cfg.robot.deadline(cfg.task.agent_period))
+        self.safety = SafetyLimits.for_rig(cfg)
         self.reward_fn = RedTargetReward(cfg.task)
         seeds = np.random.SeedSequence(cfg.seed).spawn(2)
         self._target_rng = np.random.default_rng(seeds[0])

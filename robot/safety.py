@@ -37,6 +37,12 @@ home pose (``on_box_exit: return``) or held (``stop``). The MaDi code
 reversed offending joints; with a bounded acceleration a reversal is a brake that
 overshoots, so we brake or slide.
 Every intervention is reported so that the caller can log and record it.
+
+The box is the flange's; the wrist camera sticks out of it. Given the camera mount and
+the monitor pose, the lens is also kept ``safety.screen_clearance`` from the screen plane
+(a half-space, checked along the same path and slid along like a box face): without it, a
+reacher trained to make the target big drove the webcam, or the wrist-1 housing beside
+it, into the monitor's bezel in 3 of 12 episodes, each a protective stop.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot.config import ArmConfig, SafetyConfig
-from robot.kinematics import flange_jacobian, flange_pose, flange_positions
+from robot.config import ArmConfig, CameraConfig, Config, MonitorConfig, SafetyConfig
+from robot.kinematics import flange_jacobian, flange_pose, flange_positions, pose_matrix
 
 #: An arm further outside than this (m from the box, rad past a joint limit) is driven back
 #: toward home (or held); within it (model error, sensor noise), the path check keeps it
@@ -61,7 +67,8 @@ class Intervention:
 
     Attributes:
         kind: ``"box"`` (flange would leave the box), ``"joint_limit"`` (a joint would
-            leave its range) or ``"inactive_joint"`` (a fixed joint was commanded).
+            leave its range), ``"screen"`` (the camera would come closer to the screen
+            than ``screen_clearance``) or ``"inactive_joint"`` (a fixed joint was commanded).
         detail: Human-readable specifics: which joint or axis, predicted value, limit.
     """
 
@@ -91,14 +98,27 @@ class SafetyLimits:
             the agent may move.
         horizon: How far ahead to predict, s. One agent period is the natural choice: a
             command runs at most that long before the next check.
+        camera: The wrist camera's mount (``mount_xyz``: the lens in the flange frame, m).
+        monitor: The monitor's pose in the base frame. With ``camera``, and
+            ``safety.screen_clearance`` > 0, the lens is kept that far from the screen
+            plane; without either, only the box and the joint limits are checked.
     """
 
-    def __init__(self, safety: SafetyConfig, arm: ArmConfig, horizon: float):
+    def __init__(self, safety: SafetyConfig, arm: ArmConfig, horizon: float,
+                 camera: CameraConfig | None = None, monitor: MonitorConfig | None = None):
         if horizon <= 0:
             raise ValueError(f"safety horizon must be > 0 s, got {horizon}")
         self.safety = safety
         self.arm = arm
         self.horizon = horizon
+        self.lens: np.ndarray | None = None  # (3,) in the flange frame, m
+        if camera is not None and monitor is not None and safety.screen_clearance > 0:
+            screen = pose_matrix(np.asarray(monitor.position), np.asarray(monitor.rpy))
+            self.lens = np.asarray(camera.mount_xyz, np.float64)
+            self.screen_point = screen[:3, 3]
+            # the screen's normal, turned toward the robot's side (the base at the origin)
+            normal = screen[:3, 2]
+            self.screen_normal = normal if normal @ self.screen_point < 0 else -normal
         self.box_low = np.asarray(safety.box_low, np.float64)
         self.box_high = np.asarray(safety.box_high, np.float64)
         self.q_low = np.deg2rad(safety.joint_low_deg)
@@ -118,6 +138,38 @@ class SafetyLimits:
         """
         p = flange_pose(q, self.arm.model)[:3, 3]
         return np.minimum(p - self.box_low, 0.0) + np.maximum(p - self.box_high, 0.0)
+
+    @classmethod
+    def for_rig(cls, cfg: Config, horizon: float | None = None) -> SafetyLimits:
+        """The limits of a rig's config: its safety, arm, camera mount and monitor.
+
+        Args:
+            cfg: The run's config.
+            horizon: Prediction horizon, s; default the robot loop's 2 agent periods
+                (:meth:`robot.config.RobotLoopConfig.deadline`).
+        """
+        if horizon is None:
+            horizon = cfg.robot.deadline(cfg.task.agent_period)
+        return cls(cfg.safety, cfg.arm, horizon, cfg.camera, cfg.monitor)
+
+    def screen_violation(self, q: np.ndarray) -> float:
+        """How far the lens is inside the screen clearance, m (negative; 0 outside it).
+
+        Args:
+            q: float (6,) joint positions, rad.
+
+        Returns:
+            ``min(d - screen_clearance, 0)``, with ``d`` the lens's distance from the
+            screen plane on the robot's side; always 0 without a camera and monitor.
+        """
+        if self.lens is None:
+            return 0.0
+        return min(float(self._screen_distance(np.asarray(q)[None])[0])
+                   - self.safety.screen_clearance, 0.0)
+
+    def _screen_distance(self, qs: np.ndarray) -> np.ndarray:
+        lens = flange_positions(qs, self.arm.model, self.lens)
+        return (lens - self.screen_point) @ self.screen_normal
 
     def joint_violation(self, q: np.ndarray) -> np.ndarray:
         """Signed distance of each joint outside its range (0 inside), rad, float64 (6,)."""
@@ -158,26 +210,31 @@ class SafetyLimits:
         return np.concatenate([follow, brake])
 
     def path_violation(self, q: np.ndarray, qd: np.ndarray,
-                       command: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The worst excursion outside the joint limits and the box along the path.
+                       command: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """The worst excursion outside the joint limits, the box and the screen clearance.
 
         The limits are widened to take in the current position, so an arm a hair outside
         (model error, see :data:`RETURN_BEYOND_M`) may hold or move back, but not further out.
 
         Returns:
-            ``(joints, box)``: float64 (6,) rad and (3,) m, signed as in
-            :meth:`joint_violation` and :meth:`box_violation` (0 where the whole path of
-            :meth:`predicted_path` stays inside).
+            ``(joints, box, screen)``: float64 (6,) rad, (3,) m and a float m, signed as in
+            :meth:`joint_violation`, :meth:`box_violation` and :meth:`screen_violation`
+            (0 where the whole path of :meth:`predicted_path` stays inside).
         """
         path = self.predicted_path(q, qd, command)
-        flange = flange_positions(np.vstack([q, path]), self.arm.model)
+        qs = np.vstack([q, path])
+        flange = flange_positions(qs, self.arm.model)
         p_now, flange = flange[0], flange[1:]
         joints = (np.minimum(path - np.minimum(self.q_low, q), 0.0)
                   + np.maximum(path - np.maximum(self.q_high, q), 0.0))
         box = (np.minimum(flange - np.minimum(self.box_low, p_now), 0.0)
                + np.maximum(flange - np.maximum(self.box_high, p_now), 0.0))
+        screen = 0.0
+        if self.lens is not None:
+            d = self._screen_distance(qs)
+            screen = min(float(d[1:].min()) - min(self.safety.screen_clearance, d[0]), 0.0)
         return (joints[np.argmax(np.abs(joints), axis=0), np.arange(6)],
-                box[np.argmax(np.abs(box), axis=0), np.arange(3)])
+                box[np.argmax(np.abs(box), axis=0), np.arange(3)], screen)
 
     def apply(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> SafetyResult:
         """Make a joint-velocity command safe to send.
@@ -212,22 +269,25 @@ class SafetyLimits:
         np.clip(command, -self.arm.speed_max, self.arm.speed_max, out=command)
 
         joints_now, box_now = self.joint_violation(q), self.box_violation(q)
+        screen_now = self.screen_violation(q)
         if np.any(np.abs(joints_now) > RETURN_BEYOND_RAD) or \
-                np.any(np.abs(box_now) > RETURN_BEYOND_M):
+                np.any(np.abs(box_now) > RETURN_BEYOND_M) or -screen_now > RETURN_BEYOND_M:
             if self.safety.on_box_exit == "stop":
                 command, action = np.zeros(6), "holding"
             else:
                 command, action = self._toward_home(q), "returning toward home"
-            kind = "joint_limit" if np.any(np.abs(joints_now) > RETURN_BEYOND_RAD) else "box"
+            kind = "joint_limit" if np.any(np.abs(joints_now) > RETURN_BEYOND_RAD) else \
+                "box" if np.any(np.abs(box_now) > RETURN_BEYOND_M) else "screen"
             out.append(Intervention(kind, f"outside the limits (joints "
                                     f"{np.round(np.rad2deg(joints_now), 2).tolist()} deg, box "
-                                    f"{np.round(box_now, 4).tolist()} m); {action}"))
+                                    f"{np.round(box_now, 4).tolist()} m, screen clearance "
+                                    f"{screen_now:.4f} m); {action}"))
             return SafetyResult(command, out)
 
-        joints_rest, box_rest = self.path_violation(q, qd, command)
-        if not (np.any(joints_rest != 0.0) or np.any(box_rest != 0.0)):
+        joints_rest, box_rest, screen_rest = self.path_violation(q, qd, command)
+        if not (np.any(joints_rest != 0.0) or np.any(box_rest != 0.0) or screen_rest != 0.0):
             return SafetyResult(command, out)
-        safe = self._slide(q, command, joints_rest, box_rest)
+        safe = self._slide(q, command, joints_rest, box_rest, screen_rest)
         scale = 0.0 if self.safety.on_limit == "brake" else self._largest_safe_scale(q, qd, safe)
         safe = scale * safe
         kept = float(np.dot(safe, command) / max(np.dot(command, command), 1e-12))
@@ -242,6 +302,10 @@ class SafetyLimits:
             out.append(Intervention(
                 "box", f"flange would come to rest {np.round(box_rest, 4).tolist()} m outside "
                 f"the box; {action}"))
+        if screen_rest != 0.0:
+            out.append(Intervention(
+                "screen", f"camera would come to rest {-screen_rest:.4f} m inside the "
+                f"{self.safety.screen_clearance} m screen clearance; {action}"))
         return SafetyResult(safe, out)
 
     def passes(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> bool:
@@ -252,11 +316,11 @@ class SafetyLimits:
             qd: float (6,) joint velocities, rad/s.
             command: float (6,) joint velocities, rad/s.
         """
-        joints, box = self.path_violation(q, qd, command)
-        return not (np.any(joints != 0.0) or np.any(box != 0.0))
+        joints, box, screen = self.path_violation(q, qd, command)
+        return not (np.any(joints != 0.0) or np.any(box != 0.0) or screen != 0.0)
 
     def _slide(self, q: np.ndarray, command: np.ndarray, joints_rest: np.ndarray,
-               box_rest: np.ndarray) -> np.ndarray:
+               box_rest: np.ndarray, screen_rest: float) -> np.ndarray:
         """Remove the parts of ``command`` that push through the violated limits (steps 1-2)."""
         slid = command.copy()
         toward = np.sign(slid) == np.sign(joints_rest)
@@ -264,10 +328,13 @@ class SafetyLimits:
         slid[frozen] = 0.0
         free = self.active & ~frozen
         jac = flange_jacobian(q, self.arm.model)
-        faces = [(axis, np.sign(box_rest[axis])) for axis in np.flatnonzero(box_rest)]
-        for _ in range(3):  # cyclic projections: a corner has up to three faces
-            for axis, side in faces:
-                row = np.where(free, side * jac[axis], 0.0)
+        # each violated face as the joint-space row of its outward speed, m/s per rad/s
+        outward = [np.sign(box_rest[axis]) * jac[axis] for axis in np.flatnonzero(box_rest)]
+        if screen_rest != 0.0:
+            outward.append(-self.screen_normal @ flange_jacobian(q, self.arm.model, self.lens))
+        for _ in range(3):  # cyclic projections: a corner has up to four faces
+            for face in outward:
+                row = np.where(free, face, 0.0)
                 norm2 = float(row @ row)
                 excess = float(row @ slid) + self.safety.slide_inward_speed
                 if norm2 > 1e-12 and excess > 0.0:

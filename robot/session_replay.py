@@ -120,7 +120,7 @@ def reenact(log: SessionLog, cfg: Config, rig: Rig, realtime: bool,
     if len(ticks) == 0:
         raise SessionLogError(f"{log.path} has no /control/tick records to reenact")
     arm = rig.arm
-    safety = SafetyLimits(cfg.safety, cfg.arm, cfg.robot.deadline(cfg.task.agent_period))
+    safety = SafetyLimits.for_rig(cfg)
     timer = LoopTimer(cfg.arm.control_period, cfg.robot.control_spin) if realtime else None
     worst = np.zeros(6)
     capped = episodes = 0

@@ -69,8 +69,7 @@ class VisualReacherEnv(gym.Env):
         self._effects: ImageEffects | None = None
         self.distractions = distractions or Plain(tuple(cfg.sim.texture_px))
         self.mirror = Mirror(cfg.arm, cfg.camera, cfg.monitor, cfg.sim)
-        self.safety = SafetyLimits(cfg.safety, cfg.arm,
-                                   cfg.task.agent_period + cfg.sim.command_latency)
+        self.safety = SafetyLimits.for_rig(cfg, cfg.task.agent_period + cfg.sim.command_latency)
         self.reward_fn = RedTargetReward(cfg.task)
         self.active = np.asarray(cfg.arm.active_joints)
         self.q_home = np.asarray(cfg.arm.q_home, np.float64)

@@ -166,3 +166,63 @@ def test_batched_flange_positions_match_the_single_pose():
         np.testing.assert_allclose(flange_positions(qs, model), want, atol=1e-12)
     with pytest.raises(ValueError, match="shape"):
         flange_positions(np.zeros(6))
+    lens = np.array([0.0, -0.05, 0.03])
+    want = np.array([flange_pose(q)[:3, :3] @ lens + flange_pose(q)[:3, 3] for q in qs])
+    np.testing.assert_allclose(flange_positions(qs, "ur5", lens), want, atol=1e-12)
+
+
+def test_the_jacobian_of_a_point_on_the_flange_matches_finite_differences():
+    from robot.kinematics import flange_positions
+
+    q, lens, eps = HOME + 0.1, np.array([0.0, -0.05, 0.03]), 1e-6
+    numeric = np.stack([(flange_positions((q + eps * e)[None], "ur5", lens)[0]
+                         - flange_positions((q - eps * e)[None], "ur5", lens)[0]) / (2 * eps)
+                        for e in np.eye(6)], axis=1)
+    np.testing.assert_allclose(flange_jacobian(q, "ur5", lens), numeric, atol=1e-8)
+
+
+def test_the_camera_slides_along_the_screen_clearance_and_never_enters_it():
+    """Full speed straight at the screen, in the mirror: the lens stops at the clearance."""
+    cfg = Config()
+    assert limits().screen_violation(HOME) == 0.0 and limits().lens is None  # box only
+    env = VisualReacherEnv(cfg)
+    lim = env.safety
+    clearance = cfg.safety.screen_clearance
+    nearest, screened = np.inf, 0
+    try:
+        env.reset(seed=0)
+        for step in range(150):
+            q = env.mirror.q
+            jac = flange_jacobian(q, cfg.arm.model, lim.lens)[:, cfg.arm.active_joints]
+            toward = np.linalg.pinv(jac) @ (-lim.screen_normal)  # lens straight at the screen
+            sideways = np.linalg.pinv(jac) @ np.array([0.1, 0.0, 0.0])
+            action = np.clip((toward / np.abs(toward).max() + sideways), -1, 1)
+            _, _, _, truncated, info = env.step(action.astype(np.float32))
+            nearest = min(nearest, float(lim._screen_distance(env.mirror.q[None])[0]))
+            screened += any(i.startswith("screen") for i in info["interventions"])
+            assert not info["contacts"], (step, info["contacts"])
+            assert not (truncated and step < 149)  # the time limit, no protective stop
+    finally:
+        env.close()
+    assert screened > 0
+    assert clearance - 1e-3 < nearest < clearance + 0.01  # reached it, never went through
+
+
+def test_a_command_into_the_screen_keeps_its_sideways_part():
+    cfg = Config()
+    lim = SafetyLimits.for_rig(cfg, horizon=0.04)
+    q = HOME.copy()
+    jac = flange_jacobian(q, cfg.arm.model, lim.lens)
+    # walk the lens toward the screen until it is 0.5 mm from the clearance
+    while lim._screen_distance(q[None])[0] > cfg.safety.screen_clearance + 5e-4:
+        q = q + np.linalg.pinv(jac) @ (-lim.screen_normal * 2e-4)
+        jac = flange_jacobian(q, cfg.arm.model, lim.lens)
+    pinv = np.linalg.pinv(jac)
+    inward, sideways = pinv @ (-lim.screen_normal * 0.5), pinv @ np.array([0.3, 0.0, 0.0])
+    inward[~lim.active] = sideways[~lim.active] = 0.0
+    res = lim.apply(q, STILL, inward + sideways)
+    assert [i.kind for i in res.interventions] == ["screen"]
+    lens_velocity = flange_jacobian(q, cfg.arm.model, lim.lens) @ res.qd
+    assert lens_velocity @ lim.screen_normal > -0.03  # no more than the inward slide speed
+    assert abs(lens_velocity[0]) > 0.05  # much of the sideways 0.3 m/s is left (a brake: 0)
+    assert lim.passes(q, STILL, res.qd)
