@@ -364,8 +364,9 @@ class Mirror:
         """Geom pairs touching in the last physics step, for protective-stop emulation.
 
         Pairs within a link and between adjacent links are never reported, static pairs
-        (base, table, monitor) neither. Within the MaDi joint limits the only self-contact
-        found in 3000 random poses is the webcam touching the wrist 1 housing (UR5, 0.4 %).
+        (base, table, monitor) neither. Inside this project's safety limits (joint limits,
+        flange box, screen clearance) none of 2,981 random poses touches anything
+        (tests/test_safety.py); without the screen clearance 7 of 3,069 touched the bezel.
 
         Returns:
             Distinct ``(geom1, geom2)`` name pairs, e.g. ``("table", "link3_segment")``.
