@@ -124,6 +124,22 @@ def test_watchdog_keeper_feeds_an_idle_connected_arm(arm, controller):
     assert controller.status()["program_running"] and "RTDE watchdog" not in events(controller)
 
 
+def test_a_stop_from_speed_keeps_the_watchdog_fed_and_the_script_running(arm, controller):
+    # ur_rtde's speedStop is a blocking stopj in the script, during which ur_rtde sends
+    # nothing: a stop longer than the 0.1 s watchdog window ended the script.
+    qd = np.array([0.8, 0, 0, 0, 0, 0])
+    for _ in range(100):  # 0.8 s of speedJ ticks: up to speed (0.57 s at 1.4 rad/s^2)
+        arm.speedj(qd, 1.4)
+        time.sleep(arm.control_period)
+    assert arm.read_state().qd[0] > 0.7
+    t0 = time.monotonic()
+    arm.speed_stop(1.4)  # about 0.57 s of braking
+    assert time.monotonic() - t0 > 0.3  # it returns at rest, after the ramp
+    assert np.max(np.abs(arm.read_state().qd)) < 1e-2
+    time.sleep(0.3)
+    assert controller.status()["program_running"] and "RTDE watchdog" not in events(controller)
+
+
 def test_a_caller_that_stalls_mid_motion_is_stopped_by_the_watchdog(arm, controller):
     # A hung control thread, reenact or calibration loop in a live process: the keeper
     # must not feed the watchdog for it while the arm moves.

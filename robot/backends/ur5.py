@@ -21,8 +21,10 @@ client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stop
 ``arm.watchdog_hz`` as soon as the control script runs (at connect and after every
 re-upload), before anything can move the arm: if this process dies, hangs or loses the
 cable, the script halts the arm after 1/watchdog_hz s. Every command feeds the watchdog
-(ur_rtde writes each one to the watched input register). While the arm is *parked* (after
-a speedStop, or at rest home after a reset) a keeper thread also kicks it, so an idle
+(ur_rtde writes each one to the watched input register), and a stop is a speedJ(0) ramp
+with the watchdog kicked on every tick, not ur_rtde's blocking ``speedStop``, during
+which nothing would feed it. While the arm is *parked* (after a stop, or at rest home
+after a reset) a keeper thread also kicks it, so an idle
 process does not lose its script; while the arm moves only the caller's own commands
 feed it, so a caller that stalls mid-motion (a hung control thread, a frozen reenact or
 calibration loop) lets the watchdog stop the arm. All control-interface calls are serialised by one
@@ -74,6 +76,8 @@ logger = logging.getLogger(__name__)
 UNLOCK_DELAY = 5.0
 #: How long a re-uploaded control script may take to start running, s.
 SCRIPT_START_TIMEOUT = 5.0
+#: Joint speeds below this count as at rest, rad/s.
+REST_SPEED = 1e-2
 #: CB3 controllers have major version <= 3 (ur_rtde's CB3_MAJOR_VERSION).
 CB3_MAJOR_VERSION = 3
 #: Distinct RTDE timestamps whose least step is taken as the controller tick.
@@ -355,10 +359,37 @@ class UR5Arm(Arm):
             self._parked = True
             return  # the controller already holds the arm
         try:
-            self._control_call("speedStop", lambda c: c.speedStop(deceleration))
+            self._ramp_to_rest(deceleration)
         except ProtectiveStopError:
             pass
         self._parked = True
+
+    def _ramp_to_rest(self, deceleration: float) -> None:
+        """speedJ(0) at ``deceleration`` until the joints rest, the watchdog fed all along.
+
+        Not ur_rtde's ``speedStop``: the control script runs that as a blocking ``stopj``,
+        and ur_rtde waits for it without sending anything, so an armed watchdog hears
+        nothing for the whole stop. At 10 Hz, any stop longer than 0.1 s ended the script
+        (on the emulated controller, at nearly every episode end).
+
+        Raises:
+            DeviceError: The joints are still moving a second after the ramp should end.
+        """
+        zero, period = [0.0] * 6, self.control_period
+        give_up = time.monotonic() + float(np.max(np.abs(self._read_state().qd))) \
+            / deceleration + 1.0
+        while True:
+            self._control_call("speedJ", lambda c: c.speedJ(zero, deceleration, period))
+            if self._watchdog_hz is not None:
+                self._kick_watchdog()
+            qd = self._read_state().qd
+            if np.max(np.abs(qd)) < REST_SPEED:
+                return
+            if time.monotonic() > give_up:
+                raise DeviceError(f"the UR arm did not come to rest (qd "
+                                  f"{np.round(qd, 3).tolist()} rad/s) after speedJ(0) at "
+                                  f"{deceleration} rad/s^2")
+            time.sleep(period)
 
     def _set_watchdog(self, min_frequency: float) -> None:
         self._control_call("setWatchdog", lambda c: c.setWatchdog(min_frequency))
@@ -404,7 +435,7 @@ class UR5Arm(Arm):
             if state.protective_stopped or state.emergency_stopped:
                 raise ProtectiveStopError(f"the UR arm stopped while moving home to "
                                           f"{np.round(q, 3).tolist()}")
-            if np.max(np.abs(q - state.q)) < 2e-3 and np.max(np.abs(state.qd)) < 1e-2:
+            if np.max(np.abs(q - state.q)) < 2e-3 and np.max(np.abs(state.qd)) < REST_SPEED:
                 self._parked = True
                 return
             if time.monotonic() > deadline:
