@@ -195,10 +195,12 @@ def test_fast_path_equals_plain_reference(variant, flags):
     torch.testing.assert_close(fast.log_alpha, plain.log_alpha)
 
 
-@pytest.mark.parametrize("n_step", [2, 3, 5])
-def test_n_step_fast_path_equals_plain_reference(n_step):
+@pytest.mark.parametrize(("n_step", "layer_norm"), [(2, False), (3, False), (5, False),
+                                                   (3, True)])
+def test_n_step_fast_path_equals_plain_reference(n_step, layer_norm):
     # k = 3: n = 2 reuses one obs frame's mask for next_obs, n = 3 none, n = 5 skips frames.
-    cfg = AgentConfig(variant="madi", seed=4, n_step=n_step, **SMALL)
+    cfg = AgentConfig(variant="madi", seed=4, n_step=n_step, critic_layer_norm=layer_norm,
+                      **SMALL)
     fast = MadiSacAgent(cfg, (9, 20, 28), 4, 3)
     plain = MadiSacAgent(cfg, (9, 20, 28), 4, 3, overlay_bank=fast.overlay_bank)
     with pytest.raises(ValueError, match="batch.frames"):
@@ -231,23 +233,11 @@ def test_reference_with_actor_and_target_every_two():
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
-def test_critic_layer_norm_option_keeps_the_fast_path_equal_to_the_reference():
+def test_critic_layer_norm_is_an_option_off_by_default():
     paper = MadiSacAgent(AgentConfig(variant="madi", **SMALL), (9, 20, 28), 4, 3)
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in paper.critic.modules())
-    cfg = AgentConfig(variant="madi", seed=5, n_step=3, critic_layer_norm=True, **SMALL)
-    fast = MadiSacAgent(cfg, (9, 20, 28), 4, 3)
-    plain = MadiSacAgent(cfg, (9, 20, 28), 4, 3, overlay_bank=fast.overlay_bank)
-    for critic in (fast.critic, fast.critic_target):
+    cfg = AgentConfig(variant="madi", critic_layer_norm=True, **SMALL)
+    agent = MadiSacAgent(cfg, (9, 20, 28), 4, 3)
+    for critic in (agent.critic, agent.critic_target):
         norms = [m for m in critic.modules() if isinstance(m, torch.nn.LayerNorm)]
         assert [n.normalized_shape for n in norms] == [(32,), (32,)] * 2  # 2 heads x 2 layers
-    for step in range(2):
-        ab = fast.prepare(make_batch(8, 3, (20, 28), 4, 3, seed=step, n_step=3))
-        torch.manual_seed(step)
-        got = fast.update_from(ab)
-        torch.manual_seed(step)
-        want = plain_update(plain, copy.copy(ab), next_no_grad=True, unique_frames=True,
-                            one_masker_call=True, reuse_actor_features=True)
-        for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (step, key)
-    for p, q in zip(fast.critic.parameters(), plain.critic.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
