@@ -10,8 +10,9 @@ agent acts every 40 ms). The agent step talks to it only through :meth:`ControlL
 It never lets the arm run on a stale command: when the newest command is older than
 ``deadline`` (default 80 ms = 2 agent periods; the runner adds one frame interval for a
 camera with a capture thread, :meth:`robot.config.RobotLoopConfig.deadline`), counted
-from the arrival of the frame it answers when the caller gives that time, it sends ``speedj(0)`` at the acceleration bound
-(a controlled stop) and flags ``stale`` until a fresh command comes. The owner can tell a
+from the arrival of the frame it answers when the caller gives that time, it sends
+``speedj(0)`` at the acceleration bound (a controlled stop) and flags ``stale`` until a
+fresh command comes. The owner can tell a
 stalled loop from :meth:`ControlLoop.tick_age_ns`. Any exception
 (from the arm, the safety check or the loop itself) stops the arm (``speed_stop``) and
 leaves the loop in state ``"failed"`` with the exception kept in :attr:`ControlLoop.error`;

@@ -34,7 +34,7 @@ from link.messages import Spaces, Step
 from robot.backends.base import ArmState
 from robot.session_log import ARM_STATE, CONTROL_TICK, FORMAT_VERSION
 from robot.session_schemas import SceneFrames
-from robot.session_writer import item, step_dtype, step_record
+from robot.session_writer import item, pack_record, step_dtype, step_record
 
 logger = logging.getLogger(__name__)
 
@@ -241,12 +241,12 @@ class SessionRecorder:
             return item(b"T", t_ns, step_record(payload, self._step_dtype))
         if kind == "arm_state":
             episode, step, s = payload
-            return item(b"A", t_ns, _record(
+            return item(b"A", t_ns, pack_record(
                 ARM_STATE, episode=episode, step=step, t_ns=s.t_ns, q=s.q, qd=s.qd,
                 protective_stopped=s.protective_stopped, emergency_stopped=s.emergency_stopped))
         if kind == "tick":
             episode, tick, tick_ns, q, qd, applied, stale = payload
-            return item(b"K", t_ns, _record(CONTROL_TICK, episode=episode, tick=tick,
+            return item(b"K", t_ns, pack_record(CONTROL_TICK, episode=episode, tick=tick,
                                             t_ns=tick_ns, q=q, qd=qd, applied=applied,
                                             stale=stale))
         if kind == "log":
@@ -289,13 +289,6 @@ class SessionRecorder:
             logger.warning("recorder: %d items dropped (queue full)", self.dropped)
         logger.info("session log %s: %d messages, %.1f MB", self.path, self.written,
                     self.path.stat().st_size / 1e6)
-
-
-def _record(dtype: np.dtype, **values: Any) -> bytes:
-    record = np.zeros((), dtype)
-    for name, value in values.items():
-        record[name] = value
-    return record.tobytes()
 
 
 def _json_default(value: Any) -> Any:

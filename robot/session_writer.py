@@ -37,7 +37,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from foxglove_schemas_protobuf.CompressedImage_pb2 import CompressedImage
@@ -89,15 +89,25 @@ def step_dtype(spaces: Spaces) -> np.dtype:
         ("action_time_ns", "<i8"), ("policy_version", "<i8")])
 
 
+def pack_record(dtype: np.dtype, **fields: Any) -> bytes:
+    """One record of the structured ``dtype``, the fields given set and the rest zero.
+
+    Raises:
+        ValueError: A value does not fit its field's shape.
+    """
+    record = np.zeros((), dtype)
+    for name, value in fields.items():
+        record[name] = value
+    return record.tobytes()
+
+
 def step_record(step: Step, dtype: np.dtype) -> bytes:
     """``step`` as one :func:`step_dtype` record (raises ValueError on a wrong shape)."""
-    record = np.zeros((), dtype)
-    for name in ("episode_id", "step_index", "action", "reward", "terminated", "truncated",
-                 "frame_time_ns", "action_time_ns", "policy_version"):
-        record[name] = getattr(step, name)
-    record["image"], record["proprio"] = step.obs["image"], step.obs["proprio"]
-    record["next_image"], record["next_proprio"] = step.next_obs["image"], step.next_obs["proprio"]
-    return record.tobytes()
+    names = ("episode_id", "step_index", "action", "reward", "terminated", "truncated",
+             "frame_time_ns", "action_time_ns", "policy_version")
+    return pack_record(dtype, **{name: getattr(step, name) for name in names},
+                       image=step.obs["image"], proprio=step.obs["proprio"],
+                       next_image=step.next_obs["image"], next_proprio=step.next_obs["proprio"])
 
 
 def _step(payload: memoryview, dtype: np.dtype) -> Step:
