@@ -126,9 +126,8 @@ def flange_pose(q: np.ndarray, model: str = "ur5") -> np.ndarray:
     return link_transforms(q, model)[-1]
 
 
-def flange_positions(qs: np.ndarray, model: str = "ur5",
-                     point: np.ndarray | None = None) -> np.ndarray:
-    """Forward kinematics of many joint vectors at once: flange origins in the base frame.
+def flange_poses(qs: np.ndarray, model: str = "ur5") -> np.ndarray:
+    """Forward kinematics of many joint vectors at once: flange poses in the base frame.
 
     The same chain as :func:`flange_pose`, batched (one (N, 4, 4) product per link), for
     checking points along a predicted path within a control tick.
@@ -136,11 +135,9 @@ def flange_positions(qs: np.ndarray, model: str = "ur5",
     Args:
         qs: Joint positions, shape (N, 6), rad.
         model: ``"ur5"`` (CB3) or ``"ur5e"``.
-        point: (3,) a point fixed in the flange frame, m (e.g. the wrist camera's lens);
-            ``None`` is the flange origin.
 
     Returns:
-        float64 (N, 3) positions of that point in the base frame, m.
+        float64 (N, 4, 4) transforms base <- flange, translation in m.
 
     Raises:
         ValueError: If ``qs`` is not (N, 6) or ``model`` is unknown.
@@ -163,9 +160,41 @@ def flange_positions(qs: np.ndarray, model: str = "ur5",
     pose = BASE_FROM_DH0 @ links[0]
     for link in links[1:]:
         pose = pose @ link
+    return pose
+
+
+def flange_positions(qs: np.ndarray, model: str = "ur5",
+                     point: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the flange origin, or of a point fixed on the flange, for many joint vectors.
+
+    Args:
+        qs: Joint positions, shape (N, 6), rad.
+        model: ``"ur5"`` (CB3) or ``"ur5e"``.
+        point: (3,) a point fixed in the flange frame, m (e.g. the wrist camera's lens);
+            ``None`` is the flange origin.
+
+    Returns:
+        float64 (N, 3) positions of that point in the base frame, m.
+
+    Raises:
+        ValueError: If ``qs`` is not (N, 6) or ``model`` is unknown.
+    """
+    return point_positions(flange_poses(qs, model), point)
+
+
+def point_positions(poses: np.ndarray, point: np.ndarray | None = None) -> np.ndarray:
+    """Where a point fixed in a frame is, for many poses of that frame.
+
+    Args:
+        poses: float (N, 4, 4) transforms base <- frame (e.g. :func:`flange_poses`).
+        point: (3,) the point in the frame, m; ``None`` is its origin.
+
+    Returns:
+        float64 (N, 3) positions in the base frame, m.
+    """
     if point is None:
-        return pose[:, :3, 3].copy()
-    return pose[:, :3, :3] @ np.asarray(point, np.float64) + pose[:, :3, 3]
+        return poses[:, :3, 3].copy()
+    return poses[:, :3, :3] @ np.asarray(point, np.float64) + poses[:, :3, 3]
 
 
 def flange_jacobian(q: np.ndarray, model: str = "ur5",

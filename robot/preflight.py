@@ -251,6 +251,10 @@ class Preflight:
         if np.any(box):
             problems.append(f"flange {np.round(box * 1000).astype(int).tolist()} mm outside "
                             "safety.box")
+        screen = self.safety.screen_violation(q)
+        if screen:
+            problems.append(f"camera {-screen * 1000:.0f} mm inside safety.screen_clearance "
+                            "of the monitor")
         far = float(np.rad2deg(np.max(np.abs(q - np.asarray(self.cfg.arm.q_home)))))
         detail = f"q = [{deg}] deg; {far:.0f} deg from home"
         if problems:
@@ -277,7 +281,8 @@ class Preflight:
             targets[0][j] += JOG_ANGLE
             targets[1][j] -= JOG_ANGLE
             target = next((t for t in targets if not np.any(self.safety.joint_violation(t))
-                           and not np.any(self.safety.box_violation(t))), None)
+                           and not np.any(self.safety.box_violation(t))
+                           and not self.safety.screen_violation(t)), None)
             if target is None:
                 self.add(name, "skip", "a 3 deg jog either way would leave the safety limits")
                 continue

@@ -52,7 +52,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robot.config import ArmConfig, CameraConfig, Config, MonitorConfig, SafetyConfig
-from robot.kinematics import flange_jacobian, flange_pose, flange_positions, pose_matrix
+from robot.kinematics import (
+    flange_jacobian,
+    flange_pose,
+    flange_poses,
+    point_positions,
+    pose_matrix,
+)
 
 #: An arm further outside than this (m from the box, rad past a joint limit) is driven back
 #: toward home (or held); within it (model error, sensor noise), the path check keeps it
@@ -152,6 +158,19 @@ class SafetyLimits:
             horizon = cfg.robot.deadline(cfg.task.agent_period)
         return cls(cfg.safety, cfg.arm, horizon, cfg.camera, cfg.monitor)
 
+    def screen_distance(self, q: np.ndarray) -> float:
+        """The lens's distance from the screen plane on the robot's side, m.
+
+        Args:
+            q: float (6,) joint positions, rad.
+
+        Returns:
+            The distance; ``inf`` without a camera and monitor (no screen check).
+        """
+        if self.lens is None:
+            return float("inf")
+        return float(self._lens_distances(flange_poses(np.asarray(q)[None], self.arm.model))[0])
+
     def screen_violation(self, q: np.ndarray) -> float:
         """How far the lens is inside the screen clearance, m (negative; 0 outside it).
 
@@ -159,17 +178,14 @@ class SafetyLimits:
             q: float (6,) joint positions, rad.
 
         Returns:
-            ``min(d - screen_clearance, 0)``, with ``d`` the lens's distance from the
-            screen plane on the robot's side; always 0 without a camera and monitor.
+            ``min(screen_distance(q) - screen_clearance, 0)``; always 0 without a camera
+            and monitor.
         """
-        if self.lens is None:
-            return 0.0
-        return min(float(self._screen_distance(np.asarray(q)[None])[0])
-                   - self.safety.screen_clearance, 0.0)
+        return min(self.screen_distance(q) - self.safety.screen_clearance, 0.0)
 
-    def _screen_distance(self, qs: np.ndarray) -> np.ndarray:
-        lens = flange_positions(qs, self.arm.model, self.lens)
-        return (lens - self.screen_point) @ self.screen_normal
+    def _lens_distances(self, flanges: np.ndarray) -> np.ndarray:
+        """The lens's distance from the screen plane, m, for (N, 4, 4) flange poses."""
+        return (point_positions(flanges, self.lens) - self.screen_point) @ self.screen_normal
 
     def joint_violation(self, q: np.ndarray) -> np.ndarray:
         """Signed distance of each joint outside its range (0 inside), rad, float64 (6,)."""
@@ -222,8 +238,8 @@ class SafetyLimits:
             (0 where the whole path of :meth:`predicted_path` stays inside).
         """
         path = self.predicted_path(q, qd, command)
-        qs = np.vstack([q, path])
-        flange = flange_positions(qs, self.arm.model)
+        poses = flange_poses(np.vstack([q, path]), self.arm.model)
+        flange = point_positions(poses)
         p_now, flange = flange[0], flange[1:]
         joints = (np.minimum(path - np.minimum(self.q_low, q), 0.0)
                   + np.maximum(path - np.maximum(self.q_high, q), 0.0))
@@ -231,7 +247,7 @@ class SafetyLimits:
                + np.maximum(flange - np.maximum(self.box_high, p_now), 0.0))
         screen = 0.0
         if self.lens is not None:
-            d = self._screen_distance(qs)
+            d = self._lens_distances(poses)
             screen = min(float(d[1:].min()) - min(self.safety.screen_clearance, d[0]), 0.0)
         return (joints[np.argmax(np.abs(joints), axis=0), np.arange(6)],
                 box[np.argmax(np.abs(box), axis=0), np.arange(3)], screen)

@@ -82,3 +82,19 @@ def test_cli_check_without_a_robot_prints_the_table_and_fails(tmp_path, capsys):
     assert "controller" in out and "FAIL" in out and "127.0.0.9" in out
     assert "target display  PASS" in out
     assert "camera.device" in out  # the camera line names the key to fix
+
+
+def test_joint_state_warns_when_the_camera_is_inside_the_screen_clearance(tmp_path):
+    from robot.config import Config
+    from robot.kinematics import flange_jacobian
+
+    check = Preflight(Config(), tmp_path)
+    q = np.array(Config().arm.q_home)
+    check._joint_state(q)
+    assert check.checks[-1].status == "pass"
+    lim = check.safety
+    while lim.screen_violation(q) > -0.01:  # 1 cm into the clearance, lens first
+        q = q + np.linalg.pinv(flange_jacobian(q, "ur5", lim.lens)) @ (-lim.screen_normal * 0.005)
+    check._joint_state(q)
+    assert check.checks[-1].status == "warn"
+    assert "inside safety.screen_clearance" in check.checks[-1].detail

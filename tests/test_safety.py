@@ -198,7 +198,7 @@ def test_the_camera_slides_along_the_screen_clearance_and_never_enters_it():
             sideways = np.linalg.pinv(jac) @ np.array([0.1, 0.0, 0.0])
             action = np.clip((toward / np.abs(toward).max() + sideways), -1, 1)
             _, _, _, truncated, info = env.step(action.astype(np.float32))
-            nearest = min(nearest, float(lim._screen_distance(env.mirror.q[None])[0]))
+            nearest = min(nearest, float(lim.screen_distance(env.mirror.q)))
             screened += any(i.startswith("screen") for i in info["interventions"])
             assert not info["contacts"], (step, info["contacts"])
             assert not (truncated and step < 149)  # the time limit, no protective stop
@@ -214,7 +214,7 @@ def test_a_command_into_the_screen_keeps_its_sideways_part():
     q = HOME.copy()
     jac = flange_jacobian(q, cfg.arm.model, lim.lens)
     # walk the lens toward the screen until it is 0.5 mm from the clearance
-    while lim._screen_distance(q[None])[0] > cfg.safety.screen_clearance + 5e-4:
+    while lim.screen_distance(q) > cfg.safety.screen_clearance + 5e-4:
         q = q + np.linalg.pinv(jac) @ (-lim.screen_normal * 2e-4)
         jac = flange_jacobian(q, cfg.arm.model, lim.lens)
     pinv = np.linalg.pinv(jac)
@@ -248,7 +248,7 @@ def test_poses_inside_every_limit_touch_nothing():
             if np.any(lim.box_violation(q)) or lim.screen_violation(q) < 0:
                 continue
             checked += 1
-            near_screen += lim._screen_distance(q[None])[0] < cfg.safety.screen_clearance + 0.05
+            near_screen += lim.screen_distance(q) < cfg.safety.screen_clearance + 0.05
             mirror.reset(q)
             mirror.advance(0.002)
             assert mirror.contacts() == [], np.rad2deg(q).round(1)
