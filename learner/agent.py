@@ -171,70 +171,16 @@ class MadiSacAgent:
         self.frame_hw = (image_shape[1], image_shape[2])
         self.proprio_dim = int(proprio_dim)
         self.action_dim = int(action_dim)
-        self.device = resolve_device(cfg.device)
-        on_cpu = self.device.type == "cpu"
-        if on_cpu and cfg.cpu_threads is not None:
-            torch.set_num_threads(cfg.cpu_threads)
-        if on_cpu and cfg.cpu_allocator_tuning:
-            tune_cpu_allocator()
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
-
+        self._set_up_device()
         torch.manual_seed(cfg.seed)
-        k = self.frame_stack
-        self.masker = (Masker(cfg.masker_filters, cfg.masker_init_bias) if cfg.use_masker
-                       else None)
-        self.encoder = SpatialSoftmaxEncoder(
-            3 * k, proprio_dim, cfg.encoder_filters, list(cfg.encoder_strides)
-        )
-        self.encoder_target = SpatialSoftmaxEncoder(
-            3 * k, proprio_dim, cfg.encoder_filters, list(cfg.encoder_strides)
-        )
-        feat = self.encoder.feature_dim
-        self.actor = Actor(
-            feat, list(cfg.mlp_hidden), action_dim, cfg.actor_log_std_min, cfg.actor_log_std_max
-        )
-        self.critic = Critic(feat, list(cfg.mlp_hidden), action_dim, cfg.critic_layer_norm)
-        self.critic_target = Critic(feat, list(cfg.mlp_hidden), action_dim,
-                                    cfg.critic_layer_norm)
-        self.encoder_target.load_state_dict(self.encoder.state_dict())
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        for module in self.modules().values():
-            module.to(self.device)
-        for module in (self.masker, self.encoder, self.encoder_target):
-            if module is not None:
-                module.to(memory_format=self.memory_format)
-        for p in [*self.encoder_target.parameters(), *self.critic_target.parameters()]:
-            p.requires_grad_(False)
+        self._build_networks()
         self.log_alpha = torch.tensor(
             float(np.log(cfg.init_temperature)), device=self.device, requires_grad=True
         )
         #: Target entropy -|A| (SAC, Haarnoja et al. 2018).
         self.target_entropy = -float(action_dim)
-
-        self.critic_optimizer = torch.optim.Adam(
-            [*self.encoder.parameters(), *self.critic.parameters()], lr=cfg.critic_lr
-        )
-        self.masker_optimizer = (
-            torch.optim.Adam(self.masker.parameters(), lr=cfg.masker_lr)
-            if self.masker is not None
-            else None
-        )
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.alpha_optimizer = torch.optim.Adam(
-            [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta1, 0.999)
-        )
-
-        # Callables used in the update (compiled wrappers share the modules' parameters).
-        self._masker_fn = self.masker
-        self._encoder_fn = self.encoder
-        self._encoder_target_fn = self.encoder_target
-        if cfg.compile:
-            if self.masker is not None:
-                self._masker_fn = torch.compile(self.masker, dynamic=False)
-            self._encoder_fn = torch.compile(self.encoder, dynamic=False)
-            self._encoder_target_fn = torch.compile(self.encoder_target, dynamic=False)
-
+        self._build_optimizers()
+        self._compile()
         self.aug_generator = torch.Generator().manual_seed(cfg.seed)
         self.overlay_bank = overlay_bank
         if cfg.use_overlay and self.overlay_bank is None:
@@ -248,6 +194,69 @@ class MadiSacAgent:
         #: Updates skipped because their critic loss was not finite (``cfg.on_nonfinite``).
         self.skipped_updates = 0
         self._last_actor: torch.Tensor | None = None  # last (actor, alpha loss, entropy)
+
+    def _set_up_device(self) -> None:
+        """Device, CPU threads and allocator, memory format and mixed precision."""
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        on_cpu = self.device.type == "cpu"
+        if on_cpu and cfg.cpu_threads is not None:
+            torch.set_num_threads(cfg.cpu_threads)
+        if on_cpu and cfg.cpu_allocator_tuning:
+            tune_cpu_allocator()
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.use_amp = bool(cfg.amp and self.device.type == "cuda")
+
+    def _build_networks(self) -> None:
+        """Masker, encoder, actor, critic and the targets (copies), on the device."""
+        cfg, k = self.cfg, self.frame_stack
+        self.masker = (Masker(cfg.masker_filters, cfg.masker_init_bias) if cfg.use_masker
+                       else None)
+        self.encoder, self.encoder_target = (
+            SpatialSoftmaxEncoder(3 * k, self.proprio_dim, cfg.encoder_filters,
+                                  list(cfg.encoder_strides)) for _ in range(2))
+        feat = self.encoder.feature_dim
+        self.actor = Actor(feat, list(cfg.mlp_hidden), self.action_dim, cfg.actor_log_std_min,
+                           cfg.actor_log_std_max)
+        self.critic, self.critic_target = (
+            Critic(feat, list(cfg.mlp_hidden), self.action_dim, cfg.critic_layer_norm)
+            for _ in range(2))
+        self.encoder_target.load_state_dict(self.encoder.state_dict())
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        for module in self.modules().values():
+            module.to(self.device)
+        for module in (self.masker, self.encoder, self.encoder_target):
+            if module is not None:
+                module.to(memory_format=self.memory_format)
+        for p in [*self.encoder_target.parameters(), *self.critic_target.parameters()]:
+            p.requires_grad_(False)
+
+    def _build_optimizers(self) -> None:
+        """Adam for critic + encoder, the Masker (stepped with the critic), actor, alpha."""
+        cfg = self.cfg
+        self.critic_optimizer = torch.optim.Adam(
+            [*self.encoder.parameters(), *self.critic.parameters()], lr=cfg.critic_lr
+        )
+        self.masker_optimizer = (
+            torch.optim.Adam(self.masker.parameters(), lr=cfg.masker_lr)
+            if self.masker is not None
+            else None
+        )
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_optimizer = torch.optim.Adam(
+            [self.log_alpha], lr=cfg.alpha_lr, betas=(cfg.alpha_beta1, 0.999)
+        )
+
+    def _compile(self) -> None:
+        """The callables of the update (``torch.compile`` wrappers share the parameters)."""
+        self._masker_fn = self.masker
+        self._encoder_fn = self.encoder
+        self._encoder_target_fn = self.encoder_target
+        if self.cfg.compile:
+            if self.masker is not None:
+                self._masker_fn = torch.compile(self.masker, dynamic=False)
+            self._encoder_fn = torch.compile(self.encoder, dynamic=False)
+            self._encoder_target_fn = torch.compile(self.encoder_target, dynamic=False)
 
     # ------------------------------------------------------------------ helpers
     @property
