@@ -123,8 +123,10 @@ class ControlLoop:
         overrun_threshold: A tick starting later than this is an overrun, s; ``None``
             means 10 % of the tick (SenseAct's "hiccup" at 8.8 ms on an 8 ms tick).
             Ignored when ``timer`` is given.
-        watchdog_hz: If set, arm the controller-side watchdog at this rate, Hz, and kick
-            it every tick.
+        watchdog_hz: If set, arm the controller-side watchdog at this rate, Hz. The
+            speedJ of every tick feeds it (ur_rtde writes each command's id to the
+            watched register); the loop sends no separate kick, which would overwrite
+            that speedJ before the control script reads it.
         stats_size: Ticks kept for the timing percentiles (the newest).
         timer: A :class:`~robot.timing.LoopTimer` with the arm's period to schedule and
             time the ticks (shared across loops for a run-long report); default: a new
@@ -436,9 +438,7 @@ class ControlLoop:
                 self.stale_stops += 1
                 logger.warning("no command younger than %.0f ms: stopping the arm",
                                (now - self._cmd_t_ns) / 1e6)
-        arm.speedj(applied, self.acceleration)
-        if self.watchdog_hz is not None:
-            arm.kick_watchdog()
+        arm.speedj(applied, self.acceleration)  # also feeds the controller's watchdog
         with self._status_lock:
             self._applied[:] = applied
             self._applied_t_ns = now

@@ -83,8 +83,6 @@ class FakeArm(Arm):
     def _set_watchdog(self, min_frequency):
         pass
 
-    def _kick_watchdog(self):
-        pass
 
 
 class FakeCamera(Camera):

@@ -74,8 +74,6 @@ class FakeArm(Arm):
         with self.lock:
             self.calls.append(("set_watchdog", time.perf_counter_ns(), None, min_frequency))
 
-    def _kick_watchdog(self):
-        pass
 
     def speedj_calls(self):
         return [c for c in self.calls if c[0] == "speedj"]

@@ -140,6 +140,23 @@ def test_a_stop_from_speed_keeps_the_watchdog_fed_and_the_script_running(arm, co
     assert controller.status()["program_running"] and "RTDE watchdog" not in events(controller)
 
 
+def test_a_control_loop_with_the_watchdog_armed_gets_every_command_through(arm, controller):
+    # ur_rtde writes each command's id to input_int_register_0, the watched register and
+    # the script's command register: a kickWatchdog after each speedJ replaced it in the
+    # same cycle, and the arm ran on old targets (in the rehearsal it overshot the base
+    # limit by 16 deg while the safety layer commanded a brake).
+    from robot.control import ControlLoop
+
+    sent = [0.01 * (k + 1) for k in range(40)]
+    with ControlLoop(arm, None, acceleration=1.4, deadline=0.2, watchdog_hz=10.0) as loop:
+        for base in sent:  # a new target every 2-3 controller ticks
+            loop.set_command(np.array([base, 0, 0, 0, 0, 0]))
+            time.sleep(0.02)
+    commanded = {round(qd[0], 6) for _, qd, _ in controller.trace()["commands"]}
+    assert len(commanded & {round(v, 6) for v in sent}) >= 0.9 * len(sent)
+    assert controller.status()["program_running"] and "RTDE watchdog" not in events(controller)
+
+
 def test_a_caller_that_stalls_mid_motion_is_stopped_by_the_watchdog(arm, controller):
     # A hung control thread, reenact or calibration loop in a live process: the keeper
     # must not feed the watchdog for it while the arm moves.

@@ -200,7 +200,7 @@ class Arm(Device):
     Send one command per :attr:`control_period`. A real arm keeps tracking the last
     command when the stream stops, so a streaming client must send a stop when its
     commands go stale, and should arm the controller-side watchdog
-    (:meth:`set_watchdog`, :meth:`kick_watchdog`) for when the client itself dies.
+    (:meth:`set_watchdog`) for when the client itself dies.
     """
 
     name = "arm"
@@ -287,9 +287,10 @@ class Arm(Device):
     def set_watchdog(self, min_frequency: float) -> None:
         """Arm the controller-side watchdog (ur_rtde ``setWatchdog``).
 
-        Once armed, the controller halts the arm if :meth:`kick_watchdog` is not called
-        at least ``min_frequency`` times per second: the last line of defence when the
-        client process dies with the arm moving.
+        Once armed, the controller halts the arm if no command reaches it at least
+        ``min_frequency`` times per second (every :meth:`speedj` counts; a backend keeps
+        a parked arm's watchdog fed itself): the last line of defence when the client
+        process dies with the arm moving.
 
         Args:
             min_frequency: Lowest kick rate tolerated, Hz, > 0.
@@ -300,15 +301,6 @@ class Arm(Device):
         """
         self._require_connected()
         self._set_watchdog(check_positive(min_frequency, "min_frequency", "Hz"))
-
-    def kick_watchdog(self) -> None:
-        """Tell the controller-side watchdog that the client is alive (ur_rtde ``kickWatchdog``).
-
-        Raises:
-            DeviceNotConnectedError: If the arm is not connected.
-        """
-        self._require_connected()
-        self._kick_watchdog()
 
     @abc.abstractmethod
     def _read_state(self) -> ArmState: ...
@@ -325,8 +317,6 @@ class Arm(Device):
     @abc.abstractmethod
     def _set_watchdog(self, min_frequency: float) -> None: ...
 
-    @abc.abstractmethod
-    def _kick_watchdog(self) -> None: ...
 
 
 class Camera(Device):

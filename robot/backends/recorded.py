@@ -150,8 +150,6 @@ class ReplayArm(Arm):
     def _set_watchdog(self, min_frequency: float) -> None:
         pass
 
-    def _kick_watchdog(self) -> None:
-        pass
 
 
 class ReplayCamera(Camera):

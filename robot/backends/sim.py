@@ -346,8 +346,6 @@ class SimArm(Arm):
         with self._core.lock:
             self._core.watchdog_hz = min_frequency
 
-    def _kick_watchdog(self) -> None:
-        pass
 
 
 class SimCamera(Camera):

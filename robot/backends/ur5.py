@@ -21,13 +21,16 @@ client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stop
 ``arm.watchdog_hz`` as soon as the control script runs (at connect and after every
 re-upload), before anything can move the arm: if this process dies, hangs or loses the
 cable, the script halts the arm after 1/watchdog_hz s. Every command feeds the watchdog
-(ur_rtde writes each one to the watched input register), and a stop is a speedJ(0) ramp
-with the watchdog kicked on every tick, not ur_rtde's blocking ``speedStop``, during
-which nothing would feed it. While the arm is *parked* (after a stop, or at rest home
-after a reset) a keeper thread also kicks it, so an idle
-process does not lose its script; while the arm moves only the caller's own commands
-feed it, so a caller that stalls mid-motion (a hung control thread, a frozen reenact or
-calibration loop) lets the watchdog stop the arm. All control-interface calls are serialised by one
+(ur_rtde writes each one's id to the watched input register, ``input_int_register_0``,
+which is also the script's command register). So nothing kicks it between commands: a
+kick in the same controller cycle as a speedJ replaces that speedJ's command id before
+the script reads it, and the arm runs on an older target. A stop is a speedJ(0) ramp,
+not ur_rtde's blocking ``speedStop``, during which nothing would feed the watchdog.
+While the arm is *parked* (after a stop, or at rest home after a reset) a keeper thread
+kicks it, so an idle process does not lose its script; while the arm moves only the
+caller's own commands feed it, so a caller that stalls mid-motion (a hung control
+thread, a frozen reenact or calibration loop) lets the watchdog stop the arm. All
+control-interface calls are serialised by one
 lock (ur_rtde's interface is not meant for concurrent callers).
 
 Faults: a call that raises ``RuntimeError``, or returns False while the link is down or
@@ -313,10 +316,17 @@ class UR5Arm(Arm):
         return "protective" if bits >> 2 & 1 else ""
 
     # ------------------------------------------------------------------ commands
-    def _control_call(self, what: str, call) -> Any:
-        """Run one control-interface call under the lock; map failures to our errors."""
+    def _control_call(self, what: str, call, only_parked: bool = False) -> Any:
+        """Run one control-interface call under the lock; map failures to our errors.
+
+        ``only_parked``: skip the call (return None) unless the arm is parked when the lock
+        is taken, so a keeper's kick never lands after a motion command (it would replace
+        that command before the script reads it).
+        """
         ctrl = self._ctrl
         with self._lock:
+            if only_parked and not self._parked:
+                return None
             try:
                 result = call(ctrl)
             except RuntimeError as err:
@@ -378,10 +388,8 @@ class UR5Arm(Arm):
         zero, period = [0.0] * 6, self.control_period
         give_up = time.monotonic() + float(np.max(np.abs(self._read_state().qd))) \
             / deceleration + 1.0
-        while True:
+        while True:  # each speedJ feeds the watchdog; a kick would overwrite it
             self._control_call("speedJ", lambda c: c.speedJ(zero, deceleration, period))
-            if self._watchdog_hz is not None:
-                self._kick_watchdog()
             qd = self._read_state().qd
             if np.max(np.abs(qd)) < REST_SPEED:
                 return
@@ -395,8 +403,8 @@ class UR5Arm(Arm):
         self._control_call("setWatchdog", lambda c: c.setWatchdog(min_frequency))
         self._watchdog_hz = min_frequency
 
-    def _kick_watchdog(self) -> None:
-        self._control_call("kickWatchdog", lambda c: c.kickWatchdog())
+    def _kick_watchdog(self, only_parked: bool = False) -> None:
+        self._control_call("kickWatchdog", lambda c: c.kickWatchdog(), only_parked)
 
     def _arm_watchdog(self) -> None:
         """Arm the watchdog at ``arm.watchdog_hz`` on a freshly started control script."""
@@ -411,7 +419,7 @@ class UR5Arm(Arm):
                     or time.monotonic() - self._last_kick < 1.0 / (3.0 * hz)):
                 continue
             try:
-                self._kick_watchdog()
+                self._kick_watchdog(only_parked=True)
             except Exception as err:  # the control loop or the reset reports link errors
                 logger.debug("watchdog keeper: %s", err)
 
