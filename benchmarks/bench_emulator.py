@@ -119,18 +119,25 @@ def rehearse(steps: int, out: Path) -> dict:
                "--set", f"camera.device={controller.url('/camera.mjpg')}",
                "--set", "monitor.output=offscreen",
                "--set", f"monitor.url={controller.url('/screen')}",
-               "--set", "agent.cpu_threads=1"]
+               "--set", "agent.cpu_threads=1",
+               # a protective stop is cleared through the dashboard (counted in the
+               # episode ends) instead of waiting for a person at the pendant
+               "--set", "arm.protective_stop_recovery=dashboard"]
         t0 = time.perf_counter()
         code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
         wall = time.perf_counter() - t0
+        events = [text for _, text in controller.status()["events"]]
     finally:
         controller.close()
     timing = json.loads((out / "timing.json").read_text())
     with open(out / "episodes.csv") as f:
-        ends = Counter(row["end"] for row in csv.DictReader(f))
+        episodes = list(csv.DictReader(f))
     a, c = timing["agent_step"], timing["control_tick"]
     return {"exit_code": code, "wall_s": round(wall, 1), "env_steps": timing["env_steps"],
-            "episode_ends": dict(ends),
+            "episode_ends": dict(Counter(row["end"] for row in episodes)),
+            "stale_stops": sum(int(row["stale_stops"]) for row in episodes),
+            "controller_events": dict(Counter(e.split(":")[0] for e in events)),
+            "worst_excursion": _worst_excursion(out),
             "agent_period_p50_p99_max_ms": [a["period_p50_ms"], a["period_p99_ms"],
                                             a["period_max_ms"]],
             "steps_late_over_4ms": sum(1 for x in a["overrun_sizes_ms"] if x > 4.0),
@@ -139,6 +146,28 @@ def rehearse(steps: int, out: Path) -> dict:
                                          timing["obs_to_action"]["p99_ms"]],
             "session_MB": round(sum(p.stat().st_size for p in out.glob("session*.mcap")) / 1e6,
                                 1)}
+
+
+def _worst_excursion(run: Path) -> dict[str, float]:
+    """Largest excursion past the joint limits (deg), the box and the screen clearance (m).
+
+    Read from every control tick of the session log (the arm's joint positions).
+    """
+    from mcap.reader import make_reader
+
+    from robot.config import load_config
+    from robot.safety import SafetyLimits
+
+    limits = SafetyLimits.for_rig(load_config(run / "config.yaml"))
+    joints = box = screen = 0.0
+    with open(run / "session.mcap", "rb") as f:
+        for _, _, message in make_reader(f).iter_messages(topics=["/control/tick"]):
+            q = np.asarray(json.loads(message.data)["q"])
+            joints = max(joints, float(np.abs(limits.joint_violation(q)).max()))
+            box = max(box, float(np.abs(limits.box_violation(q)).max()))
+            screen = max(screen, -limits.screen_violation(q))
+    return {"joint_deg": round(float(np.rad2deg(joints)), 2), "box_m": round(box, 4),
+            "screen_m": round(screen, 4)}
 
 
 def main() -> int:

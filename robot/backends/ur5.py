@@ -222,11 +222,11 @@ class UR5Arm(Arm):
                     cfg.control_mode)
 
     def _disconnect(self) -> None:
+        self._close_control()  # the keeper feeds the watchdog until the script is stopped
         self._keeper_stop.set()
         if self._keeper is not None:
             self._keeper.join(1.0)
             self._keeper = None
-        self._close_control()
         self._close_receive()
         self._watchdog_hz = None
 
@@ -254,10 +254,10 @@ class UR5Arm(Arm):
         return round(min(steps), 6)
 
     def _close_control(self) -> None:
-        ctrl, self._ctrl = self._ctrl, None
-        if ctrl is None:
-            return
-        with self._lock:
+        with self._lock:  # the keeper's kick, if one is under way, lands first
+            ctrl, self._ctrl = self._ctrl, None
+            if ctrl is None:
+                return
             for what, call in (("speedStop", lambda: ctrl.speedStop(self._cfg.acceleration)),
                                ("stopScript", ctrl.stopScript),
                                ("disconnect", ctrl.disconnect)):
@@ -323,8 +323,11 @@ class UR5Arm(Arm):
         is taken, so a keeper's kick never lands after a motion command (it would replace
         that command before the script reads it).
         """
-        ctrl = self._ctrl
         with self._lock:
+            ctrl = self._ctrl
+            if ctrl is None:
+                raise ArmLinkLostError(f"UR {what}: the control interface to {self.host} is "
+                                       "closed")
             if only_parked and not self._parked:
                 return None
             try:
