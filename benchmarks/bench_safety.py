@@ -58,18 +58,24 @@ def measure(on_limit: str, source: str, episodes: int) -> dict[str, float]:
             "worst_joint_rad": worst_joint, "protective_stops": stops, "steps": steps}
 
 
-def apply_cost_ms(repeats: int = 300) -> dict[str, float]:
+def apply_cost_ms(repeats: int = 300, clearance: float | None = None) -> dict[str, float]:
     """Mean cost of one ``SafetyLimits.apply`` (the control thread's per-tick check), ms.
 
     Three cases: a command well inside, one that slides along a box face, one scaled down.
+    The limits are the rig's (:meth:`SafetyLimits.for_rig` on the default config), with
+    ``safety.screen_clearance`` set to ``clearance`` when given (0: no screen check).
     """
     import time
 
-    from robot.config import ArmConfig, SafetyConfig
+    from robot.config import Config
     from robot.safety import SafetyLimits
 
-    lim = SafetyLimits(SafetyConfig(), ArmConfig(), horizon=0.08)  # the runner's deadline
-    home, still = np.array(ArmConfig().q_home), np.zeros(6)
+    cfg = Config()
+    if clearance is not None:
+        cfg = cfg.model_copy(update={"safety": cfg.safety.model_copy(
+            update={"screen_clearance": clearance})})
+    lim = SafetyLimits.for_rig(cfg, horizon=0.08)  # the runner's deadline
+    home, still = np.array(cfg.arm.q_home), np.zeros(6)
     near = home.copy()
     while np.all(lim.box_violation(near + np.array([0, 0.002, 0, 0, 0, 0])) == 0):
         near[1] += 0.0002
@@ -98,9 +104,11 @@ def main() -> None:
             print(f"| {source} | {rule} | {r['safety_share']:.2f} | {r['stopped_share']:.2f} | "
                   f"{r['speed_kept']:.2f} | {r['worst_box_m']:.1e} | {r['worst_joint_rad']:.1e} | "
                   f"{r['protective_stops']} | {r['steps']} |")
-    cost = apply_cost_ms()
-    print("\nSafetyLimits.apply per control tick (ms): " +
-          ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
+    for label, clearance in (("with the screen clearance", None), ("box and joints only", 0.0),
+                             ("with the screen clearance", None), ("box and joints only", 0.0)):
+        cost = apply_cost_ms(clearance=clearance)
+        print(f"\nSafetyLimits.apply per control tick, {label} (ms): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
 
 
 if __name__ == "__main__":
