@@ -470,10 +470,13 @@ class RobotLoopConfig(_Section):
         "weights (transitions are dropped and counted); stop = end the episode, stop the "
         "arm and wait for a learner.",
     )
-    learner_wait: float = Field(
-        60.0, ge=0, le=3600,
+    learner_wait: float | None = Field(
+        None, ge=0, le=3600,
         description="At start, wait this long for the learner's handshake before acting, s "
-        "(the robot acts either way afterwards; it never blocks on the learner mid-run).",
+        "(the robot acts either way afterwards; it never blocks on the learner mid-run). "
+        "Default: 60 s, except in the sim with robot.hold_for_learner, where the robot "
+        "waits until the learner answers or the run stops (`madi train` stops it when its "
+        "learner dies for good), so a slow-starting learner loses no transitions.",
     )
     hold_for_learner: bool = Field(
         True,

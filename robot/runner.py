@@ -52,6 +52,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -375,18 +376,39 @@ class RobotRunner:
                 "stop_reason": self.stop_reason, **self.timing()}
 
     def _wait_for_learner(self) -> None:
+        """Before the first episode, wait (arm at rest) for the learner's handshake.
+
+        Waits ``robot.learner_wait`` s, or, when that is unset in the sim with
+        ``robot.hold_for_learner``, until the handshake or a stop request: in the sim time
+        can wait, and a learner that is slow to start (a CUDA import on a loaded machine)
+        would otherwise miss the first transitions. The ``progress`` callback runs meanwhile,
+        so ``madi train``'s supervisor restarts a learner that crashes before it answers
+        (``waiting_for_learner`` is set) or stops the run.
+        """
         if self.link is None:
             return
-        end = time.monotonic() + self.cfg.robot.learner_wait
-        while not self.link.accepted and time.monotonic() < end and not self.stopping:
-            self._service_link()
-            time.sleep(0.01)
+        wait = self._learner_wait()
+        end = math.inf if wait is None else time.monotonic() + wait
+        self.waiting_for_learner = True
+        try:
+            while not self.link.accepted and time.monotonic() < end and not self.stopping:
+                self._service_link()
+                self._report_progress()
+                time.sleep(0.01)
+        finally:
+            self.waiting_for_learner = False
         if self.link.accepted:
             logger.info("robot: learner %s accepted the handshake", self.link.peer_session_id)
         elif not self.stopping:
             logger.warning("robot: no learner at %s after %.0f s; acting anyway (transitions "
-                           "are dropped until it comes)", self.link.addresses,
-                           self.cfg.robot.learner_wait)
+                           "are dropped until it comes)", self.link.addresses, wait)
+
+    def _learner_wait(self) -> float | None:
+        """``robot.learner_wait``, s; its default: 60, or None (no limit) when the sim holds."""
+        robot = self.cfg.robot
+        if robot.learner_wait is not None:
+            return robot.learner_wait
+        return None if self.cfg.backend == "sim" and robot.hold_for_learner else 60.0
 
     def _learner_usable(self) -> bool:
         link = self.link

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import sys
 import threading
 import time
 
@@ -23,6 +24,7 @@ from link.messages import HelloAck, Weights, encode, encode_packed
 from robot.backends.sim import SimRig
 from robot.config import config_from_dict
 from robot.runner import RobotRunner, spaces_of
+from robot.supervisor import LearnerSupervisor
 
 LINK = dict(heartbeat_interval_s=0.05, peer_timeout_s=0.4)
 
@@ -157,6 +159,64 @@ def test_robot_does_not_wait_with_hold_off(tmp_path):
             runner, _, thread):
         thread.join(60)
     assert runner.env_steps == 60 and runner.held_for_learner_s == 0.0
+
+
+def test_sim_robot_waits_for_a_late_learner_and_loses_no_transition(tmp_path):
+    """learner_wait unset in the sim: no time limit, nothing acted or dropped before the
+    learner answers (a CUDA learner took 85 s to start on a loaded machine)."""
+    cfg = small_config(learner_wait=None)
+    addrs = LinkAddresses.from_base(f"ipc://{tmp_path}/link")
+    link = RobotLink(addrs, cfg.task_hash(), spaces_of(cfg), **LINK)
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=40,
+                         realtime=False)
+    thread, _ = run_in_thread(runner)
+    learner = None
+    try:
+        assert wait_for(lambda: runner.waiting_for_learner)
+        time.sleep(1.0)
+        assert runner.env_steps == 0 and runner.waiting_for_learner
+        learner = FakeLearner(addrs, cfg)
+        thread.join(60)
+        assert wait_for(lambda: len(learner.received) == 40)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        link.close()
+        if learner is not None:
+            learner.close()
+    assert not thread.is_alive() and runner.env_steps == 40
+    assert link.counters().get("dropped_no_peer", 0) == 0
+
+
+def test_a_learner_that_dies_before_its_handshake_ends_the_unlimited_wait(tmp_path):
+    """madi train's supervisor sees the crash during the first wait and, with no restart
+    left, stops the run: the robot never hangs on a learner that will not come."""
+    cfg = small_config(learner_wait=None)
+    link = RobotLink(LinkAddresses.from_base(f"ipc://{tmp_path}/link"), cfg.task_hash(),
+                     spaces_of(cfg), **LINK)
+    supervisor = LearnerSupervisor(
+        lambda restart, refill: [sys.executable, "-c", "raise SystemExit(3)"], tmp_path, 0)
+    supervisor.start()
+    runner = RobotRunner(cfg, SimRig(cfg), tmp_path / "run", link, total_steps=40,
+                         realtime=False, progress=supervisor.check)
+    thread, result = run_in_thread(runner)
+    try:
+        thread.join(30)
+    finally:
+        runner.request_stop()
+        thread.join(10)
+        link.close()
+    assert result["stop_reason"] == "learner crashed" and result["env_steps"] == 0
+    assert "exit code 3" in supervisor.failure
+
+
+def test_learner_wait_defaults_to_a_limit_where_the_robot_cannot_hold():
+    unset = dict(learner_wait=None)
+    for robot, wait in ((unset, None), ({**unset, "hold_for_learner": False}, 60.0),
+                        ({"learner_wait": 2.0}, 2.0)):
+        cfg = small_config(**robot)
+        assert RobotRunner(cfg, SimRig(cfg), "unused", None, 1, realtime=False
+                           )._learner_wait() == wait
 
 
 def test_learner_lost_in_stop_mode_holds_the_arm_until_a_learner_returns(tmp_path):
