@@ -453,12 +453,24 @@ def _final_eval(env: Any, agent: MadiSacAgent, episodes: int, seed: int, run_dir
     metrics.write({"global_step": step, "time_s": round(elapsed, 3),
                    "charts/final_eval_return": float(np.mean(returns)),
                    "charts/final_eval_return_std": float(np.std(returns))})
+    write_final_eval(run_dir, step, seed, returns)
+    return returns
+
+
+def write_final_eval(run_dir: Path, env_steps: int, seed: int, returns: list[float]) -> None:
+    """Write ``final_eval.json`` (what ``benchmarks/sweep.py`` reads) and log its mean.
+
+    Args:
+        run_dir: The run directory.
+        env_steps: Env steps the evaluated policy was trained for.
+        seed: Seed of evaluation episode 0 (episode i: ``seed + i``, :func:`policy_returns`).
+        returns: One undiscounted return per fixed episode.
+    """
     (run_dir / "final_eval.json").write_text(json.dumps(
-        {"env_steps": step, "seed": seed, "episodes": episodes, "returns": returns,
+        {"env_steps": env_steps, "seed": seed, "episodes": len(returns), "returns": returns,
          "mean": float(np.mean(returns))}, indent=1))
     logger.info("final eval: %.1f +- %.1f over %d fixed episodes (seed %d)",
-                np.mean(returns), np.std(returns), episodes, seed)
-    return returns
+                np.mean(returns), np.std(returns), len(returns), seed)
 
 
 def _save(ckpt_dir: Path, agent: MadiSacAgent, step: int, episodes: int, replay: Any) -> None:

@@ -13,7 +13,7 @@ from learner.agent import MadiSacAgent
 from learner.checkpoint import check_init_source
 from learner.checkpoint_file import CheckpointError
 from learner.process import read_progress
-from learner.train_sync import train_sync
+from learner.train_sync import train_sync, write_final_eval
 from madi.common import (
     INTERRUPTED,
     QUICK_CONFIG,
@@ -250,4 +250,35 @@ def _train_at(address: str, cfg: Config, run_dir: Path, args: argparse.Namespace
     if learner.failure is not None:
         log.error("%s", learner.failure)
         return None
-    return result if code == 0 else None
+    if code != 0:
+        return None
+    if cfg.backend == "sim" and not result.endswith(INTERRUPTED):
+        result += final_evaluation(cfg, run_dir)
+    return result
+
+
+def final_evaluation(cfg: Config, run_dir: Path) -> str:
+    """The sim run's final policy on ``train.final_eval_episodes`` fixed episodes.
+
+    Only for a run that made its ``train.total_steps`` (the learner's checkpoint says so).
+
+    The same episodes (``train.eval_seed``, ``train.eval_distractions``) as ``--sync``'s
+    final evaluation and ``madi eval``, in fast pace, with the learner's last
+    ``checkpoints/policy.pt``; writes ``final_eval.json`` as ``--sync`` does.
+
+    Returns:
+        ``"; final eval M over N fixed episodes"`` for the summary line ("" with none).
+    """
+    episodes = cfg.train.final_eval_episodes
+    env_steps = read_progress(run_dir)["env_steps"]
+    if episodes <= 0 or env_steps < cfg.train.total_steps:  # none, or the run stopped early
+        return ""
+    # Imported here, as in --sync: the sim (MuJoCo, EGL) only where it runs.
+    from learner.policy import MadiPolicy
+    from sim.evaluate import evaluate
+
+    policy = MadiPolicy.from_checkpoint(run_dir / "checkpoints" / "policy.pt")
+    result = evaluate(cfg, policy, cfg.train.eval_distractions, episodes,
+                      seed=cfg.train.eval_seed)
+    write_final_eval(run_dir, env_steps, cfg.train.eval_seed, result.returns)
+    return f"; final eval {result.mean_return:.1f} over {episodes} fixed episodes"

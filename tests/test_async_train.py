@@ -20,15 +20,18 @@ from pathlib import Path
 import pytest
 import zmq
 
+from learner.policy import MadiPolicy
 from link.endpoints import LinkAddresses
 from link.messages import Hello, Spaces, encode
+from robot.config import load_config
 from robot.session_log import SessionLog
+from sim.evaluate import evaluate
 
 SMALL = ["--set", "task.episode_steps=25", "--set", "arm.reset_duration=0.2",
          "--set", "agent.init_random_steps=50", "--set", "agent.batch_size=16",
          "--set", "agent.updates_per_step=1", "--set", "train.publish_every=5",
          "--set", "train.log_every=50", "--set", "train.checkpoint_every=null",
-         "--set", "robot.learner_wait=30",
+         "--set", "robot.learner_wait=30", "--set", "train.final_eval_episodes=0",
          # these tests are about the link, not the update ratio: the robot keeps its pace
          "--set", "robot.hold_for_learner=false"]
 QUICK = str(Path(__file__).resolve().parent.parent / "configs" / "sim_quick.yaml")
@@ -98,9 +101,17 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
 def test_train_600_steps_learns_and_acts_with_received_weights(tmp_path):
     out = tmp_path / "run"
     proc = madi("train", "--steps", "600", "--out", str(out), "--no-progress",
-                "--set", "agent.init_random_steps=100", "--set", "arm.reset_duration=0.5")
+                "--set", "agent.init_random_steps=100", "--set", "arm.reset_duration=0.5",
+                "--set", "train.final_eval_episodes=2")
     log = finish(proc, timeout=240)
     assert proc.returncode == 0, log[-4000:]
+    # the final evaluation: --sync's and madi eval's fixed episodes, the learner's last policy
+    final = json.loads((out / "final_eval.json").read_text())
+    cfg = load_config(out / "config.yaml")
+    again = evaluate(cfg, MadiPolicy.from_checkpoint(out / "checkpoints" / "policy.pt"),
+                     cfg.train.eval_distractions, 2, seed=cfg.train.eval_seed)
+    assert final["env_steps"] == 600 and final["seed"] == cfg.train.eval_seed
+    assert final["returns"] == again.returns and "final eval" in log
     for name in ("config.yaml", "checkpoints/learner.pt", "checkpoints/policy.pt",
                  "checkpoints/progress.json", "metrics.csv", "episodes.csv", "timing.json",
                  "robot.log", "learner.log", "learning_curve.png"):
