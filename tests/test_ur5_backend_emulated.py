@@ -75,6 +75,8 @@ def test_speedj_moves_the_arm_and_disconnect_stops_it_and_the_script(arm, contro
     arm.disconnect()
     assert wait_for(lambda: still(controller), 2.0)
     assert not controller.status()["program_running"]
+    # stopped by the client, not by its watchdog (a blocking speedStop starved it)
+    assert "RTDE watchdog" not in events(controller)
 
 
 def test_unreachable_controller_is_a_clear_error():

@@ -16,8 +16,9 @@
   which ``arm.model`` fits.
 
 Safety of every exit path: the script keeps executing ``speedj(last target)`` when the
-client goes silent, so :meth:`UR5Arm.disconnect` sends ``speedStop`` then ``stopScript``
-(each tried even if the other failed), and the RTDE watchdog is armed at
+client goes silent, so :meth:`UR5Arm.disconnect` ramps a moving arm to rest, then sends
+``stopScript`` (ur_rtde's ``speedStop`` first if the ramp failed; each step tried even if
+the one before failed), and the RTDE watchdog is armed at
 ``arm.watchdog_hz`` as soon as the control script runs (at connect and after every
 re-upload), before anything can move the arm: if this process dies, hangs or loses the
 cable, the script halts the arm after 1/watchdog_hz s. Every command feeds the watchdog
@@ -254,12 +255,26 @@ class UR5Arm(Arm):
         return round(min(steps), 6)
 
     def _close_control(self) -> None:
+        """Bring the arm to rest, then stop the control script and disconnect.
+
+        A moving arm is ramped to rest with speedJ(0) first (:meth:`_ramp_to_rest`, the
+        watchdog fed); ur_rtde's blocking ``speedStop`` is only the fallback when that
+        fails, since the watchdog hears nothing while it waits.
+        """
+        try:
+            if self._ctrl is not None and not self._parked:
+                self._speed_stop(self._cfg.acceleration)
+            at_rest = True
+        except Exception as err:  # the link, or an arm that does not stop
+            logger.error("UR stop on disconnect failed: %s", err)
+            at_rest = False
         with self._lock:  # the keeper's kick, if one is under way, lands first
             ctrl, self._ctrl = self._ctrl, None
             if ctrl is None:
                 return
-            for what, call in (("speedStop", lambda: ctrl.speedStop(self._cfg.acceleration)),
-                               ("stopScript", ctrl.stopScript),
+            steps = [] if at_rest else [
+                ("speedStop", lambda: ctrl.speedStop(self._cfg.acceleration))]
+            for what, call in (*steps, ("stopScript", ctrl.stopScript),
                                ("disconnect", ctrl.disconnect)):
                 try:
                     call()
