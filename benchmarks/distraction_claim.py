@@ -275,6 +275,77 @@ def masks(run: Path, sets: list[str], out: Path, scale: int = 4, steps: int = 12
     cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
 
 
+def mask_contrast(run: Path, sets: list[str], episodes: int = 3) -> dict:
+    """The Masker's mean mask on the target's pixels and on the rest of the frame, per set.
+
+    The run's deterministic policy acts on the first ``episodes`` fixed episodes
+    (``train.eval_seed``) of each set; at every step with target-red pixels in the newest
+    frame (the reward's classifier, :meth:`robot.task.RedTargetReward.red_mask`) the mask
+    of that frame is averaged over those pixels (``dot``) and over the others (``rest``).
+    A Masker that keeps the target has ``dot`` near 1; one that darkens it, near 0.
+    Cached in the run's ``distractions.json``.
+
+    Returns:
+        {set: {"dot": float, "rest": float}}, mask values in [0, 1].
+    """
+    import torch
+
+    from learner.policy import MadiPolicy
+    from robot.config import load_config
+    from robot.distractions import make_distractions
+    from robot.task import RedTargetReward
+    from sim.env import VisualReacherEnv
+
+    torch.set_num_threads(1)
+    cfg = load_config(run / "config.yaml", ["sim.pace=fast"])
+    cache_path = run / "distractions.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    policy = MadiPolicy.from_checkpoint(run / "checkpoints" / "policy.pt")
+    red = RedTargetReward(cfg.task).red_mask
+    for s in sets:
+        key = f"mask_contrast|{s}|{episodes}|{cfg.train.eval_seed}"
+        if key in cache:
+            continue
+        env = VisualReacherEnv(cfg, make_distractions(s, tuple(cfg.sim.texture_px), cfg.task))
+        dot, rest = [], []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=cfg.train.eval_seed + i)
+            policy.reset()
+            done = False
+            while not done:
+                frame = env.render()
+                target = red(frame)
+                if target.any():
+                    mask = policy.mask(frame)
+                    dot.append(float(mask[target].mean()))
+                    rest.append(float(mask[~target].mean()))
+                obs, _, terminated, truncated, _ = env.step(policy.act(obs, deterministic=True))
+                done = terminated or truncated
+        env.close()
+        cache[key] = {"dot": float(np.mean(dot)), "rest": float(np.mean(rest))}
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return {s: cache[f"mask_contrast|{s}|{episodes}|{cfg.train.eval_seed}"] for s in sets}
+
+
+def contrast_table(runs: Path, recipes: list[str], sets: list[str], min_return: float
+                   ) -> str:
+    """Markdown: per MaDi recipe and set, the mask on the dot / on the rest, mean over the
+    seeds whose plain-screen final evaluation reaches ``min_return``."""
+    lines = ["| recipe | seeds | " + " | ".join(set_label(s) for s in sets) + " |",
+             "|---|---|" + "---|" * len(sets)]
+    for name in recipes:
+        if variant_of(runs, name) != "madi":
+            continue
+        runs_of = [d for d in finished_runs(runs, name).values()
+                   if np.mean(json.loads((d / "final_eval.json").read_text())["returns"])
+                   >= min_return]
+        per_run = [mask_contrast(d, sets) for d in runs_of]
+        cells = [f"{np.mean([r[s]['dot'] for r in per_run]):.2f} / "
+                 f"{np.mean([r[s]['rest'] for r in per_run]):.2f}" for s in sets]
+        lines.append(f"| {name} | {len(per_run)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "sweep")
@@ -291,6 +362,9 @@ def main() -> int:
     parser.add_argument("--table", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     parser.add_argument("--masks", type=Path, default=None)
+    parser.add_argument("--mask-contrast", action="store_true",
+                        help="also tabulate the Masker's mask on the dot vs the rest of the "
+                        "frame (MaDi runs; 3 fixed episodes per set)")
     parser.add_argument("--masks-run", type=Path, default=None,
                         help="run dir for --masks (default: the first recipe's first seed)")
     args = parser.parse_args()
@@ -305,6 +379,10 @@ def main() -> int:
     if left_out:
         text += (f"\n\nLeft out (plain-screen final evaluation below {args.min_return:.0f}): "
                  + ", ".join(left_out) + ".")
+    if args.mask_contrast:
+        text += ("\n\nThe Masker's mean mask on the target's pixels / on the rest of the "
+                 "frame (1 = kept):\n\n" + contrast_table(args.runs, args.recipe, sets,
+                                                           args.min_return))
     print(text)
     if args.table:
         args.table.write_text(text + "\n")
