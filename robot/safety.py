@@ -204,26 +204,27 @@ class SafetyLimits:
         Args:
             q: (6,) joint positions, rad.
             qd: (6,) actual joint velocities, rad/s.
-            command: (6,) commanded joint velocities, rad/s.
+            command: (6,) commanded joint velocities, rad/s, or (K, 6) candidates.
             samples: Points per phase (following the command, braking).
 
         Returns:
-            float64 (2 * samples, 6) joint positions, rad: ``samples`` evenly spaced over
-            the horizon (the last at its end), then over the brake (the last at rest).
+            float64 (2 * samples, 6) joint positions, rad (``(K, 2 * samples, 6)`` for K
+            candidates): ``samples`` evenly spaced over the horizon (the last at its end),
+            then over the brake (the last at rest).
         """
         acc, h = self.arm.acceleration, self.horizon
-        change = command - qd
-        t_ramp = max(np.max(np.abs(change)) / acc, 1e-12)
-        t = h * np.arange(1, samples + 1)[:, None] / samples
+        change = (np.atleast_2d(command) - qd)[:, None, :]  # (K, 1, 6)
+        t_ramp = np.maximum(np.abs(change).max(axis=2, keepdims=True) / acc, 1e-12)
+        t = h * np.arange(1, samples + 1)[None, :, None] / samples
         ramp = np.minimum(t, t_ramp)
         follow = q + qd * ramp + change * (ramp**2 / (2 * t_ramp)) \
             + (qd + change * (ramp / t_ramp)) * (t - ramp)
-        qd_h = qd + change * min(h / t_ramp, 1.0)
-        t_stop = np.max(np.abs(qd_h)) / acc
-        s = t_stop * np.arange(1, samples + 1)[:, None] / samples
-        brake = follow[-1] + qd_h * (s - s**2 / (2 * t_stop)) if t_stop > 0 else \
-            np.repeat(follow[-1:], samples, axis=0)
-        return np.concatenate([follow, brake])
+        qd_h = qd + change * np.minimum(h / t_ramp, 1.0)
+        t_stop = np.abs(qd_h).max(axis=2, keepdims=True) / acc
+        s = t_stop * np.arange(1, samples + 1)[None, :, None] / samples  # 0 at rest already
+        brake = follow[:, -1:] + qd_h * (s - s**2 / (2 * np.maximum(t_stop, 1e-12)))
+        path = np.concatenate([follow, brake], axis=1)
+        return path if np.ndim(command) == 2 else path[0]
 
     def path_violation(self, q: np.ndarray, qd: np.ndarray,
                        command: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -237,20 +238,33 @@ class SafetyLimits:
             :meth:`joint_violation`, :meth:`box_violation` and :meth:`screen_violation`
             (0 where the whole path of :meth:`predicted_path` stays inside).
         """
-        path = self.predicted_path(q, qd, command)
-        poses = flange_poses(np.vstack([q, path]), self.arm.model)
+        joints, box, screen = self._path_violations(q, qd, np.asarray(command)[None])
+        return joints[0], box[0], float(screen[0])
+
+    def _path_violations(self, q: np.ndarray, qd: np.ndarray, commands: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`path_violation` of K candidate commands (K, 6) in one batched FK.
+
+        Returns:
+            float64 (K, 6) rad, (K, 3) m and (K,) m.
+        """
+        path = self.predicted_path(q, qd, commands)  # (K, P, 6)
+        k, n = path.shape[:2]
+        poses = flange_poses(np.vstack([q, path.reshape(-1, 6)]), self.arm.model)
         flange = point_positions(poses)
-        p_now, flange = flange[0], flange[1:]
+        p_now, flange = flange[0], flange[1:].reshape(k, n, 3)
         joints = (np.minimum(path - np.minimum(self.q_low, q), 0.0)
                   + np.maximum(path - np.maximum(self.q_high, q), 0.0))
         box = (np.minimum(flange - np.minimum(self.box_low, p_now), 0.0)
                + np.maximum(flange - np.maximum(self.box_high, p_now), 0.0))
-        screen = 0.0
+        screen = np.zeros(k)
         if self.lens is not None:
             d = self._lens_distances(poses)
-            screen = min(float(d[1:].min()) - min(self.safety.screen_clearance, d[0]), 0.0)
-        return (joints[np.argmax(np.abs(joints), axis=0), np.arange(6)],
-                box[np.argmax(np.abs(box), axis=0), np.arange(3)], screen)
+            floor = min(self.safety.screen_clearance, d[0])
+            screen = np.minimum(d[1:].reshape(k, n).min(axis=1) - floor, 0.0)
+        worst = lambda v: np.take_along_axis(  # noqa: E731
+            v, np.abs(v).argmax(axis=1)[:, None, :], axis=1)[:, 0]
+        return worst(joints), worst(box), screen
 
     def apply(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray) -> SafetyResult:
         """Make a joint-velocity command safe to send.
@@ -358,23 +372,21 @@ class SafetyLimits:
         return slid
 
     def _largest_safe_scale(self, q: np.ndarray, qd: np.ndarray, command: np.ndarray,
-                            iterations: int = 4) -> float:
-        """The largest s in [0, 1] (to 1/2^iterations) with ``s * command`` passing (step 3).
+                            steps: int = 16) -> float:
+        """The largest s in {1/steps, ..., 1} with ``s * command`` passing (step 3).
 
-        Few iterations: the control thread runs this within a controller tick.
+        The whole command is checked first (a slid command usually passes); the other
+        candidates in one batched forward kinematics (:meth:`_path_violations`), since the
+        control thread runs this within a controller tick.
 
-        Returns 0.0 (a full brake) when no tried fraction passes.
+        Returns 0.0 (a full brake) when no candidate passes.
         """
         if self.passes(q, qd, command):
             return 1.0
-        low, high = 0.0, 1.0
-        for _ in range(iterations):
-            mid = 0.5 * (low + high)
-            if self.passes(q, qd, mid * command):
-                low = mid
-            else:
-                high = mid
-        return low
+        scales = np.arange(steps - 1, 0, -1) / steps
+        joints, box, screen = self._path_violations(q, qd, scales[:, None] * command)
+        ok = ~(np.any(joints != 0.0, axis=1) | np.any(box != 0.0, axis=1) | (screen != 0.0))
+        return float(scales[np.argmax(ok)]) if ok.any() else 0.0
 
     def _toward_home(self, q: np.ndarray) -> np.ndarray:
         qd = self.safety.return_gain * (self.q_home - q)

@@ -105,6 +105,23 @@ def test_fast_approach_scales_down_or_brakes():
     assert lim.passes(q, qd, res.qd) or not np.any(res.qd)
 
 
+def test_the_scaled_command_is_the_largest_sixteenth_that_passes():
+    """The batched candidates agree with checking each scale on its own."""
+    lim = limits()
+    q = near_box_face(lim, gap_rad=0.03)
+    qd = np.array([0, 0.2, 0, 0, 0, 0])  # toward the face
+    found = []
+    for speed in (0.5, 1.0, 2.0, 3.0):
+        command = np.array([0, speed, 0, 0.3, 0, 0])
+        passing = [k / 16 for k in range(1, 17) if lim.passes(q, qd, k / 16 * command)]
+        found.append(lim._largest_safe_scale(q, qd, command))
+        assert found[-1] == (max(passing) if passing else 0.0)
+    assert 0.0 < min(found) and max(found) < 1.0  # every case needed a partial scale
+    batch = np.array([[0.1, 0.2, 0, 0, 0, 0], [0, 1.5, 0, 0.3, 0, 0], [0, 0, 0, 0, 0, 0]])
+    assert np.allclose(lim.predicted_path(q, qd, batch),
+                       [lim.predicted_path(q, qd, c) for c in batch])
+
+
 def test_brake_rule_stops_every_joint():
     lim = limits(on_limit="brake")
     q = near_box_face(lim)
