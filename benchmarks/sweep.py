@@ -24,7 +24,6 @@ every seed's value, and an IQM learning curve (evaluation return over env steps)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -72,11 +71,15 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
                 print(f"done {run_dir}: exit {proc.returncode}", flush=True)
 
 
-def read_curve(metrics_csv: Path, key: str) -> list[tuple[int, float]]:
-    """(global_step, value) of every row of ``metrics.csv`` that has ``key``."""
-    with open(metrics_csv, newline="") as f:
-        return [(int(float(r["global_step"])), float(r[key])) for r in csv.DictReader(f)
-                if r.get(key)]
+def eval_points(run_dir: Path) -> list[tuple[int, float]]:
+    """(env steps, mean return) of a finished run's periodic evaluations, then its final one.
+
+    Works for `madi train --sync` runs and `madi train` ones (robot-process evaluations).
+    """
+    from learner.plots import eval_curve
+
+    final = json.loads((run_dir / "final_eval.json").read_text())
+    return [*zip(*eval_curve(run_dir), strict=True), (final["env_steps"], final["mean"])]
 
 
 def finished_runs(out: Path, recipe: str) -> dict[int, Path]:
@@ -156,9 +159,7 @@ def plot(out: Path, recipes: list[str], png: Path, refs: dict[str, float]) -> No
         runs = finished_runs(out, name)
         # the k-th evaluation of every run (evaluations wait for an episode's end, so
         # their steps differ by up to one episode between runs)
-        curves = [read_curve(d / "metrics.csv", "charts/eval_return")
-                  + read_curve(d / "metrics.csv", "charts/final_eval_return")
-                  for d in runs.values()]
+        curves = [eval_points(d) for d in runs.values()]
         n = min((len(c) for c in curves), default=0)
         if len(curves) < 2 or n == 0:
             continue
@@ -174,7 +175,7 @@ def plot(out: Path, recipes: list[str], png: Path, refs: dict[str, float]) -> No
                 transform=ax.get_yaxis_transform())
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (fixed episodes)")
-    ax.set_title("madi train --sync: IQM over seeds, 95% CI (last point: final eval)",
+    ax.set_title("IQM over seeds, 95% CI (last point: final eval)",
                  fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

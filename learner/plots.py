@@ -37,10 +37,29 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
     return steps, values
 
 
-def _eval_means(path: Path) -> tuple[list[int], list[float]]:
-    """Mean return per evaluation round of an ``eval.csv`` (env_steps, return columns)."""
+def eval_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
+    """Mean return of each periodic evaluation of a run, against env steps.
+
+    The synchronous loop logs them as ``charts/eval_return`` in ``metrics.csv``; in
+    ``madi train`` the robot process runs them and writes one row per episode to
+    ``eval.csv`` (env_steps, return columns), used when ``metrics.csv`` has none.
+
+    Args:
+        run_dir: A run directory.
+
+    Returns:
+        ``(env_steps, mean_returns)``, both empty if the run has no evaluation yet.
+
+    Raises:
+        FileNotFoundError: If the run has no ``metrics.csv``.
+    """
+    run_dir = Path(run_dir)
+    steps, rets = read_metric(run_dir / "metrics.csv", "charts/eval_return")
+    eval_csv = run_dir / "eval.csv"
+    if steps or not eval_csv.exists():
+        return steps, rets
     by_step: dict[int, list[float]] = {}
-    with open(path, newline="") as f:
+    with open(eval_csv, newline="") as f:
         for row in csv.DictReader(f):
             by_step.setdefault(int(row["env_steps"]), []).append(float(row["return"]))
     steps = sorted(by_step)
@@ -69,10 +88,7 @@ def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
         csv_path = path / "metrics.csv" if path.is_dir() else path
         steps, rets = read_metric(csv_path, "charts/episode_return")
         ax_train.plot(steps, rets, alpha=0.8, label=label)
-        steps, rets = read_metric(csv_path, "charts/eval_return")
-        eval_csv = csv_path.parent / "eval.csv"  # the robot process's periodic evaluations
-        if not steps and eval_csv.exists():
-            steps, rets = _eval_means(eval_csv)
+        steps, rets = eval_curve(csv_path.parent)
         ax_eval.plot(steps, rets, marker="o", label=label)
     for i, (label, value) in enumerate((references or {}).items()):
         for ax in (ax_train, ax_eval):

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from learner.metrics import MetricsSinkError, MetricsWriter, SinkConfig
+from learner.plots import eval_curve
+from robot.runner import EVAL_FIELDS
 
 ROWS = [
     {"global_step": 10, "time_s": 1.5, "charts/episode_return": -3.25,
@@ -136,3 +138,24 @@ def test_madi_train_names_the_missing_package(tmp_path, monkeypatch, caplog):
     assert main(["train", "--sync", "--steps", "5", "--out", str(tmp_path / "run"),
                  "--set", "train.wandb=offline", "--no-progress"]) == 2
     assert "pip install wandb" in caplog.text
+
+
+def test_eval_curve_reads_the_sync_metrics_or_the_robot_processes_eval_csv(tmp_path):
+    sync_run, async_run = tmp_path / "sync", tmp_path / "async"
+    for run in (sync_run, async_run):
+        run.mkdir()
+    _write(sync_run / "metrics.csv", SinkConfig())
+    # madi train: the learner's metrics have no evaluation; the robot process's eval.csv does
+    writer = MetricsWriter(async_run / "metrics.csv", SinkConfig())
+    writer.write(ROWS[0])
+    writer.close()
+    with open(async_run / "eval.csv", "w", newline="") as f:
+        rows = csv.DictWriter(f, fieldnames=EVAL_FIELDS)
+        rows.writeheader()
+        for step, ret in ((4050, 10.0), (4050, 30.0), (8100, 100.0), (8100, 300.0)):
+            rows.writerow({"env_steps": step, "distractions": "none", "episode": 0,
+                           "return": ret, "success": 0, "policy_version": 1})
+    assert eval_curve(sync_run) == ([30], [2.5])
+    assert eval_curve(async_run) == ([4050, 8100], [20.0, 200.0])
+    (async_run / "eval.csv").unlink()
+    assert eval_curve(async_run) == ([], [])
