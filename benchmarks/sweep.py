@@ -74,12 +74,14 @@ def run_all(jobs: list[tuple[Path, list[str]]], parallel: int) -> None:
 def eval_points(run_dir: Path) -> list[tuple[int, float]]:
     """(env steps, mean return) of a finished run's periodic evaluations, then its final one.
 
-    Works for `madi train --sync` runs and `madi train` ones (robot-process evaluations).
+    Works for `madi train --sync` runs and `madi train` ones (robot-process evaluations);
+    a periodic evaluation at the final step (some runs have one) gives way to the final one.
     """
     from learner.plots import eval_curve
 
     final = json.loads((run_dir / "final_eval.json").read_text())
-    return [*zip(*eval_curve(run_dir), strict=True), (final["env_steps"], final["mean"])]
+    periodic = [p for p in zip(*eval_curve(run_dir), strict=True) if p[0] < final["env_steps"]]
+    return [*periodic, (final["env_steps"], final["mean"])]
 
 
 def finished_runs(out: Path, recipe: str) -> dict[int, Path]:
