@@ -251,8 +251,17 @@ def plot(summary: dict, sets: list[str], labels: dict[str, str], out: Path) -> N
     plt.close(fig)
 
 
-def masks(run: Path, sets: list[str], out: Path, scale: int = 4, steps: int = 12) -> None:
-    """Camera frames and the Masker's masks after ``steps`` agent steps, one row per set."""
+def masks(runs: list[Path], sets: list[str], out: Path, scale: int = 4,
+          steps: int = 12) -> None:
+    """Camera frames and the Masker's masks after ``steps`` agent steps of evaluation
+    episode 1 (``train.eval_seed + 1``): one row per set, one frame | mask pair per run."""
+    rows = [np.concatenate([_frame_and_mask(run, s, scale, steps) for run in runs], axis=1)
+            for s in sets]
+    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+
+
+def _frame_and_mask(run: Path, spec: str, scale: int, steps: int) -> np.ndarray:
+    """One run's frame | mask under one set, labelled with the set and the run."""
     from learner.policy import MadiPolicy
     from robot.config import load_config
     from robot.distractions import make_distractions
@@ -261,18 +270,16 @@ def masks(run: Path, sets: list[str], out: Path, scale: int = 4, steps: int = 12
 
     cfg = load_config(run / "config.yaml", ["sim.pace=fast"])
     policy = MadiPolicy.from_checkpoint(run / "checkpoints" / "policy.pt")
-    rows = []
-    for s in sets:
-        env = VisualReacherEnv(cfg, make_distractions(s, tuple(cfg.sim.texture_px), cfg.task))
-        obs, _ = env.reset(seed=cfg.train.eval_seed + 1)
-        policy.reset()
-        for _ in range(steps):  # a few steps in: the arm has moved toward the dot
-            obs, *_ = env.step(policy.act(obs, deterministic=True))
-        row = frame_with_mask(env.render(), policy, scale)
-        env.close()
-        cv2.putText(row, set_label(s), (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 0), 2)
-        rows.append(row)
-    cv2.imwrite(str(out), cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    env = VisualReacherEnv(cfg, make_distractions(spec, tuple(cfg.sim.texture_px), cfg.task))
+    obs, _ = env.reset(seed=cfg.train.eval_seed + 1)
+    policy.reset()
+    for _ in range(steps):  # a few steps in: the arm has moved toward the dot
+        obs, *_ = env.step(policy.act(obs, deterministic=True))
+    pair = frame_with_mask(env.render(), policy, scale)
+    env.close()
+    label = f"{set_label(spec)}: {run.parent.name} {run.name}"
+    cv2.putText(pair, label, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 0), 2)
+    return pair
 
 
 def mask_contrast(run: Path, sets: list[str], episodes: int = 3) -> dict:
@@ -365,8 +372,9 @@ def main() -> int:
     parser.add_argument("--mask-contrast", action="store_true",
                         help="also tabulate the Masker's mask on the dot vs the rest of the "
                         "frame (MaDi runs; 3 fixed episodes per set)")
-    parser.add_argument("--masks-run", type=Path, default=None,
-                        help="run dir for --masks (default: the first recipe's first seed)")
+    parser.add_argument("--masks-run", type=Path, action="append", default=[],
+                        help="run dir for --masks, repeatable: side by side (default: the "
+                        "first recipe's first seed)")
     args = parser.parse_args()
     videos = args.videos or [bundled_videos(args.runs)]
     sets = list(NAMED) + [str(Path(v).resolve()) for v in videos]
@@ -390,8 +398,8 @@ def main() -> int:
     if args.plot:
         plot(summary, sets, labels, args.plot)
     if args.masks:
-        run = args.masks_run or next(iter(finished_runs(args.runs, args.recipe[0]).values()))
-        masks(run, sets, args.masks)
+        masks(args.masks_run or [next(iter(finished_runs(args.runs, args.recipe[0]).values()))],
+              sets, args.masks)
     return 0
 
 
