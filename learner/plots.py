@@ -37,7 +37,7 @@ def read_metric(csv_path: str | Path, key: str) -> tuple[list[int], list[float]]
     return steps, values
 
 
-def eval_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
+def eval_curve(run: str | Path) -> tuple[list[int], list[float]]:
     """Mean return of each periodic evaluation of a run, against env steps.
 
     The synchronous loop logs them as ``charts/eval_return`` in ``metrics.csv``; in
@@ -45,7 +45,7 @@ def eval_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
     ``eval.csv`` (env_steps, return columns), used when ``metrics.csv`` has none.
 
     Args:
-        run_dir: A run directory.
+        run: A run directory, or a metrics CSV (the ``eval.csv`` beside it is used).
 
     Returns:
         ``(env_steps, mean_returns)``, both empty if the run has no evaluation yet.
@@ -53,9 +53,10 @@ def eval_curve(run_dir: str | Path) -> tuple[list[int], list[float]]:
     Raises:
         FileNotFoundError: If the run has no ``metrics.csv``.
     """
-    run_dir = Path(run_dir)
-    steps, rets = read_metric(run_dir / "metrics.csv", "charts/eval_return")
-    eval_csv = run_dir / "eval.csv"
+    run = Path(run)
+    metrics_csv = run / "metrics.csv" if run.is_dir() else run
+    steps, rets = read_metric(metrics_csv, "charts/eval_return")
+    eval_csv = metrics_csv.parent / "eval.csv"
     if steps or not eval_csv.exists():
         return steps, rets
     by_step: dict[int, list[float]] = {}
@@ -88,7 +89,7 @@ def plot_learning_curves(runs: dict[str, str | Path], out_png: str | Path,
         csv_path = path / "metrics.csv" if path.is_dir() else path
         steps, rets = read_metric(csv_path, "charts/episode_return")
         ax_train.plot(steps, rets, alpha=0.8, label=label)
-        steps, rets = eval_curve(csv_path.parent)
+        steps, rets = eval_curve(csv_path)
         ax_eval.plot(steps, rets, marker="o", label=label)
     for i, (label, value) in enumerate((references or {}).items()):
         for ax in (ax_train, ax_eval):

@@ -155,7 +155,7 @@ def test_eval_curve_reads_the_sync_metrics_or_the_robot_processes_eval_csv(tmp_p
         for step, ret in ((4050, 10.0), (4050, 30.0), (8100, 100.0), (8100, 300.0)):
             rows.writerow({"env_steps": step, "distractions": "none", "episode": 0,
                            "return": ret, "success": 0, "policy_version": 1})
-    assert eval_curve(sync_run) == ([30], [2.5])
+    assert eval_curve(sync_run) == eval_curve(sync_run / "metrics.csv") == ([30], [2.5])
     assert eval_curve(async_run) == ([4050, 8100], [20.0, 200.0])
     (async_run / "eval.csv").unlink()
     assert eval_curve(async_run) == ([], [])
