@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
-__all__ = ["METRIC_KEYS", "MetricsSinkError", "MetricsWriter", "SinkConfig"]
+__all__ = ["METRIC_KEYS", "MetricsSinkError", "MetricsWriter", "SinkConfig", "evaluation_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,31 @@ class _WandbSink:
 
     def close(self) -> None:
         self._run.finish()
+
+
+def evaluation_row(global_step: int, returns: list[float], time_s: float | None = None,
+                   final: bool = False) -> dict[str, float]:
+    """The metrics row of one evaluation: mean and SD of its episode returns.
+
+    Both loops log evaluations this way: ``--sync`` itself, ``madi train`` from the robot
+    process's results (:class:`link.messages.Evaluation`) and its final evaluation.
+
+    Args:
+        global_step: Env steps of training when the evaluation ran.
+        returns: One undiscounted return per episode (at least one).
+        time_s: Seconds since the run started, or None (the cell stays empty).
+        final: The final evaluation (``charts/final_eval_return*``), else a periodic one
+            (``charts/eval_return*``).
+
+    Returns:
+        ``{"global_step", ["time_s"], "charts/[final_]eval_return", "..._std"}``.
+    """
+    key = "charts/final_eval_return" if final else "charts/eval_return"
+    row = {"global_step": global_step, key: float(np.mean(returns)),
+           f"{key}_std": float(np.std(returns))}
+    if time_s is not None:
+        row["time_s"] = round(time_s, 3)
+    return row
 
 
 def _installed(package: str) -> bool:

@@ -21,8 +21,9 @@ Threads: the link's sockets belong to one I/O thread ("learner-link") that recei
 assembles transitions, answers handshakes, sends heartbeats and publishes the newest
 weights every few milliseconds, so an update that takes seconds (the paper's networks on
 a CPU) never makes the learner look dead to the robot. The main thread owns the agent and
-the replay buffer; the two exchange assembled steps through a queue and the newest
-weights through a one-slot mailbox.
+the replay buffer; the two exchange assembled steps (and the robot's evaluation results,
+logged as ``charts/eval_return``) through queues and the newest weights through a one-slot
+mailbox.
 
 It never touches hardware and never waits on the robot: a robot that dies leaves the
 learner with its state; a new robot session (same task hash) is accepted at any time.
@@ -45,10 +46,11 @@ from typing import Any
 from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
-from learner.metrics import MetricsWriter, SinkConfig
+from learner.metrics import MetricsWriter, SinkConfig, evaluation_row
 from learner.replay_buffer import Batch, ReplayBuffer, sample_mixed
 from link.endpoints import LearnerLink
 from link.messages import (
+    Evaluation,
     Shutdown,
     Transition,
     TransitionAssembler,
@@ -192,6 +194,7 @@ class LearnerProcess:
         self._robot_lost = threading.Event()
         self._last_version_seen = 0
         self._steps: queue.SimpleQueue = queue.SimpleQueue()
+        self._evaluations: queue.SimpleQueue = queue.SimpleQueue()  # the robot's results
         self._outbox: Weights | None = None
         # Written by the main thread, read by the link thread: every key exists from the
         # start, so the link thread's copy never sees the dict change size.
@@ -400,10 +403,15 @@ class LearnerProcess:
     def _drain(self, metrics: MetricsWriter, t_start: float, block: bool) -> None:
         """Move assembled steps from the link thread into the replay buffer.
 
-        With ``block`` (nothing else to do) it naps 2 ms when the queue is empty. It never
-        calls ``SimpleQueue.get(timeout=...)``: a SIGINT arriving during that wait left the
-        main thread waiting forever (seen with Python 3.11 on Linux).
+        The robot's evaluation results become ``charts/eval_return`` rows first. With
+        ``block`` (nothing else to do) it naps 2 ms when the queue is empty. It never calls
+        ``SimpleQueue.get(timeout=...)``: a SIGINT arriving during that wait left the main
+        thread waiting forever (seen with Python 3.11 on Linux).
         """
+        while not self._evaluations.empty():
+            ev = self._evaluations.get_nowait()
+            metrics.write(evaluation_row(ev.env_steps, ev.returns.tolist(),
+                                         time.perf_counter() - t_start))
         try:
             item = self._steps.get_nowait()
         except queue.Empty:
@@ -436,6 +444,8 @@ class LearnerProcess:
                 for msg in link.service():
                     if isinstance(msg, Shutdown) and self.exit_on_robot_shutdown:
                         self.request_stop(f"robot shut down ({msg.reason})")
+                    elif isinstance(msg, Evaluation):
+                        self._evaluations.put(msg)
                 weights, self._outbox = self._outbox, None
                 if weights is not None:
                     link.publish_weights(weights)

@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from learner.agent import MadiSacAgent
 from learner.checkpoint import load_checkpoint, save_run_checkpoints, start_from
 from learner.config import AgentConfig
-from learner.metrics import MetricsWriter, SinkConfig
+from learner.metrics import MetricsWriter, SinkConfig, evaluation_row
 from learner.replay_buffer import ReplayBuffer, sample_mixed
 
 __all__ = ["policy_returns", "train_sync"]
@@ -428,9 +428,7 @@ def _evaluate(env: Any, agent: MadiSacAgent, episodes: int, seed: int,
               metrics: MetricsWriter, step: int, elapsed: float) -> float:
     """An evaluation on the fixed episodes: its metrics row; returns the mean return."""
     rets = policy_returns(env, agent.make_policy(), episodes, seed)
-    metrics.write({"global_step": step, "time_s": round(elapsed, 3),
-                   "charts/eval_return": float(np.mean(rets)),
-                   "charts/eval_return_std": float(np.std(rets))})
+    metrics.write(evaluation_row(step, rets, elapsed))
     logger.info("step %d: eval return %.3f +- %.3f over %d episodes",
                 step, np.mean(rets), np.std(rets), episodes)
     return float(np.mean(rets))
@@ -450,9 +448,7 @@ def _final_eval(env: Any, agent: MadiSacAgent, episodes: int, seed: int, run_dir
     if episodes <= 0:
         return []
     returns = policy_returns(env, agent.make_policy(), episodes, seed)
-    metrics.write({"global_step": step, "time_s": round(elapsed, 3),
-                   "charts/final_eval_return": float(np.mean(returns)),
-                   "charts/final_eval_return_std": float(np.std(returns))})
+    metrics.write(evaluation_row(step, returns, elapsed, final=True))
     write_final_eval(run_dir, step, seed, returns)
     return returns
 

@@ -104,6 +104,7 @@ from link.messages import (
     HELLO_REQUIRED,
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
+    Evaluation,
     Heartbeat,
     Hello,
     HelloAck,
@@ -487,7 +488,7 @@ class _Endpoint:
         return None
 
     def _on_common(self, msg: Message, now: int) -> Message | None:
-        """Handle heartbeat/pause/resume/shutdown from the accepted peer."""
+        """Handle heartbeat/pause/resume/shutdown/evaluation from the accepted peer."""
         self._last_peer_ns = now
         self._count("received_control")
         if isinstance(msg, Heartbeat):
@@ -736,11 +737,13 @@ class RobotLink(_Endpoint):
         return newest
 
     # ------------------------------------------------------------------ control
-    def send_control(self, msg: Hello | Heartbeat | Pause | Resume | Shutdown) -> bool:
+    def send_control(self, msg: Hello | Heartbeat | Pause | Resume | Shutdown | Evaluation
+                     ) -> bool:
         """Send a control message to the learner without blocking.
 
         Args:
-            msg: The message (Pause/Resume around resets, Shutdown on exit).
+            msg: The message (Pause/Resume around resets, Shutdown on exit, Evaluation
+                after an evaluation).
 
         Returns:
             True if queued, False if dropped (counted in ``dropped_control``).
@@ -1128,7 +1131,8 @@ class LearnerLink(_Endpoint):
             now_ns: ``time.monotonic_ns()`` now (default: read the clock).
 
         Returns:
-            Pause / Resume / Shutdown messages from the accepted robot, oldest first.
+            Pause / Resume / Shutdown / Evaluation messages from the accepted robot, oldest
+            first.
         """
         now = time.monotonic_ns() if now_ns is None else now_ns
         out: list[Message] = []
@@ -1165,7 +1169,7 @@ class LearnerLink(_Endpoint):
                 self._last_unknown_reply_ns = now
                 self._send_to(identity, self._refusal(HELLO_REQUIRED))
             return None
-        if isinstance(msg, (Heartbeat, Pause, Resume, Shutdown)):
+        if isinstance(msg, (Heartbeat, Pause, Resume, Shutdown, Evaluation)):
             handled = self._on_common(msg, now)
             if isinstance(msg, Heartbeat) and msg.role == self.peer_role:
                 version = msg.counters.get("weights_version")

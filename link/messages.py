@@ -8,7 +8,8 @@ and on decoding; docs/link-protocol.md describes the wire format for other peers
 
 - control channel: :class:`Hello` (protocol version, role, config hash, run and session
   ids, :class:`Spaces`), :class:`HelloAck` (accept or reject with a reason),
-  :class:`Heartbeat`, :class:`Pause`, :class:`Resume`, :class:`Shutdown`;
+  :class:`Heartbeat`, :class:`Pause`, :class:`Resume`, :class:`Shutdown`, and
+  :class:`Evaluation` (robot -> learner, the results of an evaluation for its metrics);
 - transitions channel (robot -> learner): :class:`Transition`;
 - weights channel (learner -> robot, conflated): :class:`Weights`.
 
@@ -75,6 +76,7 @@ __all__ = [
     "ROLES",
     "Hello",
     "HelloAck",
+    "Evaluation",
     "Heartbeat",
     "Message",
     "MessageError",
@@ -635,9 +637,41 @@ class Shutdown(Message):
     reason: Text = ""
 
 
+@_validated
+class Evaluation(Message):
+    """The results of one evaluation, robot -> learner on the control channel.
+
+    The robot process runs the periodic evaluations of ``madi train`` (deterministic
+    policy, fixed episodes) and sends their returns so the learner logs them with its
+    other metrics (``charts/eval_return``: metrics.csv, TensorBoard, W&B).
+
+    Attributes:
+        env_steps: Env steps of training when the evaluation ran.
+        distractions: The distraction set shown during it (e.g. ``"none"``).
+        policy_version: :attr:`Weights.version` of the evaluated policy.
+        returns: float64 ``(n,)``, one undiscounted return per episode, ``n >= 1``, finite.
+        successes: bool ``(n,)``, whether each episode reached the target.
+    """
+
+    TYPE: ClassVar[str] = "evaluation"
+    ARRAY_FIELDS: ClassVar[dict[str, str]] = {"returns": "float64", "successes": "bool"}
+    env_steps: Count
+    distractions: Text
+    policy_version: Count
+    returns: Array("float64", 1, finite=True)
+    successes: Array("bool", 1)
+
+    def __post_init__(self) -> None:
+        n = len(self.returns)
+        if n < 1 or len(self.successes) != n:
+            raise ValueError(f"returns: {n} returns and {len(self.successes)} successes "
+                             "(need the same n >= 1)")
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, HelloAck, Transition, Weights, Heartbeat, Pause, Resume, Shutdown)
+    for cls in (Hello, HelloAck, Transition, Weights, Heartbeat, Pause, Resume, Shutdown,
+                Evaluation)
 }
 """Wire type name -> message class."""
 

@@ -63,7 +63,7 @@ import numpy as np
 
 from learner.policy import MadiPolicy
 from link.endpoints import RobotLink
-from link.messages import Shutdown, Spaces, Step
+from link.messages import Evaluation, Shutdown, Spaces, Step
 from robot.backends.base import ArmLinkLostError, DeviceError, ProtectiveStopError, Rig
 from robot.config import Config
 from robot.control import ControlLoop
@@ -739,7 +739,8 @@ class RobotRunner:
         """``train.eval_episodes`` deterministic episodes under ``train.eval_distractions``.
 
         Every evaluation sees the same targets and distractions (a fixed seed), so the
-        curve in ``eval.csv`` compares policies, not luck. Nothing is sent to the learner.
+        curve in ``eval.csv`` compares policies, not luck. No transition goes to the
+        learner; the returns go to it in an :class:`Evaluation` message, for its metrics.
         """
         cfg = self.cfg
         if self._eval_source is None:
@@ -760,6 +761,10 @@ class RobotRunner:
                                  f"{r.return_:.4f}", int(r.success), self.policy_version))
         returns = [r.return_ for r in records]
         self.eval_returns.append((self.env_steps, float(np.mean(returns))))
+        if self.link is not None:  # for the learner's metrics (never blocks; drops counted)
+            self.link.send_control(Evaluation(
+                self.env_steps, cfg.train.eval_distractions, self.policy_version,
+                np.array(returns, np.float64), np.array([r.success for r in records], bool)))
         logger.info("robot: eval at %d env steps (%s): return %.1f ± %.1f, success %d/%d",
                     self.env_steps, cfg.train.eval_distractions, np.mean(returns),
                     np.std(returns), sum(r.success for r in records), len(records))

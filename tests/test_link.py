@@ -17,6 +17,7 @@ from link.endpoints import LearnerLink, LinkAddresses, LinkError, RobotLink
 from link.keys import KeyFileError, allow_robot, load_keys, new_keys, pin_learner
 from link.messages import (
     HELLO_REQUIRED,
+    Evaluation,
     Heartbeat,
     Hello,
     HelloAck,
@@ -159,11 +160,16 @@ def test_every_message_crosses_the_link_bit_exact(addresses):
         assert w.version == 11 and w.session_id == learner.session_id
         for name, value in tensors.items():
             assert w.tensors[name].dtype == np.float32 and np.array_equal(w.tensors[name], value)
-        # control both ways
-        assert robot.pause("reset") and robot.resume("done") and robot.shutdown("bye")
+        # control both ways; an evaluation's results reach the learner's metrics loop
+        evaluation = Evaluation(600, "hard", 11, np.array([12.5, 301.0]), np.array([False, True]))
+        assert robot.pause("reset") and robot.resume("done")
+        assert robot.send_control(evaluation) and robot.shutdown("bye")
         got = pump(None, learner, lambda: learner.shutdown_reason == "bye")
-        assert [type(m) for m in got] == [Pause, Resume, Shutdown]
+        assert [type(m) for m in got] == [Pause, Resume, Evaluation, Shutdown]
         assert got[0].reason == "reset" and not learner.robot_paused
+        assert (got[2].env_steps, got[2].distractions, got[2].policy_version) == (600, "hard", 11)
+        assert got[2].returns.tolist() == [12.5, 301.0]
+        assert got[2].successes.tolist() == [False, True]
         assert learner.send_control(Pause("learner busy")) and learner.shutdown("done")
         got = pump(robot, None, lambda: robot.shutdown_reason == "done")
         assert [(type(m), m.reason) for m in got] == [(Pause, "learner busy"), (Shutdown, "done")]
@@ -293,6 +299,10 @@ def test_garbage_and_wrong_hash_to_the_robot_are_rejected(ipc_addresses):
             pump(robot, None, lambda: robot.accepted)
             reasons = robot.counters()["rejected_by_reason"]
             assert reasons == {"bad_header": 1, "config_hash": 1}
+            # evaluations go robot -> learner only
+            evaluation = Evaluation(1, "none", 0, np.array([1.0]), np.array([True]))
+            router.send_multipart([identity, *encode(evaluation)])
+            pump(robot, None, lambda: "unexpected_type" in robot.counters()["rejected_by_reason"])
             # weights channel: garbage, a multipart message, weights of another session
             time.sleep(0.1)  # let the SUB connect to the raw PUB
             for frame in (b"garbage", encode_packed(Weights(1, {}, session_id="L0"))):

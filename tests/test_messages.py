@@ -14,6 +14,7 @@ from link.messages import (
     MESSAGE_TYPES,
     PACKED_MAGIC,
     PROTOCOL_VERSION,
+    Evaluation,
     Heartbeat,
     Hello,
     HelloAck,
@@ -77,6 +78,8 @@ def all_messages(rng: np.random.Generator) -> list[Message]:
         Pause("reset"),
         Resume("reset done"),
         Shutdown("ctrl-c"),
+        Evaluation(4000, "hard", 960, np.array([47.15, 143.3, -0.5]),
+                   np.array([False, True, False])),
     ]
 
 
@@ -241,6 +244,22 @@ def test_non_finite_values_rejected_on_both_sides():
     t.reward = float("inf")  # changed after construction: encode re-validates
     with pytest.raises(MessageError):
         encode(t)
+
+
+def test_evaluation_needs_one_finite_return_and_success_per_episode():
+    ok = Evaluation(10, "none", 2, np.array([1.0, 2.0]), np.array([True, False]))
+    frames = [bytes(f) for f in encode(ok)]
+    returns = np.frombuffer(frames[1], np.float64).copy()
+    returns[1] = np.nan
+    assert reason_of([frames[0], returns.tobytes(), frames[2]]) == "bad_field"
+    with pytest.raises(MessageError, match="2 returns and 1 successes"):
+        Evaluation(10, "none", 2, np.array([1.0, 2.0]), np.array([True]))
+    with pytest.raises(MessageError, match="0 returns"):
+        Evaluation(10, "none", 2, np.zeros(0), np.zeros(0, bool))
+    with pytest.raises(MessageError, match="successes"):
+        Evaluation(10, "none", 2, np.array([1.0]), np.array([1]))  # bool, not int
+    with pytest.raises(MessageError, match="env_steps"):
+        Evaluation(-1, "none", 2, np.array([1.0]), np.array([True]))
 
 
 def test_spaces_and_roles_validated():
