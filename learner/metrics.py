@@ -168,18 +168,26 @@ class _TensorBoardSink:
 
 
 class _WandbSink:
-    """A W&B run whose charts use ``global_step`` as their x axis."""
+    """A W&B run whose charts use ``global_step`` as their x axis, one per run dir.
+
+    The run's id is kept in ``RUN_DIR/wandb_run_id``: a later writer in the same run dir
+    (``madi train``'s final evaluation, ``madi train --resume``) logs to the same W&B run
+    (``wandb.init(id=..., resume="allow")``, W&B docs, "Resume a run").
+    """
 
     def __init__(self, run_dir: Path, mode: str, project: str):
         import wandb
 
+        id_file = run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else None
         try:
             self._run = wandb.init(project=project, name=run_dir.name, dir=str(run_dir),
-                                   mode=mode, config=_run_config(run_dir),
-                                   settings=wandb.Settings(console="off"))
+                                   mode=mode, config=_run_config(run_dir), id=run_id,
+                                   resume="allow", settings=wandb.Settings(console="off"))
         except Exception as err:  # wandb raises several kinds (no login, no network)
             raise MetricsSinkError(f"W&B could not start a run ({err}); run `wandb login` "
                                    "or set train.wandb=offline") from None
+        id_file.write_text(self._run.id)
         self._run.define_metric("*", step_metric="global_step")
 
     def write(self, row: dict[str, float]) -> None:

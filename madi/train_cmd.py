@@ -12,7 +12,7 @@ import torch
 from learner.agent import MadiSacAgent
 from learner.checkpoint import check_init_source
 from learner.checkpoint_file import CheckpointError
-from learner.metrics import MetricsWriter, SinkConfig, evaluation_row
+from learner.metrics import MetricsWriter, evaluation_row
 from learner.process import read_progress
 from learner.train_sync import train_sync, write_final_eval
 from madi.common import (
@@ -266,8 +266,8 @@ def final_evaluation(cfg: Config, run_dir: Path) -> str:
     The same episodes (``train.eval_seed``, ``train.eval_distractions``) as ``--sync``'s
     final evaluation and ``madi eval``, in fast pace, with the learner's last
     ``checkpoints/policy.pt``; writes ``final_eval.json`` and the
-    ``charts/final_eval_return`` row of ``metrics.csv`` (and TensorBoard; not W&B, whose
-    run the learner has finished) as ``--sync`` does.
+    ``charts/final_eval_return`` row of ``metrics.csv`` (and the learner's TensorBoard and
+    W&B runs) as ``--sync`` does.
 
     Returns:
         ``"; final eval M over N fixed episodes"`` for the summary line ("" with none).
@@ -284,7 +284,7 @@ def final_evaluation(cfg: Config, run_dir: Path) -> str:
     result = evaluate(cfg, policy, cfg.train.eval_distractions, episodes,
                       seed=cfg.train.eval_seed)
     write_final_eval(run_dir, env_steps, cfg.train.eval_seed, result.returns)
-    metrics = MetricsWriter(run_dir / "metrics.csv", SinkConfig(cfg.train.tensorboard))
+    metrics = MetricsWriter(run_dir / "metrics.csv", cfg.train.sinks())
     try:
         metrics.write(evaluation_row(env_steps, result.returns, final=True))
     finally:

@@ -82,6 +82,7 @@ class _FakeWandb(types.ModuleType):
 
     def init(self, **kwargs):
         self.init_kwargs = kwargs
+        self.id = kwargs["id"] or f"run{len(self.calls)}"  # wandb makes an id when given none
         return self
 
     def define_metric(self, *args, **kwargs):
@@ -107,6 +108,21 @@ def test_wandb_sink_logs_the_csv_rows_against_global_step(tmp_path, monkeypatch)
     assert kw["dir"] == str(run_dir) and kw["config"] == {"seed": 3, "train": {"total_steps": 30}}
     assert fake.calls[0] == ("define_metric", ("*",), {"step_metric": "global_step"})
     assert fake.calls[1:] == [("log", row) for row in ROWS] + [("finish",)]
+    assert (kw["id"], kw["resume"]) == (None, "allow")
+    assert (run_dir / "wandb_run_id").read_text() == "run0"
+
+
+def test_a_second_writer_in_the_run_dir_resumes_its_wandb_run(tmp_path, monkeypatch):
+    """madi train's final evaluation (and --resume) log to the learner's W&B run."""
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    sinks = SinkConfig(tensorboard=False, wandb="online")
+    _write(tmp_path / "metrics.csv", sinks)
+    first = fake.init_kwargs["id"], fake.id
+    MetricsWriter(tmp_path / "metrics.csv", sinks).close()
+    assert first == (None, "run0")
+    assert (fake.init_kwargs["id"], fake.init_kwargs["resume"]) == ("run0", "allow")
+    assert (tmp_path / "wandb_run_id").read_text() == "run0"
 
 
 def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
@@ -115,10 +131,16 @@ def test_wandb_offline_run_without_network(tmp_path, monkeypatch):
         monkeypatch.setenv(var, str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     _write(tmp_path / "metrics.csv", SinkConfig(tensorboard=False, wandb="offline"))
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    again = MetricsWriter(tmp_path / "metrics.csv", SinkConfig(False, "offline"))
+    again.write({"global_step": 40, "charts/final_eval_return": 7.0})
+    again.close()
     wandb.teardown()  # the service writes the run's file out when it stops
-    (log,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    data = log.read_bytes()
-    assert all(key.encode() in data for key in ("global_step", "charts/eval_return"))
+    logs = sorted((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [log.name for log in logs] == [f"run-{run_id}.wandb"] * 2  # one run, twice opened
+    data = b"".join(log.read_bytes() for log in logs)
+    assert all(key.encode() in data for key in ("global_step", "charts/eval_return",
+                                                "charts/final_eval_return"))
 
 
 def test_train_config_chooses_the_sinks():
