@@ -194,7 +194,9 @@ def export_lerobot(sessions: list[Path], out_dir: Path, *, task: str = TASK,
         preset: SVT-AV1 speed preset (LeRobot's default 12).
         data_files_size_in_mb: A new ``data/`` file starts (at an episode boundary) once
             one reaches this size.
-        video_files_size_in_mb: The same for the mp4 files.
+        video_files_size_in_mb: An episode goes to a new mp4 file when it would bring the
+            current one to this size (LeRobot's rule: each episode is encoded on its own,
+            its mp4 measured, then joined to the file without re-encoding).
         chunks_size: Files per ``chunk-NNN`` folder.
 
     Returns:
@@ -435,9 +437,6 @@ class _VideoFile:
             self.close()  # raises with ffmpeg's message
         self.frames += 1
 
-    def size_mb(self) -> float:
-        return self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
-
     def close(self) -> None:
         if self._log.closed:
             return
@@ -447,12 +446,40 @@ class _VideoFile:
             except BrokenPipeError:
                 pass
         code = self._proc.wait()
-        self._log.seek(0)
-        err = self._log.read().decode(errors="replace").strip().splitlines()
-        self._log.close()
-        if code != 0:
-            raise LeRobotExportError(f"ffmpeg could not write {self.path} (exit {code}): "
-                                     f"{err[-1] if err else 'no message'}")
+        _raise_for_ffmpeg(code, self._log, self.path)
+
+
+def _raise_for_ffmpeg(code: int, log: Any, path: Path) -> None:
+    """Close ffmpeg's stderr file; raise LeRobotExportError with its last line if code != 0."""
+    log.seek(0)
+    err = log.read().decode(errors="replace").strip().splitlines()
+    log.close()
+    if code != 0:
+        raise LeRobotExportError(f"ffmpeg could not write {path} (exit {code}): "
+                                 f"{err[-1] if err else 'no message'}")
+
+
+def _concat_mp4(parts: list[Path], out: Path) -> None:
+    """Join mp4s of one codec into ``out`` without re-encoding (ffmpeg's concat demuxer).
+
+    Raises:
+        LeRobotExportError: If ffmpeg fails (its last error line is in the message).
+    """
+    import imageio_ffmpeg
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if len(parts) == 1:
+        shutil.move(parts[0], out)
+        return
+    listing = parts[0].parent / "concat.txt"
+    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in parts))
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+           "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(out)]
+    with tempfile.TemporaryFile() as log:
+        code = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=log).returncode
+        _raise_for_ffmpeg(code, log, out)
+    for part in parts:
+        part.unlink()
 
 
 class _Writer:
@@ -473,7 +500,9 @@ class _Writer:
         self.data: pq.ParquetWriter | None = None
         self.data_path = root
         self.data_no = 0
-        self.video: _VideoFile | None = None
+        self.parts_dir = Path(tempfile.mkdtemp(prefix=".episodes-", dir=root))
+        self.parts: list[Path] = []  # the episodes' mp4s of the video file being filled
+        self.parts_mb, self.parts_frames = 0.0, 0
         self.video_no = 0
 
     def _file(self, number: int) -> tuple[int, int]:
@@ -493,19 +522,20 @@ class _Writer:
             self.data = pq.ParquetWriter(self.data_path, self.schema, compression="snappy")
             self.summary.data_files.append(str(self.data_path.relative_to(self.root)))
         self.data.write_table(table)  # one row group per episode
-        if self.video is not None and self.video.size_mb() >= self.video_mb:
-            self.video.close()
-            self.video, self.video_no = None, self.video_no + 1
-        if self.video is None:
-            chunk, file = self._file(self.video_no)
-            self.video = _VideoFile(
-                self.root / VIDEO_PATH.format(video_key=CAMERA_KEY, chunk_index=chunk,
-                                              file_index=file),
-                self.spec.image_hw, fps, self.crf, self.gop, self.preset)
-            self.summary.video_files.append(str(self.video.path.relative_to(self.root)))
-        start = self.video.frames
-        for frame in ep.frames:
-            self.video.write(frame)
+        part = _VideoFile(self.parts_dir / f"episode-{e:06d}.mp4", self.spec.image_hw, fps,
+                          self.crf, self.gop, self.preset)
+        try:
+            for frame in ep.frames:
+                part.write(frame)
+        finally:
+            part.close()  # the episode's mp4 is complete: its size is final
+        part_mb = part.path.stat().st_size / 2**20
+        if self.parts and self.parts_mb + part_mb >= self.video_mb:  # LeRobot's rule
+            self._close_video()
+            self.video_no += 1
+        start = self.parts_frames
+        self.parts.append(part.path)
+        self.parts_mb, self.parts_frames = self.parts_mb + part_mb, start + n
         d_chunk, d_file = self._file(self.data_no)
         v_chunk, v_file = self._file(self.video_no)
         ep_stats = self._episode_stats(ep, table)
@@ -530,21 +560,31 @@ class _Writer:
 
     def finish(self) -> None:
         """Close the data and video files; write the meta files."""
+        if self.parts:
+            self._close_video()
         self.abort()
         if not self.rows:
             raise LeRobotExportError("no frame of the sessions could be rebuilt (every "
                                      "transition follows a gap): nothing to export")
         self._write_meta(self.rows, self.stats, self.index)
 
+    def _close_video(self) -> None:
+        """Join the episodes' mp4s into the video file they belong to."""
+        chunk, file = self._file(self.video_no)
+        path = self.root / VIDEO_PATH.format(video_key=CAMERA_KEY, chunk_index=chunk,
+                                             file_index=file)
+        parts, self.parts, self.parts_mb, self.parts_frames = self.parts, [], 0.0, 0
+        _concat_mp4(parts, path)
+        self.summary.video_files.append(str(path.relative_to(self.root)))
+
     def abort(self) -> None:
-        """Close the files being written (ffmpeg finishes its mp4)."""
-        data, video, self.data, self.video = self.data, self.video, None, None
+        """Close the data file being written; delete the episodes' mp4s not yet joined."""
+        data, self.data = self.data, None
         try:
-            if video is not None:
-                video.close()
-        finally:
             if data is not None:
                 data.close()
+        finally:
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def _table(self, ep: _Episode, e: int, index: int) -> pa.Table:
         n, fps = len(ep.frames), self.spec.fps

@@ -248,6 +248,23 @@ def test_new_files_start_at_the_size_limits(sessions, tmp_path):
         [(0, 0), (0, 1), (1, 0)]
 
 
+def test_episodes_share_a_video_file_until_the_next_would_reach_the_limit(sessions, tmp_path):
+    """LeRobot's rule on measured sizes: ep 0 + ep 1 fit under the limit, ep 2 would not."""
+    path, sent = sessions[0]
+    alone = export_lerobot([path], tmp_path / "alone", video_files_size_in_mb=1e-6)
+    sizes = [(tmp_path / "alone" / f).stat().st_size / 2**20 for f in alone.video_files]
+    limit = sizes[0] + sizes[1] + sizes[2] / 2
+    summary = export_lerobot([path], tmp_path / "ds", video_files_size_in_mb=limit)
+    assert summary.video_files == [f"videos/{CAMERA_KEY}/chunk-000/file-{i:03d}.mp4"
+                                   for i in (0, 1)]
+    assert summary.data_files == ["data/chunk-000/file-000.parquet"]
+    _, eps = check_dataset(tmp_path / "ds", episodes_of(sent))
+    assert [e[f"videos/{CAMERA_KEY}/file_index"] for e in eps] == [0, 0, 1]
+    assert [e[f"videos/{CAMERA_KEY}/from_timestamp"] for e in eps] == \
+        [0.0, eps[0]["length"] / summary.fps, 0.0]
+    assert not list((tmp_path / "ds").glob(".episodes-*"))  # the per-episode mp4s are gone
+
+
 def synthetic(path, steps, config="{}", episode=0, skip=()):
     """A session recorded directly (the default config: 160x90 camera, 5 joints)."""
     rng = np.random.default_rng(len(str(path)))
