@@ -632,7 +632,11 @@ class RobotRunner:
         """Read the camera and the arm: ``obs_t``, or None if the arm link is lost."""
         cfg = self.cfg
         t_read = time.perf_counter_ns()
-        frame = self.rig.camera.read(cfg.robot.camera_timeout)
+        try:
+            frame = self.rig.camera.read(cfg.robot.camera_timeout)
+        except TimeoutError as err:
+            raise DeviceError(f"camera failed: {err}; check its cable and robot.camera_timeout"
+                              ) from err
         t_frame = time.perf_counter_ns()
         # when the frame's information was current, on the control loop's clock
         t_seen = t_frame - self.rig.camera.age_ns(frame) if self.realtime else None

@@ -268,6 +268,33 @@ def test_camera_latency_shows_an_older_pose():
         assert rig.camera.read().t_ns == now - 2 * PERIOD_NS
 
 
+def test_a_slow_render_is_waited_for_and_a_hung_one_is_a_timeout(monkeypatch, caplog):
+    """A render process starved by a busy host (stopped with SIGSTOP for 0.8 s) delivers
+    late: the sim clock waits, a warning names it. One stopped past the stall bound
+    (shortened to 1 s here) is a TimeoutError, which the robot runner turns into a stop."""
+    import signal
+
+    import robot.backends.sim as sim_backend
+
+    monkeypatch.setattr(sim_backend, "_RENDER_STALL_TIMEOUT", 1.0)
+    with SimRig(Config()) as rig:
+        pid = rig._core._render_process()._proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(0.8, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        with caplog.at_level("WARNING", logger="robot.backends.sim"):
+            frame = rig.camera.read(timeout=0.3)
+        resume.join()
+        assert frame.image.shape == (*CFG.camera.obs_size, 3)
+        assert "render took" in caplog.text and "host is busy" in caplog.text
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError, match="did not answer a render within 1.0 s"):
+                rig.camera.read(timeout=0.3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_show_changes_the_rendered_frame(home):
     rig = home
     w, h = rig.display.size_px

@@ -328,3 +328,31 @@ def test_a_stalled_control_thread_ends_the_episode_and_then_the_run(tmp_path):
         release.set()
     rows = episodes(tmp_path)
     assert rows[-1]["end"] == "control_stalled" and int(rows[-1]["steps"]) < 20
+
+
+def test_a_camera_with_no_frame_stops_the_run_with_a_device_error(tmp_path, monkeypatch):
+    # The render process (the sim camera) hangs mid-run (SIGSTOP): the read times out and
+    # the run ends with a DeviceError naming the camera, the arm stopped and the rig closed.
+    import os
+    import signal
+
+    import robot.backends.sim as sim_backend
+    from robot.backends.base import DeviceError
+
+    monkeypatch.setattr(sim_backend, "_RENDER_STALL_TIMEOUT", 0.5)
+    cfg = small_config(camera_timeout=0.2)
+    rig = SimRig(cfg)
+    runner = RobotRunner(cfg, rig, tmp_path, link=None, total_steps=60, realtime=False)
+    read, calls = rig.camera._read, []
+
+    def read_then_hang(timeout):
+        calls.append(1)
+        if len(calls) == 30:
+            os.kill(rig._core._render_process()._proc.pid, signal.SIGSTOP)
+        return read(timeout)
+
+    rig.camera._read = read_then_hang
+    with pytest.raises(DeviceError, match="camera failed: sim render process did not answer"):
+        runner.run()
+    assert len(calls) == 30 and not rig.is_connected  # stopped and closed at the 30th read
+    assert len(episodes(tmp_path)) == 1  # the first episode (20 steps) was written

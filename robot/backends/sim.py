@@ -73,6 +73,10 @@ logger = logging.getLogger(__name__)
 
 #: Longest wait for the render process to build its mirror, s.
 _RENDER_START_TIMEOUT = 60.0
+#: Longest wait for one render or screen update, s: past it the render process is hung.
+#: A render slower than the camera timeout but within this is the host being busy: the
+#: sim clock waits for it (the arm cannot move on), so it is a late step, not a failure.
+_RENDER_STALL_TIMEOUT = 10.0
 
 
 class _SimCore:
@@ -233,8 +237,11 @@ class _SimCore:
 
         The screen it shows is the newest one set at or before that time too: the camera
         delay covers everything the camera sees (a display flash shows up ``camera_latency``
-        after it happened, as on the real rig).
+        after it happened, as on the real rig). A render that takes longer than ``timeout``
+        (s) logs a warning; one that takes longer than 10 s raises ``TimeoutError``.
         """
+        started = time.monotonic()
+        wait = max(timeout, _RENDER_STALL_TIMEOUT)
         renderer = self._render_process()
         with self.lock:
             q, t = self._mirror().camera_snapshot()
@@ -245,8 +252,12 @@ class _SimCore:
                 screen = self.screens.popleft()[1]
         effects = self.effects
         if screen is not None:
-            renderer.set_screen(screen if effects is None else effects.screen(screen), timeout)
-        image = renderer.render(q, timeout)
+            renderer.set_screen(screen if effects is None else effects.screen(screen), wait)
+        image = renderer.render(q, wait)
+        took = time.monotonic() - started
+        if took > timeout:
+            logger.warning("sim camera: a render took %.2f s (camera timeout %g s): the host "
+                           "is busy; the sim clock waited for it", took, timeout)
         if effects is not None:
             image = effects.camera(image, self._noise_rng)
         return Frame(image=image, t_ns=round(t * 1e9), seq=seq)
