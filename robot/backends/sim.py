@@ -257,7 +257,7 @@ class _SimCore:
         took = time.monotonic() - started
         if took > timeout:
             logger.warning("sim camera: a render took %.2f s (camera timeout %g s): the host "
-                           "is busy; the sim clock waited for it", took, timeout)
+                           "is busy; counted as a late step, not a camera failure", took, timeout)
         if effects is not None:
             image = effects.camera(image, self._noise_rng)
         return Frame(image=image, t_ns=round(t * 1e9), seq=seq)
