@@ -38,7 +38,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,47 +252,66 @@ class LearnerProcess:
                     "%d of the wrong shape)", loaded, n, report["gaps"], report["bad_shape"])
         return report
 
-    def refill(self, transitions: Iterable[Transition], robot_session: str) -> dict[str, int]:
-        """After a crash: take back the transitions the robot sent since the checkpoint.
+    def refill(self, sessions: Sequence[tuple[Iterable[Transition], str]]) -> dict[str, int]:
+        """After a crash or on ``--resume``: take back the robot's recorded transitions.
 
-        ``madi train`` restarts a crashed learner with the robot's session log. Its
-        transitions after the checkpoint's last one (:attr:`last_transition`, when the
-        checkpoint was taken from the same robot session; else all of them) are added to
-        the replay buffer and counted as env steps and episodes, so the counters and the
-        update cap go on as if the learner had not stopped. When the checkpoint holds no
-        replay buffer (``train.save_replay: false``) the session's earlier transitions are
-        added too, without being counted again. Call before :meth:`run`.
+        ``madi train`` restarts a crashed learner, and resumes a run, with the run's session
+        logs in recording order. A session before the one holding the checkpoint's last
+        transition (:attr:`last_transition`) is all from before the checkpoint; in that
+        session, the transitions after it are new; a later session (or every session, when
+        none holds it) is all new. New transitions are added to the replay buffer and
+        counted as env steps and episodes, so the counters and the update cap go on as if
+        the learner had not stopped. When the checkpoint holds no replay buffer
+        (``train.save_replay: false``) the earlier transitions are added too, without
+        being counted again. Call before :meth:`run`.
 
         Args:
-            transitions: The session's recorded transitions, in order
-                (:meth:`robot.session_log.SessionLog.transitions`).
-            robot_session: Link session id of the robot that recorded them (the session
-                log's ``link_session`` metadata; "" if unknown).
+            sessions: Per session log, in recording order: its recorded transitions, in
+                order (:meth:`robot.session_log.SessionLog.transitions`), and the link
+                session id of the robot that recorded them (the log's ``link_session``
+                metadata; "" if unknown).
 
         Returns:
             ``{"added", "counted", "gaps"}``: transitions added to the replay buffer, those
             of them counted as new env steps, and deltas left out for a missing keyframe.
         """
+        marked, position = self._checkpoint_mark([sid for _, sid in sessions])
+        added = counted = gaps = 0
+        for i, (transitions, robot_session) in enumerate(sessions):
+            if marked is not None and i < marked and self._replay_restored:
+                continue  # all before the checkpoint, and the buffer has them
+            assembler = TransitionAssembler(self.link.spaces)
+            for t, step in _assemble(transitions, assembler):
+                new = marked is None or i > marked or (
+                    i == marked and (t.episode_id, t.step_index) > position)
+                if not new and self._replay_restored:
+                    continue
+                self.replay.add(**step)
+                added += 1
+                if new:
+                    counted += 1
+                    self._count_step(t, step, robot_session)
+            gaps += assembler.counters["gaps"]
+        logger.info("learner: refilled %d recorded transitions from %d session log(s), %d of "
+                    "them since the checkpoint (counted as env steps; %d gaps); now at env "
+                    "step %d, %d in the replay buffer", added, len(sessions), counted, gaps,
+                    self.env_steps, len(self.replay))
+        return {"added": added, "counted": counted, "gaps": gaps}
+
+    def _checkpoint_mark(self, robot_sessions: list[str]) -> tuple[int | None, tuple[int, int]]:
+        """The checkpoint's last transition: which session holds it, and where.
+
+        Returns:
+            The index of the last session recorded by the mark's robot session (None: none
+            was, or there is no mark) and the mark's (episode, step) in it.
+        """
         mark = self.last_transition
-        after = None
-        if robot_session and mark is not None and mark.get("robot_session") == robot_session:
-            after = (int(mark["episode"]), int(mark["step"]))
-        assembler = TransitionAssembler(self.link.spaces)
-        added = counted = 0
-        for t, step in _assemble(transitions, assembler):
-            new = after is None or (t.episode_id, t.step_index) > after
-            if not new and self._replay_restored:
-                continue
-            self.replay.add(**step)
-            added += 1
-            if new:
-                counted += 1
-                self._count_step(t, step, robot_session)
-        report = {"added": added, "counted": counted, "gaps": assembler.counters["gaps"]}
-        logger.info("learner: refilled %d recorded transitions, %d of them since the checkpoint "
-                    "(counted as env steps; %d gaps); now at env step %d, %d in the replay "
-                    "buffer", added, counted, report["gaps"], self.env_steps, len(self.replay))
-        return report
+        if mark is None or not mark.get("robot_session"):
+            return None, (-1, -1)
+        holders = [i for i, sid in enumerate(robot_sessions) if sid == mark["robot_session"]]
+        if not holders:
+            return None, (-1, -1)
+        return holders[-1], (int(mark["episode"]), int(mark["step"]))
 
     # ------------------------------------------------------------------ control
     def request_stop(self, reason: str = "stop requested") -> None:

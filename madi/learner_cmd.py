@@ -28,6 +28,7 @@ from madi.common import (
 )
 from robot.assemble import stop_on_signals
 from robot.config import Config, config_from_dict
+from robot.recorder import session_paths
 from robot.runner import spaces_of
 from robot.session_log import SessionLog, SessionLogError
 from robot.task import transition_bounds
@@ -68,10 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_init_args(p)
     p.add_argument("--exit-with-robot", action="store_true",
                    help="exit when the robot shuts down (used by madi train)")
-    p.add_argument("--refill", type=Path, default=None, metavar="SESSION",
-                   help="after a crash (madi train restarts its learner with it): add the "
-                   "transitions SESSION recorded since the checkpoint to the replay buffer, "
-                   "counted as env steps")
+    p.add_argument("--refill", type=Path, nargs="+", default=None, metavar="SESSION",
+                   help="with --resume or after a crash (madi train passes the run's session "
+                   "logs, in recording order): refill the replay buffer from them; the "
+                   "transitions since the checkpoint are counted as env steps")
     p.add_argument("--keys", default=None, metavar="DIR",
                    help="CURVE keys (madi keys new --learner DIR): needed to bind tcp beyond "
                    "loopback (default: link.keys)")
@@ -82,18 +83,23 @@ def learner_command(address: str, run_dir: Path, args: argparse.Namespace, resta
                     refill: Path | None) -> list[str]:
     """The ``madi learner`` command line of ``madi train`` at ``address``.
 
-    ``restart``: after a crash, refilling from the session log ``refill`` (if any); it
-    continues from the run's checkpoint when there is one, else starts as the first did.
+    ``restart``: after a crash, refilling from the robot's session log ``refill`` (if any)
+    and the run's earlier ones; it continues from the run's checkpoint when there is one,
+    else starts as the first did. ``madi train --resume`` refills from the resumed run's
+    session logs (its replay buffer is not in the checkpoint unless ``train.save_replay``).
     """
     cmd = [sys.executable, "-m", "madi.cli", "learner", "--config",
            str(run_dir / "config.yaml"), "--bind", address, "--out", str(run_dir),
            "--exit-with-robot"]
     if refill is not None:
-        cmd += ["--refill", str(refill)]
+        earlier = [p for p in session_paths(run_dir) if p != refill]
+        cmd += ["--refill", *map(str, earlier), str(refill)]
     if restart and (run_dir / "checkpoints" / "learner.pt").is_file():
         return cmd + ["--resume", str(run_dir)]
     if args.resume is not None:
         cmd += ["--resume", str(args.resume)]
+        if not restart and session_paths(args.resume):
+            cmd += ["--refill", *map(str, session_paths(args.resume))]
     if args.init_from is not None:
         cmd += ["--init-from", str(args.init_from), "--init-replay-mix",
                 str(args.init_replay_mix)] + (["--init-skip-random"] if args.init_skip_random
@@ -142,8 +148,8 @@ def cmd_learner(args: argparse.Namespace) -> int:
             learner.pretrain(recorded_transitions(cfg, args.pretrain),
                              args.pretrain_updates)
         if args.refill:
-            session = session_logs(cfg, [args.refill])[0]
-            learner.refill(session.transitions(), session.meta.get("link_session", ""))
+            learner.refill([(session.transitions(), session.meta.get("link_session", ""))
+                            for session in session_logs(cfg, args.refill)])
         log.info("learner bound to %s, task hash %s, run dir %s", address, cfg.task_hash(),
                  run_dir)
         summary = learner.run()

@@ -57,13 +57,24 @@ def code_version() -> str:
         return ver
 
 
+def _session_name(n: int) -> str:
+    return "session.mcap" if n == 0 else f"session-{n}.mcap"
+
+
 def session_path(run_dir: Path) -> Path:
     """A new session log name in ``run_dir``: ``session.mcap``, then ``session-1.mcap``, ..."""
-    path, n = run_dir / "session.mcap", 0
-    while path.exists():
-        n += 1
-        path = run_dir / f"session-{n}.mcap"
-    return path
+    return run_dir / _session_name(len(session_paths(run_dir)))
+
+
+def session_paths(run_dir: Path) -> list[Path]:
+    """The session logs of ``run_dir``, in recording order.
+
+    ``session.mcap``, ``session-1.mcap``, ... up to the first name that does not exist.
+    """
+    paths: list[Path] = []
+    while (run_dir / _session_name(len(paths))).exists():
+        paths.append(run_dir / _session_name(len(paths)))
+    return paths
 
 
 class SessionRecorder:

@@ -9,7 +9,8 @@ callback (the agent thread, about once a second):
    session is accepted;
 2. once the runner holds, flushes the session log (every transition the robot made is
    then in the file) and starts a new learner: ``madi learner --resume RUN --refill
-   SESSION`` when the run has a checkpoint, a fresh learner with ``--refill`` otherwise.
+   SESSION...`` (the run's session logs, this robot's last) when the run has a
+   checkpoint, a fresh learner with ``--refill`` otherwise.
    The new learner adds the transitions recorded since the checkpoint to its replay
    buffer before it answers the robot's hello, so its buffer and counters hold every
    transition the robot made (:meth:`learner.process.LearnerProcess.refill`);
