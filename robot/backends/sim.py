@@ -74,8 +74,8 @@ logger = logging.getLogger(__name__)
 #: Longest wait for the render process to build its mirror, s.
 _RENDER_START_TIMEOUT = 60.0
 #: Longest wait for one render or screen update, s: past it the render process is hung.
-#: A render slower than the camera timeout but within this is the host being busy: the
-#: sim clock waits for it (the arm cannot move on), so it is a late step, not a failure.
+#: A render slower than the camera timeout but within this is the host being busy: a late
+#: step (the control loop's command deadline stops the arm meanwhile), not a failed camera.
 _RENDER_STALL_TIMEOUT = 10.0
 
 
