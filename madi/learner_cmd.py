@@ -98,8 +98,9 @@ def learner_command(address: str, run_dir: Path, args: argparse.Namespace, resta
         return cmd + ["--resume", str(run_dir)]
     if args.resume is not None:
         cmd += ["--resume", str(args.resume)]
-        if not restart and session_paths(args.resume):
-            cmd += ["--refill", *map(str, session_paths(args.resume))]
+        logs = [] if restart else session_paths(args.resume)
+        if logs:
+            cmd += ["--refill", *map(str, logs)]
     if args.init_from is not None:
         cmd += ["--init-from", str(args.init_from), "--init-replay-mix",
                 str(args.init_replay_mix)] + (["--init-skip-random"] if args.init_skip_random

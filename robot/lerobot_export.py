@@ -412,14 +412,14 @@ def _json_stats(stats: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 class _VideoFile:
-    """One mp4 being written by the ffmpeg that imageio-ffmpeg bundles (frames on stdin)."""
+    """One episode's mp4, written by the ffmpeg that imageio-ffmpeg bundles (frames on stdin)."""
 
     def __init__(self, path: Path, size_hw: tuple[int, int], fps: int, crf: int, gop: int,
                  preset: int):
         import imageio_ffmpeg
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.frames = path, 0
+        self.path = path
         h, w = size_hw
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
@@ -435,7 +435,6 @@ class _VideoFile:
             self._proc.stdin.write(np.ascontiguousarray(frame, np.uint8).tobytes())
         except BrokenPipeError:
             self.close()  # raises with ffmpeg's message
-        self.frames += 1
 
     def close(self) -> None:
         if self._log.closed:
