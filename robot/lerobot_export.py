@@ -471,7 +471,8 @@ def _concat_mp4(parts: list[Path], out: Path) -> None:
         shutil.move(parts[0], out)
         return
     listing = parts[0].parent / "concat.txt"
-    listing.write_text("".join(f"file '{p.resolve()}'\n" for p in parts))
+    # names only: ffmpeg reads them relative to the listing (no quoting of the user's path)
+    listing.write_text("".join(f"file '{p.name}'\n" for p in parts))
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
            "-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(out)]
     with tempfile.TemporaryFile() as log:
